@@ -1,0 +1,181 @@
+"""Run configs: YAML on disk, validated into typed models before any work starts.
+
+A run config names a task and an ordered list of stages; each stage kind has its own
+typed config next to its code (``r1lab/stages/<kind>.py``). Unknown keys, wrong types and
+dangling stage references are errors that name the file, the line and the field::
+
+    r1lab: config error: my.yaml:14: stages[2].lr: Input should be a valid number ...
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from r1lab.data.tasks import ArithmeticTask, JsonlTask
+from r1lab.stages.eval import EvalConfig
+from r1lab.stages.grpo import GrpoConfig
+from r1lab.stages.pretrain import PretrainConfig
+
+DEFAULT_CONFIG = "r1-zero-tiny"
+
+Stage = Annotated[Union[PretrainConfig, GrpoConfig, EvalConfig], Field(discriminator="kind")]
+Task = Annotated[Union[ArithmeticTask, JsonlTask], Field(discriminator="kind")]
+
+
+class RunConfig(BaseModel):
+    """A whole run: what to learn (task) and the stages that learn it, in order."""
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="Run name; the default run directory is runs/<name>.")
+    seed: int = Field(0, description="The one seed that drives data, init and sampling.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
+    task: Task = Field(description="The verifiable task every stage reads its data from.")
+    stages: list[Stage] = Field(min_length=1, description="Stages, run in order.")
+
+    @field_validator("stages")
+    @classmethod
+    def _names_unique(cls, stages):
+        names = [s.name for s in stages]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"stage names must be unique, repeated: {sorted(dup)}")
+        return stages
+
+    def dangling_reference(self) -> tuple[list, str] | None:
+        """(location, message) of the first model reference that names neither an earlier
+        model-writing stage nor an existing path."""
+        producers: list[str] = []
+        for i, stage in enumerate(self.stages):
+            for field in ("init", "model"):
+                ref = getattr(stage, field, None)
+                if isinstance(ref, str) and ref not in producers and not Path(ref).expanduser().exists():
+                    return ["stages", i, field], (f"{ref!r} is neither an earlier stage that writes a "
+                                                  f"model ({', '.join(producers) or 'none'}) nor an existing path")
+            if stage.kind in ("pretrain", "grpo"):
+                producers.append(stage.name)
+        return None
+
+
+class ConfigError(ValueError):
+    """A config the user wrote is wrong; the message names file, line and field."""
+
+
+def config_path(name_or_path: str | None) -> Path:
+    """A path on disk, or the name of a config shipped in ``r1lab/configs``."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_CONFIG
+    p = Path(name_or_path).expanduser()
+    if p.exists():
+        return p
+    shipped = importlib.resources.files("r1lab") / "configs" / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return Path(str(shipped))
+    raise ConfigError(f"{name_or_path}: no such file, and no shipped config of that name")
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read, override (``key.sub=value``, stages addressable by index or name), validate."""
+    path = config_path(name_or_path)
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        place = f"{path}:{line + 1}" if line is not None else str(path)
+        raise ConfigError(f"{place}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: the config must be a mapping of keys to values")
+    overridden: dict[tuple, str] = {}
+    for item in overrides:
+        key_path = apply_override(data, item, path)
+        overridden[key_path] = item
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif "input" in first and first["type"] not in ("missing", "value_error"):
+            msg += f" (got {first['input']!r})"
+        raise ConfigError(where(yaml_location(first["loc"], data), msg, text, path, overridden)) from None
+    problem = config.dangling_reference()
+    if problem:
+        raise ConfigError(where(*problem, text, path, overridden))
+    return config
+
+
+def apply_override(data: dict, item: str, path: Path) -> tuple:
+    """Set ``a.b.c=value`` (value parsed as YAML) in ``data``; returns the resolved key path."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item}: expected key=value")
+    dotted, raw = item.split("=", 1)
+    keys: list = dotted.split(".")
+    node = data
+    for depth, key in enumerate(keys[:-1]):
+        if isinstance(node, list):
+            key = resolve_stage_key(node, key, item)
+            keys[depth] = key
+        elif key not in node or not isinstance(node[key], (dict, list)):
+            node[key] = {}
+        node = node[key]
+    last = keys[-1]
+    if isinstance(node, list):
+        last = keys[-1] = resolve_stage_key(node, last, item)
+    node[last] = yaml.safe_load(raw) if raw != "" else ""
+    return tuple(keys)
+
+
+def resolve_stage_key(items: list, key: str, item: str) -> int:
+    if key.lstrip("-").isdigit() and int(key) < len(items):
+        return int(key)
+    for i, entry in enumerate(items):
+        if isinstance(entry, dict) and entry.get("name") == key:
+            return i
+    raise ConfigError(f"--set {item}: no stage with index or name {key!r}")
+
+
+def where(loc: list, msg: str, text: str, path: Path, overridden: dict) -> str:
+    """'file:line: field.path: msg', or '--set k=v: field.path: msg' when an override set it."""
+    field = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in loc).lstrip(".") or "(top level)"
+    for key_path, item in overridden.items():
+        if tuple(loc[:len(key_path)]) == key_path:
+            return f"--set {item}: {field}: {msg}"
+    return f"{path}:{yaml_line(text, loc)}: {field}: {msg}"
+
+
+def yaml_location(loc: tuple, data) -> list:
+    """Drop pydantic's union-tag parts (``('stages', 1, 'grpo', 'lr')`` -> ``['stages', 1, 'lr']``)."""
+    out, node = [], data
+    for key in loc:
+        if isinstance(node, dict) and isinstance(key, str) and key not in node and node.get("kind") == key:
+            continue
+        out.append(key)
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return out
+
+
+def yaml_line(text: str, loc: list) -> int:
+    """1-based line of the deepest node on ``loc`` that the YAML text holds."""
+    node = yaml.compose(text)
+    line = 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == str(key)]
+            if not match:
+                break
+            line = match[0][0].start_mark.line + 1
+            node = match[0][1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

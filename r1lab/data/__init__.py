@@ -1,0 +1,1 @@
+"""Data: synthetic tasks, JSONL loading with validation, prompt templates, corpora."""

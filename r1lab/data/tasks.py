@@ -1,0 +1,73 @@
+"""Tasks: where a stage's questions, reference answers and prompts come from.
+
+``arithmetic`` is generated from the seed (no download); ``jsonl`` reads local files such as
+GSM8K. Both give plain dicts with ``question`` and ``answer`` that rewards check.
+"""
+
+from __future__ import annotations
+
+import random
+from functools import cached_property
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from r1lab.data.arithmetic import sample_problems
+from r1lab.data.jsonl import read_qa_jsonl
+from r1lab.data.templates import TEMPLATES, render
+
+TemplateName = Literal[tuple(TEMPLATES)]
+
+
+class ArithmeticTask(BaseModel):
+    """Synthetic repeated addition/subtraction mod 10, e.g. 7+8*4 mod 10 (r1lab/data/arithmetic.py)."""
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["arithmetic"]
+    template: TemplateName = Field("r1-compact", description="Prompt template name.")
+    n_test: int = Field(120, gt=0, description="Held-out problems used by eval stages.")
+    test_fraction: float = Field(0.15, gt=0, lt=1, description="Share of all questions reserved for test.")
+    min_count: int = Field(2, ge=1, description="Fewest repetitions (steps) in a question.")
+    max_count: int = Field(6, ge=1, le=9, description="Most repetitions (steps) in a question.")
+    verifier: Literal["accuracy", "math_verify"] = Field("accuracy", description="Reward that decides correctness.")
+
+    def _kw(self) -> dict:
+        return {"test_fraction": self.test_fraction, "min_count": self.min_count,
+                "max_count": self.max_count}
+
+    def sample_train(self, seed: int, step: int, n: int) -> list[dict]:
+        """``n`` training problems for one step; the same (seed, step) gives the same draw."""
+        return sample_problems(f"{seed}-{step}", n, split="train", **self._kw())
+
+    def test_examples(self, seed: int) -> list[dict]:
+        return sample_problems(seed, self.n_test, split="test", **self._kw())
+
+    def prompt(self, example: dict) -> str:
+        return render(self.template, example["question"])
+
+
+class JsonlTask(BaseModel):
+    """Question/answer pairs from local JSONL files (e.g. GSM8K: answers ending '#### 42')."""
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["jsonl"]
+    template: TemplateName = Field("r1", description="Prompt template name.")
+    train_path: str = Field(description="JSONL file of training questions.")
+    test_path: str = Field(description="JSONL file of held-out questions.")
+    question_field: str = Field("question", description="Key holding the question text.")
+    answer_field: str = Field("answer", description="Key holding the reference answer.")
+    n_test: int | None = Field(None, gt=0, description="Use only the first n test rows (all when unset).")
+    verifier: Literal["accuracy", "math_verify"] = Field("math_verify", description="Reward that decides correctness.")
+
+    @cached_property
+    def _train(self) -> list[dict]:
+        return read_qa_jsonl(self.train_path, self.question_field, self.answer_field)
+
+    def sample_train(self, seed: int, step: int, n: int) -> list[dict]:
+        rng = random.Random(f"{seed}-{step}")
+        return [rng.choice(self._train) for _ in range(n)]
+
+    def test_examples(self, seed: int) -> list[dict]:
+        rows = read_qa_jsonl(self.test_path, self.question_field, self.answer_field)
+        return rows[: self.n_test] if self.n_test else rows
+
+    def prompt(self, example: dict) -> str:
+        return render(self.template, example["question"])

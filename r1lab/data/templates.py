@@ -1,0 +1,27 @@
+"""Prompt templates. A template turns a question into the text the model continues.
+
+``r1`` is the DeepSeek-R1 paper's template (Table 1) verbatim. ``r1-compact`` keeps its
+contract (reasoning in <think></think>, answer in <answer></answer>, shown in the prompt)
+in a few words, so a tiny model on a laptop spends its compute on the problem, not on
+re-reading a paragraph.
+"""
+
+R1 = (
+    "A conversation between User and Assistant. The user asks a question, and the Assistant "
+    "solves it. The assistant first thinks about the reasoning process in the mind and then "
+    "provides the user with the answer. The reasoning process and answer are enclosed within "
+    "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning "
+    "process here </think> <answer> answer here </answer>. User: {question}. Assistant:"
+)
+
+R1_COMPACT = (
+    "Think in <think> </think>, then answer in <answer> </answer>.\n"
+    "User: {question}\nAssistant:"
+)
+
+TEMPLATES = {"r1": R1, "r1-compact": R1_COMPACT}
+
+
+def render(template: str, question: str) -> str:
+    """``render('r1-compact', '2+3')`` ends with ``'User: 2+3\\nAssistant:'``."""
+    return TEMPLATES[template].format(question=question)

@@ -1,0 +1,104 @@
+"""A run: the ordered stages of one config, each in its own folder of the run directory.
+
+    runs/<name>/config.yaml              the resolved config, as run
+    runs/<name>/stages/<i>-<name>/       model/, metrics.jsonl, eval.json, checkpoint/, DONE
+
+A stage whose DONE marker exists is skipped, so re-running the same command after a crash
+or Ctrl-C resumes: finished stages are not repeated and the interrupted one continues from
+its last checkpoint. DONE is written last, atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from r1lab.config import RunConfig
+from r1lab.stages import eval as eval_stage
+from r1lab.stages import grpo, pretrain
+from r1lab.train.checkpoint import write_atomic
+
+STAGES = {"pretrain": pretrain.run, "grpo": grpo.run, "eval": eval_stage.run}
+
+
+class RunDirError(ValueError):
+    """The run directory holds a different run."""
+
+
+@dataclass
+class RunContext:
+    """What a stage may read: the config, the device, and where earlier stages wrote."""
+    config: RunConfig
+    run_dir: Path
+    device: torch.device
+    stage_dirs: dict[str, Path] = field(default_factory=dict)
+
+    def model_path(self, ref: str) -> Path:
+        """An earlier stage's ``model/`` folder, or ``ref`` taken as a path."""
+        if ref in self.stage_dirs:
+            return self.stage_dirs[ref] / "model"
+        return Path(ref).expanduser()
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def stage_dir(run_dir: Path, index: int, name: str) -> Path:
+    return run_dir / "stages" / f"{index}-{name}"
+
+
+def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
+    """Run (or resume) every stage of ``config``; returns the run directory."""
+    run_dir = Path(run_dir or Path("runs") / config.name)
+    resolved = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    saved = run_dir / "config.yaml"
+    if saved.exists() and saved.read_text() != resolved:
+        raise RunDirError(f"{run_dir}: holds a run with a different config ({saved}); "
+                          f"use another --run-dir or the same config")
+    write_atomic(saved, resolved)
+    torch.manual_seed(config.seed)
+    ctx = RunContext(config=config, run_dir=run_dir, device=pick_device(config.device))
+    for i, stage in enumerate(config.stages):
+        out = stage_dir(run_dir, i, stage.name)
+        ctx.stage_dirs[stage.name] = out
+        if (out / "DONE").exists():
+            log(f"[{i}] {stage.name} ({stage.kind}): done, skipped")
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        log(f"[{i}] {stage.name} ({stage.kind})")
+        t0 = time.time()
+        STAGES[stage.kind](ctx, stage, out)
+        write_atomic(out / "DONE", json.dumps({"seconds": round(time.time() - t0, 1)}) + "\n")
+    return run_dir
+
+
+def eval_table(run_dir: Path) -> str:
+    """A text table comparing every eval stage of a run."""
+    cols = [("pass@1", "pass@1"), ("greedy", "greedy_accuracy"), ("format", "format_rate"),
+            ("acc|format", "accuracy_if_formatted"), ("length", "completion_len/mean")]
+    rows = []
+    for path in sorted((Path(run_dir) / "stages").glob("*/eval.json"),
+                       key=lambda p: int(p.parent.name.split("-")[0])):
+        metrics = json.loads(path.read_text())
+        rows.append([metrics.get("model", path.parent.name)] + [f"{metrics[k]:.3f}" if k != "completion_len/mean"
+                                                                  else f"{metrics[k]:.1f}" for _, k in cols])
+    if not rows:
+        return ""
+    header = ["model"] + [c for c, _ in cols]
+    widths = [max(len(r[j]) for r in rows + [header]) for j in range(len(header))]
+    line = lambda r: "  ".join(v.ljust(w) if j == 0 else v.rjust(w) for j, (v, w) in enumerate(zip(r, widths)))
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])

@@ -1,0 +1,82 @@
+"""Stage ``eval``: a model on the task's held-out split.
+
+Reports pass@1 averaged over ``samples`` completions per question at ``temperature`` (the
+R1 paper's pass@1 with k samples), greedy accuracy, format rate, accuracy among
+well-formatted completions (so a gain that only comes from learning the tags shows as such)
+and mean completion length, into ``eval.json``.
+
+    r1lab eval runs/r1-zero-tiny/stages/2-r1-zero/model
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from r1lab.models.io import load_model
+from r1lab.rewards import REWARDS
+from r1lab.rollout import generate
+from r1lab.train.checkpoint import write_atomic
+
+
+class EvalConfig(BaseModel):
+    """Held-out evaluation."""
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["eval"]
+    name: str = Field(description="Stage name.")
+    model: str = Field(description="Model to evaluate: an earlier stage's name or a model path.")
+    samples: int = Field(8, gt=0, description="Completions per question for pass@1 (k).")
+    temperature: float = Field(0.6, gt=0, description="Sampling temperature for pass@1 (R1 paper: 0.6).")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus for pass@1 (R1 paper: 0.95).")
+    max_new_tokens: int = Field(96, gt=0, description="Completion length cap.")
+    batch_size: int = Field(256, gt=0, description="Questions per generation batch.")
+    stop: list[str] = Field(default_factory=lambda: ["</answer>"], description="Strings that end a completion.")
+
+
+def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> dict[str, float]:
+    """The metrics of ``model`` on ``task``'s test split."""
+    examples = task.test_examples(seed)
+    stop_ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in cfg.stop]
+    acc_fn, fmt_fn = REWARDS[task.verifier], REWARDS["format"]
+    model.eval()
+    correct, formatted, correct_formatted, lengths, greedy = [], [], [], [], []
+    for i in range(0, len(examples), cfg.batch_size):
+        chunk = examples[i:i + cfg.batch_size]
+        prompts = [tokenizer(task.prompt(e))["input_ids"] for e in chunk]
+        common = dict(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, stop=stop_ids)
+        sampled = generate(model, prompts, n=cfg.samples, temperature=cfg.temperature,
+                           top_p=cfg.top_p, seed=seed + i, **common)
+        texts = decode(tokenizer, sampled)
+        rows = [e for e in chunk for _ in range(cfg.samples)]
+        for text, ex, n in zip(texts, rows, sampled.lengths.tolist()):
+            ok, fmt = acc_fn(text, ex), fmt_fn(text, ex)
+            correct.append(ok)
+            formatted.append(fmt)
+            if fmt:
+                correct_formatted.append(ok)
+            lengths.append(n)
+        best = generate(model, prompts, n=1, temperature=0.0, **common)
+        greedy += [acc_fn(t, e) for t, e in zip(decode(tokenizer, best), chunk)]
+    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
+    return {
+        "pass@1": mean(correct), "greedy_accuracy": mean(greedy), "format_rate": mean(formatted),
+        "accuracy_if_formatted": mean(correct_formatted), "completion_len/mean": mean(lengths),
+        "n_questions": len(examples), "samples": cfg.samples, "temperature": cfg.temperature,
+    }
+
+
+def decode(tokenizer, rollout) -> list[str]:
+    return tokenizer.batch_decode([ids[m] for ids, m in zip(rollout.completion_ids, rollout.mask)])
+
+
+@torch.no_grad()
+def run(ctx, cfg: EvalConfig, out: Path) -> None:
+    model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
+    metrics = evaluate(model, tokenizer, ctx.config.task, ctx.config.seed, cfg)
+    metrics["model"] = cfg.model
+    write_atomic(out / "eval.json", json.dumps(metrics, indent=2) + "\n")

@@ -1,0 +1,180 @@
+"""Stage ``grpo``: Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath), used
+as in DeepSeek-R1-Zero (Guo et al. 2025): RL straight from a base model with rule-based rewards.
+
+Each step draws ``prompts_per_step`` training questions, samples ``group_size`` completions of
+each at ``temperature``, scores them with the configured rewards (accuracy + format in R1-Zero),
+turns rewards into group-relative advantages, and takes ``mu`` optimizer steps on the GRPO loss
+(r1lab/losses/grpo.py) against the log-probs the batch was sampled under. The reference for
+the k3 KL penalty is the frozen initial model (with ``beta = 0`` none is loaded).
+
+Departures from the paper: none in the objective; the batch sizes are a laptop's, and the
+tiny default shortens the prompt template (r1lab/data/templates.py).
+
+    r1lab run                                   # pretrain, then this stage, on the default task
+    r1lab run r1-zero-qwen2.5-0.5b-gsm8k.yaml   # the same stage on a real model
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from r1lab.advantages import group_advantages
+from r1lab.losses.common import masked_mean
+from r1lab.losses.grpo import grpo_loss
+from r1lab.models.io import load_model
+from r1lab.rewards import REWARDS, score
+from r1lab.rollout import generate
+from r1lab.train.checkpoint import load_checkpoint, save_checkpoint, save_pretrained_atomic
+from r1lab.train.forward import completion_logprobs, prompt_completion_batch
+from r1lab.train.metrics import MetricsLogger
+from r1lab.train.progress import progress_bar, show
+from r1lab.train.optim import build_optimizer, build_scheduler, optimizer_step
+
+
+class GrpoConfig(BaseModel):
+    """R1-Zero style GRPO."""
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["grpo"]
+    name: str = Field(description="Stage name; later stages refer to its model by it.")
+    init: str = Field(description="Starting policy (and reference): an earlier stage's name or a model path.")
+    steps: int = Field(50, gt=0, description="Rollout batches (each followed by mu optimizer steps).")
+    prompts_per_step: int = Field(16, gt=0, description="Questions per rollout batch.")
+    group_size: int = Field(8, ge=2, description="Completions per question (G).")
+    mu: int = Field(1, ge=1, description="Optimizer steps per rollout batch (GRPO iterations).")
+    micro_batch_size: int = Field(0, ge=0, description="Completions per forward/backward; 0 = all at once.")
+    max_new_tokens: int = Field(96, gt=0, description="Completion length cap.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of rollouts.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    warmup_steps: int = Field(5, ge=0, description="Linear warmup, in optimizer steps.")
+    min_lr_ratio: float = Field(1.0, ge=0, le=1, description="Final LR / peak (1.0 = constant after warmup).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decay on matrices.")
+    grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
+    clip_eps: float = Field(0.2, gt=0, description="PPO-style ratio clip epsilon.")
+    beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the reference (0 = no reference).")
+    rewards: dict[str, float] = Field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5},
+                                      description="Reward name -> weight; names from r1lab.rewards.REWARDS.")
+    stop: list[str] = Field(default_factory=lambda: ["</answer>"], description="Strings that end a completion.")
+    checkpoint_every: int = Field(10, gt=0, description="Steps between resumable checkpoints.")
+
+    @field_validator("rewards")
+    @classmethod
+    def _known_rewards(cls, value):
+        unknown = sorted(set(value) - set(REWARDS))
+        if unknown:
+            raise ValueError(f"unknown reward {unknown[0]!r}; known: {sorted(REWARDS)}")
+        return value
+
+
+def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Tensor | None,
+               ref_logp: torch.Tensor | None, cfg: GrpoConfig, ctx) -> dict[str, float]:
+    """One optimizer step's forward/backward over ``batch`` in micro-batches (gradients
+    accumulate to exactly the full-batch gradient); returns averaged stats.
+
+    ``old_logp`` None means the batch was sampled by the current weights (mu = 1)."""
+    n = batch["input_ids"].shape[0]
+    mb = cfg.micro_batch_size or n
+    totals: dict[str, float] = {}
+    for i in range(0, n, mb):
+        part = {k: v[i:i + mb] for k, v in batch.items()}
+        with ctx.autocast():
+            logp, entropy = completion_logprobs(policy, part, temperature=cfg.temperature, with_entropy=True)
+        mask = part["completion_mask"].to(logp.device)
+        old = logp.detach() if old_logp is None else old_logp[i:i + mb].to(logp.device)
+        loss, stats = grpo_loss(logp, old,
+                                None if ref_logp is None else ref_logp[i:i + mb].to(logp.device),
+                                advantages[i:i + mb].to(logp.device), mask,
+                                clip_eps=cfg.clip_eps, beta=cfg.beta)
+        (loss * len(mask) / n).backward()
+        stats["entropy"] = masked_mean(entropy, mask).item()
+        for k, v in stats.items():
+            totals[k] = totals.get(k, 0.0) + v * len(mask) / n
+    return totals
+
+
+@torch.no_grad()
+def logprobs_no_grad(model, batch: dict, cfg: GrpoConfig, ctx) -> torch.Tensor:
+    n = batch["input_ids"].shape[0]
+    mb = cfg.micro_batch_size or n
+    parts = []
+    for i in range(0, n, mb):
+        with ctx.autocast():
+            logp, _ = completion_logprobs(model, {k: v[i:i + mb] for k, v in batch.items()},
+                                          temperature=cfg.temperature)
+        parts.append(logp.float().cpu())
+    return torch.cat(parts)                                                  # [N, L]
+
+
+def run(ctx, cfg: GrpoConfig, out: Path) -> None:
+    seed, task = ctx.config.seed, ctx.config.task
+    policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
+    ref = load_model(ctx.model_path(cfg.init), ctx.device)[0].eval() if cfg.beta > 0 else None
+    stop_ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in cfg.stop]
+    opt = build_optimizer(policy, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = build_scheduler(opt, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps * cfg.mu,
+                            min_ratio=cfg.min_lr_ratio)
+    step, elapsed = 0, 0.0
+    state = load_checkpoint(out / "checkpoint")
+    if state is not None:
+        policy.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, elapsed = state["step"], state["elapsed_s"]
+    log = MetricsLogger(out / "metrics.jsonl", cfg.name, resume_step=step, elapsed_s=elapsed)
+    bar = progress_bar(f"{cfg.name} (grpo)", cfg.steps, step)
+    acc_fn = task.verifier
+    while step < cfg.steps:
+        t0 = time.time()
+        examples = task.sample_train(seed, step, cfg.prompts_per_step)
+        prompts = [tokenizer(task.prompt(e))["input_ids"] for e in examples]
+        policy.eval()
+        rollout = generate(policy, prompts, n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
+                           temperature=cfg.temperature, top_p=cfg.top_p,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                           stop=stop_ids, seed=seed * 1_000_003 + step)
+        texts = tokenizer.batch_decode([ids[m] for ids, m in zip(rollout.completion_ids, rollout.mask)])
+        rows = [e for e in examples for _ in range(cfg.group_size)]
+        totals, per_fn = score(texts, rows, cfg.rewards)
+        if acc_fn not in per_fn:
+            per_fn[acc_fn] = [REWARDS[acc_fn](t, e) for t, e in zip(texts, rows)]
+        if "format" not in per_fn:
+            per_fn["format"] = [REWARDS["format"](t, e) for t, e in zip(texts, rows)]
+        rewards = torch.tensor(totals)                                       # [N]
+        advantages = group_advantages(rewards, cfg.group_size)               # [N]
+        batch = prompt_completion_batch([p for p in prompts for _ in range(cfg.group_size)],
+                                        rollout.completion_ids, rollout.mask, tokenizer.pad_token_id)
+        ref_logp = logprobs_no_grad(ref, batch, cfg, ctx) if ref is not None else None
+        policy.train()
+        # The policy that sampled the batch. With mu = 1 it equals the policy being trained,
+        # so grpo_batch uses its own detached log-probs (ratio exactly 1) and we skip a forward.
+        old_logp = logprobs_no_grad(policy, batch, cfg, ctx) if cfg.mu > 1 else None
+        for _ in range(cfg.mu):
+            stats = grpo_batch(policy, batch, advantages, old_logp, ref_logp, cfg, ctx)
+            grad_norm = optimizer_step(policy, opt, sched, cfg.grad_clip)
+        step += 1
+        n_tokens = int(rollout.mask.sum())
+        values = {
+            "reward/mean": rewards.mean().item(),
+            **{f"reward/{k}": sum(v) / len(v) for k, v in per_fn.items()},
+            "accuracy": sum(per_fn[acc_fn]) / len(texts),
+            "format_rate": sum(per_fn["format"]) / len(texts),
+            "completion_len/mean": rollout.lengths.float().mean().item(),
+            "kl": stats["kl"], "clip_frac": stats["clip_frac"], "entropy": stats["entropy"],
+            "loss": stats["loss"], "lr": sched.get_last_lr()[0], "grad_norm": grad_norm,
+            "tokens_per_s": n_tokens / (time.time() - t0),
+        }
+        log.log(step, values)
+        show(bar, {"reward": values["reward/mean"], "acc": values["accuracy"],
+                   "len": values["completion_len/mean"], "tok/s": values["tokens_per_s"]})
+        bar.update(1)
+        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            save_checkpoint(out / "checkpoint", {
+                "model": policy.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "step": step, "elapsed_s": log.elapsed()})
+    bar.close()
+    save_pretrained_atomic(policy, tokenizer, out / "model")

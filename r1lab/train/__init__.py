@@ -1,0 +1,1 @@
+"""Loop pieces every stage shares: schedule, optimizer, checkpoints, metrics, progress."""

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny models and data written to disk, and a reduced config."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from r1lab.data.corpus import CorpusMix, documents
+from r1lab.models.tokenizer import train_tokenizer
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    docs = documents(0, 800, CorpusMix(), "r1-compact")
+    return train_tokenizer([p + c for p, c in docs], 512)
+
+
+def tiny_llama(tokenizer, seed: int = 0, hidden: int = 64) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=2 * hidden,
+                      max_position_embeddings=256, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(tmp_path_factory, tokenizer):
+    """A tiny Qwen2 checkpoint on disk, shaped like Qwen2.5 (biases on q/k/v, GQA, tied)."""
+    path = tmp_path_factory.mktemp("qwen-tiny")
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                      max_position_embeddings=512, tie_word_embeddings=True,
+                      eos_token_id=tokenizer.eos_token_id)
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gsm8k_dir(tmp_path_factory):
+    """GSM8K-shaped JSONL files: answers are worked text ending in '#### N'."""
+    path = tmp_path_factory.mktemp("gsm8k")
+    rng = random.Random(0)
+    for split, n in (("train", 40), ("test", 8)):
+        with open(path / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                a, b = rng.randint(1, 50), rng.randint(1, 50)
+                f.write(json.dumps({"question": f"Tom has {a} apples and buys {b} more. How many?",
+                                    "answer": f"{a}+{b}={a + b}\n#### {a + b}"}) + "\n")
+    return path

@@ -1,0 +1,106 @@
+"""Configs: the shipped ones validate; bad keys, types and references fail early and clearly."""
+
+import pytest
+
+from r1lab.config import ConfigError, load_config
+from r1lab.stages.grpo import GrpoConfig
+
+GOOD = """\
+name: t
+seed: 3
+task:
+  kind: arithmetic
+  n_test: 10
+stages:
+  - kind: pretrain
+    name: base
+    steps: 5
+  - kind: grpo
+    name: rl
+    init: base
+    lr: 0.001
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path, text, overrides=()):
+    with pytest.raises(ConfigError) as e:
+        load_config(str(write(tmp_path, text)), list(overrides))
+    return str(e.value)
+
+
+def test_shipped_default_validates():
+    cfg = load_config(None)
+    assert cfg.name == "r1-zero-tiny"
+    assert [s.kind for s in cfg.stages] == ["pretrain", "eval", "grpo", "eval"]
+
+
+def test_good_config_and_typed_values(tmp_path):
+    cfg = load_config(str(write(tmp_path, GOOD)))
+    assert cfg.seed == 3 and cfg.stages[0].steps == 5
+    assert isinstance(cfg.stages[1], GrpoConfig) and cfg.stages[1].lr == 0.001
+    assert cfg.stages[1].group_size == 8          # default from the one place defaults live
+
+
+def test_unknown_key_names_file_line_and_key(tmp_path):
+    msg = error_of(tmp_path, GOOD.replace("    lr: 0.001", "    lr: 0.001\n    learning_rate: 0.1"))
+    assert "c.yaml:14:" in msg and "stages[1].learning_rate" in msg and "unknown key" in msg
+
+
+def test_wrong_type_names_file_line_and_field(tmp_path):
+    msg = error_of(tmp_path, GOOD.replace("    steps: 5", "    steps: many"))
+    assert "c.yaml:9:" in msg and "stages[0].steps" in msg and "'many'" in msg
+
+
+def test_unknown_top_level_key(tmp_path):
+    msg = error_of(tmp_path, "colour: red\n" + GOOD)
+    assert "c.yaml:1:" in msg and "colour" in msg
+
+
+def test_unknown_stage_kind(tmp_path):
+    msg = error_of(tmp_path, GOOD.replace("kind: grpo", "kind: gpro"))
+    assert "c.yaml:10:" in msg and "stages[1]" in msg and "gpro" in msg
+
+
+def test_dangling_model_reference(tmp_path):
+    msg = error_of(tmp_path, GOOD.replace("init: base", "init: basse"))
+    assert "c.yaml:12: stages[1].init: 'basse' is neither an earlier stage" in msg
+
+
+def test_unknown_reward_name(tmp_path):
+    msg = error_of(tmp_path, GOOD + "    rewards: {accuracy: 1.0, lenght: 0.1}\n")
+    assert "stages[1].rewards" in msg and "lenght" in msg
+
+
+def test_group_size_below_two_is_rejected(tmp_path):
+    msg = error_of(tmp_path, GOOD + "    group_size: 1\n")
+    assert "c.yaml:14:" in msg and "stages[1].group_size" in msg
+
+
+def test_bad_yaml_names_the_line(tmp_path):
+    msg = error_of(tmp_path, GOOD.replace("  n_test: 10", "  n_test: [10"))
+    assert "c.yaml:" in msg and "not valid YAML" in msg
+
+
+def test_overrides_by_index_and_name(tmp_path):
+    path = str(write(tmp_path, GOOD))
+    cfg = load_config(path, ["stages.rl.lr=0.5", "stages.0.steps=7", "seed=9"])
+    assert cfg.stages[1].lr == 0.5 and cfg.stages[0].steps == 7 and cfg.seed == 9
+
+
+def test_bad_override_is_named(tmp_path):
+    path = str(write(tmp_path, GOOD))
+    with pytest.raises(ConfigError, match=r"--set stages.rl.lr=fast: stages\[1\].lr"):
+        load_config(path, ["stages.rl.lr=fast"])
+    with pytest.raises(ConfigError, match="no stage with index or name 'nope'"):
+        load_config(path, ["stages.nope.lr=1"])
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config("does/not/exist.yaml")

@@ -1,0 +1,101 @@
+"""The synthetic task, the corpus, the tokenizer and JSONL validation."""
+
+import re
+
+import pytest
+from transformers import AutoTokenizer
+
+from r1lab.data.arithmetic import is_test_question, sample_problems
+from r1lab.data.corpus import CorpusMix, completion_text, documents
+from r1lab.data.jsonl import DataError, read_qa_jsonl
+from r1lab.data.tasks import ArithmeticTask
+from r1lab.data.templates import render
+from r1lab.models.tokenizer import TAGS, train_tokenizer
+
+
+def solve(question: str) -> int:
+    """An independent solver: '7+8*4 mod 10' -> (7 + 8*4) % 10."""
+    s, op, k, n = re.fullmatch(r"(\d)([+-])(\d)\*(\d) mod 10", question).groups()
+    total = int(s) + (1 if op == "+" else -1) * int(k) * int(n)
+    return total % 10
+
+
+def test_answers_are_right():
+    for p in sample_problems(0, 300, split="train") + sample_problems(0, 100, split="test"):
+        assert int(p["answer"]) == solve(p["question"])
+
+
+def test_train_and_test_never_overlap():
+    test = {p["question"] for p in sample_problems(0, 120, split="test")}
+    train = {p["question"] for p in sample_problems(0, 20000, split="train")}
+    assert len(test) == 120                        # distinct
+    assert not (test & train)
+    assert all(is_test_question(q, 0.15) for q in test)
+    assert not any(is_test_question(q, 0.15) for q in train)
+
+
+def test_corpus_holds_no_test_question():
+    questions = [prompt.rsplit("User: ", 1)[1].split("\n")[0]
+                 for prompt, _ in documents(0, 3000, CorpusMix(), "r1-compact")]
+    assert len(set(questions)) > 500                                    # a real variety of questions
+    assert not any(is_test_question(q, 0.15) for q in questions)        # none from the test split
+
+
+def test_same_seed_same_data_other_seed_other_data():
+    task = ArithmeticTask(kind="arithmetic")
+    assert task.sample_train(0, 5, 10) == task.sample_train(0, 5, 10)
+    assert task.sample_train(0, 5, 10) != task.sample_train(0, 6, 10)
+    assert task.test_examples(0) == task.test_examples(0)
+
+
+def test_corpus_kinds():
+    import random
+    p = {"question": "3+9*2 mod 10", "answer": "1", "steps": [(2, 3, "+", 9, 2), (1, 2, "+", 9, 1)]}
+    rng = random.Random(0)
+    assert completion_text(p, "worked", rng, 0.3) == " <think>3+9=2 1 left, 2+9=1 0 left</think> <answer>1</answer>"
+    assert completion_text(p, "malformed", rng, 0.3).endswith("</think> The answer is 1.")
+    slipped = completion_text(p, "slip", rng, 0.3)
+    assert slipped.startswith(" <think>3+9=") and "<answer>1</answer>" not in slipped
+    direct = [completion_text(p, "direct", random.Random(i), 0.0) for i in range(20)]
+    assert all(d.startswith(" <think></think> <answer>") for d in direct)
+    assert not any("<answer>1</answer>" in d for d in direct)     # direct_correct = 0: always wrong
+
+
+def test_tokenizer_is_deterministic_and_loads_with_autotokenizer(tmp_path, tokenizer):
+    docs = documents(0, 800, CorpusMix(), "r1-compact")
+    again = train_tokenizer([p + c for p, c in docs], 512)
+    assert again.get_vocab() == tokenizer.get_vocab()
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    text = render("r1-compact", "7+8*4 mod 10") + " <think>7+8=5 3 left</think> <answer>9</answer>"
+    ids = loaded(text)["input_ids"]
+    assert loaded.decode(ids) == text                                   # lossless round trip
+    for tag in TAGS:                                                    # each tag is one token
+        assert len(loaded(tag, add_special_tokens=False)["input_ids"]) == 1
+    digits = loaded.convert_ids_to_tokens(loaded("1234", add_special_tokens=False)["input_ids"])
+    assert digits == ["1", "2", "3", "4"]
+    chat = loaded.apply_chat_template([{"role": "user", "content": "2+2*2 mod 10"}],
+                                      tokenize=False, add_generation_prompt=True)
+    assert chat == "User: 2+2*2 mod 10\nAssistant:"
+    assert loaded.eos_token == "<|endoftext|>" and loaded.pad_token == "<|pad|>"
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"question": "q"}', "line 2: field 'answer': missing"),
+    ('{"question": "q", "answer": [1]}', "line 2: field 'answer': expected text or a number"),
+    ('not json', "line 2: not valid JSON"),
+    ('[1, 2]', "line 2: expected a JSON object"),
+])
+def test_bad_jsonl_names_file_line_and_field(tmp_path, line, message):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"question": "ok", "answer": 3}\n' + line + "\n")
+    with pytest.raises(DataError) as e:
+        read_qa_jsonl(path, "question", "answer")
+    assert str(path) in str(e.value) and message.replace("line 2", f"{path}:2") in str(e.value)
+
+
+def test_jsonl_reads_numbers_and_skips_blank_lines(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"q": "a?", "a": 3}\n\n{"q": "b?", "a": "#### 4"}\n')
+    assert read_qa_jsonl(path, "q", "a") == [{"question": "a?", "answer": "3"},
+                                             {"question": "b?", "answer": "#### 4"}]

@@ -1,0 +1,82 @@
+"""The generation entry point against slow references: HF generate and full recompute."""
+
+import torch
+
+from r1lab.rollout import generate
+from r1lab.train.forward import completion_logprobs, prompt_completion_batch
+
+from conftest import tiny_llama
+
+
+def prompts_of(tokenizer):
+    texts = ["User: 1+2*3 mod 10\nAssistant:", "Think.\nUser: 9-9*9 mod 10\nAssistant: <think>", "7"]
+    return [tokenizer(t)["input_ids"] for t in texts]               # three different lengths
+
+
+def test_greedy_matches_hf_generate(tokenizer):
+    model = tiny_llama(tokenizer)
+    prompts = prompts_of(tokenizer)
+    ours = generate(model, prompts, max_new_tokens=12, temperature=0.0,
+                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    for i, p in enumerate(prompts):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        ref = ref[0, len(p):].tolist()
+        assert ours.completion_ids[i][ours.mask[i]].tolist() == ref[:int(ours.mask[i].sum())]
+
+
+def test_stop_sequences_end_rows_at_different_steps(tokenizer):
+    model = tiny_llama(tokenizer)
+    prompts = prompts_of(tokenizer)
+    free = generate(model, prompts, max_new_tokens=10, temperature=0.0,
+                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    # stop each row on the token it greedily produces at step 2 (row 0) or step 5 (row 1)
+    stops = [[free.completion_ids[0, 2].item()], [free.completion_ids[1, 5].item()]]
+    out = generate(model, prompts, max_new_tokens=10, temperature=0.0, stop=stops,
+                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    first_hit = [min(j for j in range(10) if free.completion_ids[i, j].item() in (stops[0][0], stops[1][0]))
+                 if any(free.completion_ids[i, j].item() in (stops[0][0], stops[1][0]) for j in range(10)) else None
+                 for i in range(3)]
+    for i in range(3):
+        if first_hit[i] is None:
+            assert out.finish_reasons[i] == "length" and out.mask[i].all()
+        else:
+            assert out.finish_reasons[i] == "stop"
+            assert int(out.mask[i].sum()) == first_hit[i] + 1           # the stop token is kept
+            assert (out.completion_ids[i, first_hit[i] + 1:] == tokenizer.pad_token_id).all()
+        n = int(out.mask[i].sum())
+        assert out.completion_ids[i, :n].tolist() == free.completion_ids[i, :n].tolist()
+
+
+def test_logprobs_equal_full_recompute(tokenizer):
+    model = tiny_llama(tokenizer, seed=1)
+    prompts = prompts_of(tokenizer)
+    out = generate(model, prompts, n=3, max_new_tokens=16, temperature=0.8, seed=7,
+                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    rows = [p for p in prompts for _ in range(3)]
+    batch = prompt_completion_batch(rows, out.completion_ids, out.mask, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model, batch, temperature=0.8)
+    assert torch.allclose(logp[out.mask], out.logprobs[out.mask], atol=1e-4)
+    assert (out.logprobs[~out.mask] == 0).all()
+
+
+def test_sampling_is_deterministic_under_a_seed(tokenizer):
+    model = tiny_llama(tokenizer)
+    prompts = prompts_of(tokenizer)
+    kw = dict(n=4, max_new_tokens=12, temperature=1.0, top_p=0.9,
+              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    a, b, c = generate(model, prompts, seed=3, **kw), generate(model, prompts, seed=3, **kw), generate(model, prompts, seed=4, **kw)
+    assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.logprobs, b.logprobs)
+    assert not torch.equal(a.completion_ids, c.completion_ids)
+    assert a.completion_ids.shape[0] == 12                              # prompt-major n samples
+
+
+def test_top_p_and_top_k_filtering():
+    from r1lab.rollout.sampling import filter_logits
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(filter_logits(logits, top_p=0.7))[0].tolist()
+    assert kept == [True, True, False, False]                           # 0.5 < 0.7 <= 0.8
+    kept = torch.isfinite(filter_logits(logits, top_k=3))[0].tolist()
+    assert kept == [True, True, True, False]
+    assert torch.isfinite(filter_logits(logits, top_p=0.01))[0].tolist() == [True, False, False, False]

@@ -1,0 +1,172 @@
+"""End-to-end runs of the pipeline on reduced configs (marked slow; CI runs them)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from r1lab.config import load_config
+from r1lab.pipeline import eval_table, run
+from r1lab.train.metrics import read_metrics
+
+GRPO_METRICS = {"stage", "step", "time_s", "reward/mean", "reward/accuracy", "reward/format", "accuracy",
+                "format_rate", "completion_len/mean", "kl", "clip_frac", "entropy", "lr", "grad_norm",
+                "tokens_per_s"}
+
+# A reduced R1-Zero run: a short pre-training, then GRPO long enough for the reward to move.
+REDUCED = ["stages.base.steps=250", "stages.base.corpus.documents=8000", "stages.base.eval_every=50",
+           "stages.r1-zero.steps=16", "stages.r1-zero.checkpoint_every=8", "task.n_test=24",
+           "stages.eval-base.samples=2", "stages.eval-r1-zero.samples=2"]
+
+# A tiny, quick run for resume tests: pre-training with many small steps, then a short GRPO.
+QUICK = ["stages.base.model.hidden_size=32", "stages.base.model.num_layers=2",
+         "stages.base.model.intermediate_size=64", "stages.base.batch_size=4", "stages.base.seq_len=64",
+         "stages.base.corpus.documents=1500", "stages.base.steps=300", "stages.base.eval_every=100",
+         "stages.base.checkpoint_every=25", "stages.r1-zero.steps=12", "stages.r1-zero.checkpoint_every=2",
+         "stages.r1-zero.prompts_per_step=2", "stages.r1-zero.group_size=2",
+         "stages.r1-zero.max_new_tokens=24", "task.n_test=4", "stages.eval-base.samples=1",
+         "stages.eval-r1-zero.samples=1", "stages.eval-base.max_new_tokens=8",
+         "stages.eval-r1-zero.max_new_tokens=8"]
+
+
+@pytest.mark.slow
+def test_reduced_r1_zero_run(tmp_path):
+    run_dir = run(load_config(None, REDUCED), tmp_path / "run", log=lambda *_: None)
+    stages = sorted((run_dir / "stages").iterdir())
+    assert [p.name for p in stages] == ["0-base", "1-eval-base", "2-r1-zero", "3-eval-r1-zero"]
+    assert all((p / "DONE").is_file() for p in stages)
+    assert (run_dir / "config.yaml").is_file()
+
+    # the models are plain HF checkpoints
+    for name in ("0-base", "2-r1-zero"):
+        model = AutoModelForCausalLM.from_pretrained(run_dir / "stages" / name / "model")
+        tok = AutoTokenizer.from_pretrained(run_dir / "stages" / name / "model")
+        assert model.config.model_type == "llama" and len(tok) == model.config.vocab_size
+
+    pre = read_metrics(stages[0] / "metrics.jsonl")
+    assert [m["step"] for m in pre] == list(range(1, 251))
+    val = [m["val_loss"] for m in pre if "val_loss" in m]
+    assert len(val) == 5 and val[-1] < val[0]                          # pre-training learned
+
+    rl = read_metrics(stages[2] / "metrics.jsonl")
+    assert GRPO_METRICS <= set(rl[0])
+    rewards = [m["reward/mean"] for m in rl]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.05, rewards                                # the reward curve rises
+
+    for name in ("1-eval-base", "3-eval-r1-zero"):
+        ev = json.loads((stages[0].parent / name / "eval.json").read_text())
+        assert {"pass@1", "greedy_accuracy", "format_rate", "accuracy_if_formatted",
+                "completion_len/mean"} <= set(ev)
+        assert 0 <= ev["pass@1"] <= 1
+    table = eval_table(run_dir)
+    assert "base" in table and "r1-zero" in table and "pass@1" in table
+
+
+def start(run_dir: Path, extra=()) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "r1lab.cli", "run", "--run-dir", str(run_dir)]
+    for item in QUICK + list(extra):
+        cmd += ["--set", item]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "the run never reached the point to kill it"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def weights(stage_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(stage_dir / "model" / "model.safetensors")
+
+
+@pytest.mark.slow
+def test_kill_mid_stage_then_resume(tmp_path):
+    unbroken_dir, broken_dir = tmp_path / "unbroken", tmp_path / "broken"
+    unbroken = start(unbroken_dir)
+    assert unbroken.wait() == 0, unbroken.stdout.read()
+
+    # kill -9 in the middle of pre-training, once a checkpoint exists
+    proc = start(broken_dir)
+    ckpt = broken_dir / "stages" / "0-base" / "checkpoint" / "state.pt"
+    kill_when(proc, ckpt.exists)
+    assert not (broken_dir / "stages" / "0-base" / "DONE").exists()    # it really died mid-stage
+    # resume, and kill again in the middle of GRPO
+    proc = start(broken_dir)
+    grpo_ckpt = broken_dir / "stages" / "2-r1-zero" / "checkpoint" / "state.pt"
+    kill_when(proc, grpo_ckpt.exists)
+    assert not (broken_dir / "stages" / "2-r1-zero" / "DONE").exists()
+    done_before = {p.parent.name: p.stat().st_mtime_ns for p in broken_dir.glob("stages/*/DONE")}
+    assert set(done_before) == {"0-base", "1-eval-base"}
+
+    proc = start(broken_dir)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    assert "base (pretrain): done, skipped" in out and "eval-base (eval): done, skipped" in out
+    done_after = {p.parent.name: p.stat().st_mtime_ns for p in broken_dir.glob("stages/*/DONE")}
+    assert all(done_after[k] == v for k, v in done_before.items())     # no finished stage ran twice
+    assert set(done_after) == {"0-base", "1-eval-base", "2-r1-zero", "3-eval-r1-zero"}
+
+    # the metrics read as one unbroken run, and the resumed run equals the unbroken one
+    for stage, steps in (("0-base", 300), ("2-r1-zero", 12)):
+        logged = [m["step"] for m in read_metrics(broken_dir / "stages" / stage / "metrics.jsonl")]
+        assert logged == list(range(1, steps + 1))
+        a, b = weights(unbroken_dir / "stages" / stage), weights(broken_dir / "stages" / stage)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), stage
+    assert (json.loads((unbroken_dir / "stages/3-eval-r1-zero/eval.json").read_text())
+            == json.loads((broken_dir / "stages/3-eval-r1-zero/eval.json").read_text()))
+
+
+def test_run_dir_with_another_config_is_refused(tmp_path):
+    from r1lab.pipeline import RunDirError
+    (tmp_path / "config.yaml").write_text("name: something-else\n")
+    with pytest.raises(RunDirError, match="different config"):
+        run(load_config(None, QUICK), tmp_path, log=lambda *_: None)
+    assert (tmp_path / "config.yaml").read_text() == "name: something-else\n"   # nothing overwritten
+
+
+@pytest.mark.slow
+def test_real_model_config_runs_on_a_tiny_qwen_checkpoint(tmp_path, qwen_dir, gsm8k_dir):
+    overrides = [
+        f"stages.eval-base.model={qwen_dir}", f"stages.r1-zero.init={qwen_dir}",
+        f"task.train_path={gsm8k_dir / 'train.jsonl'}", f"task.test_path={gsm8k_dir / 'test.jsonl'}",
+        "task.n_test=4", "stages.r1-zero.steps=2", "stages.r1-zero.prompts_per_step=2",
+        "stages.r1-zero.group_size=2", "stages.r1-zero.micro_batch_size=2",
+        "stages.r1-zero.max_new_tokens=8", "stages.r1-zero.lr=1e-3",
+        "stages.eval-base.samples=1", "stages.eval-base.max_new_tokens=8",
+        "stages.eval-r1-zero.samples=1", "stages.eval-r1-zero.max_new_tokens=8",
+    ]
+    cfg = load_config("r1-zero-qwen2.5-0.5b-gsm8k", overrides)
+    assert cfg.task.verifier == "math_verify" and cfg.task.template == "r1"
+    run_dir = run(cfg, tmp_path / "run", log=lambda *_: None)
+    stage = run_dir / "stages" / "1-r1-zero"
+    model = AutoModelForCausalLM.from_pretrained(stage / "model")
+    assert model.config.model_type == "qwen2"
+    before = load_file(Path(qwen_dir) / "model.safetensors")
+    after = load_file(stage / "model" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)     # GRPO changed the weights
+    rl = read_metrics(stage / "metrics.jsonl")
+    assert [m["step"] for m in rl] == [1, 2] and "reward/math_verify" in rl[0]
+    assert json.loads((run_dir / "stages" / "2-eval-r1-zero" / "eval.json").read_text())["n_questions"] == 4
+
+
+def test_real_model_config_without_the_model_fails_clearly():
+    from r1lab.config import ConfigError
+    with pytest.raises(ConfigError, match=r"r1-zero-qwen2.5-0.5b-gsm8k.yaml:24: stages\[0\].model: 'models/Qwen2.5-0.5B'"):
+        load_config("r1-zero-qwen2.5-0.5b-gsm8k")

@@ -1,0 +1,66 @@
+"""Rule-based rewards on tricky strings."""
+
+import pytest
+
+from r1lab.rewards import score
+from r1lab.rewards.accuracy import accuracy_reward, extract_answer, math_verify_reward
+from r1lab.rewards.format import format_reward
+
+EX = {"question": "7+8-3", "answer": "12"}
+
+CASES = [
+    # completion, format, accuracy
+    (" <think>7+8-3=15-3=12</think> <answer>12</answer>", 1.0, 1.0),
+    ("<think></think><answer>12</answer>", 1.0, 1.0),                    # empty think is still the format
+    ("\n <think>x</think>\n\n<answer>  12 \n</answer>  \n", 1.0, 1.0),     # whitespace around and inside
+    (" <think>x</think> <answer>13</answer>", 1.0, 0.0),                  # wrong number
+    (" <think>x</think> <answer>12.0</answer>", 1.0, 1.0),                # same number, other spelling
+    (" <think>x</think> <answer>twelve</answer>", 1.0, 0.0),              # non-numeric answer
+    (" <think>x</think> <answer>12 or 13</answer>", 1.0, 0.0),            # hedged answer
+    (" <think>x</think> <answer></answer>", 1.0, 0.0),                    # empty answer
+    (" <think>x</think> The answer is 12.", 0.0, 0.0),                    # answer outside <answer>
+    (" <think>the answer is <answer>12</answer></think>", 0.0, 1.0),      # answer tag inside think
+    (" <think>x</think> <answer>12</answer><answer>13</answer>", 0.0, 0.0),  # two answers
+    (" <think>x</think> <answer>12</answer><answer>12</answer>", 0.0, 0.0),  # repeated answer
+    (" <think>x</think><think>y</think> <answer>12</answer>", 0.0, 1.0),  # repeated think
+    (" <think>x <answer>12</answer>", 0.0, 1.0),                          # missing </think>
+    (" <think>x</think> <answer>12", 0.0, 0.0),                           # missing </answer>
+    ("<answer>12</answer>", 0.0, 1.0),                                    # no think at all
+    (" <think>x</think> <answer>12</answer> trailing text", 0.0, 1.0),    # text after the answer
+    ("12", 0.0, 0.0),                                                     # bare number
+]
+
+
+@pytest.mark.parametrize("completion,fmt,acc", CASES)
+def test_format_and_accuracy(completion, fmt, acc):
+    assert format_reward(completion, EX) == fmt
+    assert accuracy_reward(completion, EX) == acc
+
+
+def test_extract_answer_needs_exactly_one_block():
+    assert extract_answer("<answer>1</answer>") == "1"
+    assert extract_answer("no tags") is None
+    assert extract_answer("<answer>1</answer> <answer>2</answer>") is None
+    assert extract_answer("<answer><answer>1</answer>") is None
+
+
+def test_accuracy_reference_forms():
+    assert accuracy_reward("<answer>42</answer>", {"answer": "Some work.\n#### 42"}) == 1.0
+    assert accuracy_reward("<answer>1,234</answer>", {"answer": "1234"}) == 1.0
+    assert accuracy_reward("<answer>-3</answer>", {"answer": "-3"}) == 1.0
+    assert accuracy_reward("<answer>3</answer>", {"answer": "-3"}) == 0.0
+    assert accuracy_reward("<answer>yes</answer>", {"answer": "yes"}) == 1.0   # textual reference
+
+
+def test_math_verify_equivalences():
+    assert math_verify_reward("<think>.</think><answer>$\\frac{1}{2}$</answer>", {"answer": "0.5"}) == 1.0
+    assert math_verify_reward("<answer>42</answer>", {"answer": "Janet has... #### 42"}) == 1.0
+    assert math_verify_reward("<answer>41</answer>", {"answer": "#### 42"}) == 0.0
+    assert math_verify_reward("The answer is 42", {"answer": "42"}) == 0.0
+
+
+def test_score_weights_and_reports_each_reward():
+    texts = [" <think>a</think> <answer>12</answer>", " <think>a</think> 12"]
+    totals, per_fn = score(texts, [EX, EX], {"accuracy": 1.0, "format": 0.5})
+    assert totals == [1.5, 0.0]
+    assert per_fn == {"accuracy": [1.0, 0.0], "format": [1.0, 0.0]}
