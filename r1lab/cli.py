@@ -42,10 +42,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config value, as for run")
 
     args = parser.parse_args(argv)
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()   # our bars show progress; theirs are noise
-    transformers.utils.logging.set_verbosity_error()
     from r1lab.config import ConfigError, load_config
     from r1lab.data.jsonl import DataError
     from r1lab.models.io import CheckpointError

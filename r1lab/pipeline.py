@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
 import yaml
 
 from r1lab.config import RunConfig
@@ -63,6 +64,8 @@ def stage_dir(run_dir: Path, index: int, name: str) -> Path:
 
 def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
     """Run (or resume) every stage of ``config``; returns the run directory."""
+    transformers.utils.logging.disable_progress_bar()   # our bars show progress; theirs are noise
+    transformers.utils.logging.set_verbosity_error()
     run_dir = Path(run_dir or Path("runs") / config.name)
     resolved = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     saved = run_dir / "config.yaml"
