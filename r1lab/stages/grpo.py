@@ -29,7 +29,7 @@ from r1lab.losses.grpo import grpo_loss
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS, score
 from r1lab.rollout import generate
-from r1lab.train.checkpoint import load_checkpoint, save_checkpoint, save_pretrained_atomic
+from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.forward import completion_logprobs, prompt_completion_batch
 from r1lab.train.metrics import MetricsLogger
 from r1lab.train.progress import progress_bar, show
@@ -118,13 +118,7 @@ def run(ctx, cfg: GrpoConfig, out: Path) -> None:
     opt = build_optimizer(policy, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = build_scheduler(opt, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps * cfg.mu,
                             min_ratio=cfg.min_lr_ratio)
-    step, elapsed = 0, 0.0
-    state = load_checkpoint(out / "checkpoint")
-    if state is not None:
-        policy.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, elapsed = state["step"], state["elapsed_s"]
+    step, elapsed = resume_training(out / "checkpoint", policy, opt, sched)
     log = MetricsLogger(out / "metrics.jsonl", cfg.name, resume_step=step, elapsed_s=elapsed)
     bar = progress_bar(f"{cfg.name} (grpo)", cfg.steps, step)
     acc_fn = task.verifier
@@ -173,8 +167,6 @@ def run(ctx, cfg: GrpoConfig, out: Path) -> None:
                    "len": values["completion_len/mean"], "tok/s": values["tokens_per_s"]})
         bar.update(1)
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            save_checkpoint(out / "checkpoint", {
-                "model": policy.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "step": step, "elapsed_s": log.elapsed()})
+            save_training(out / "checkpoint", policy, opt, sched, step, log.elapsed())
     bar.close()
     save_pretrained_atomic(policy, tokenizer, out / "model")

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from r1lab.data.corpus import CorpusMix, documents
 from r1lab.models.tiny import TinyModelConfig, build_tiny_model
 from r1lab.models.tokenizer import train_tokenizer
-from r1lab.train.checkpoint import load_checkpoint, save_checkpoint, save_pretrained_atomic
+from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.metrics import MetricsLogger
 from r1lab.train.progress import progress_bar, show
 from r1lab.train.optim import build_optimizer, build_scheduler, optimizer_step
@@ -90,13 +90,7 @@ def run(ctx, cfg: PretrainConfig, out: Path) -> None:
     opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = build_scheduler(opt, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
                             min_ratio=cfg.min_lr_ratio)
-    step, elapsed = 0, 0.0
-    state = load_checkpoint(out / "checkpoint")
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, elapsed = state["step"], state["elapsed_s"]
+    step, elapsed = resume_training(out / "checkpoint", model, opt, sched)
     log = MetricsLogger(out / "metrics.jsonl", cfg.name, resume_step=step, elapsed_s=elapsed)
     bar = progress_bar(f"{cfg.name} (pretrain)", cfg.steps, step)
     tokens_seen = 0
@@ -120,9 +114,7 @@ def run(ctx, cfg: PretrainConfig, out: Path) -> None:
         show(bar, {k: values[k] for k in ("loss", "lr", "tokens_per_s")})
         bar.update(1)
         if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            save_checkpoint(out / "checkpoint", {
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "step": step, "elapsed_s": log.elapsed()})
+            save_training(out / "checkpoint", model, opt, sched, step, log.elapsed())
     bar.close()
     save_pretrained_atomic(model, tokenizer, out / "model")
 

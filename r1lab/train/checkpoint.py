@@ -46,6 +46,26 @@ def load_checkpoint(ckpt_dir: Path) -> dict | None:
     return state
 
 
+def resume_training(ckpt_dir: Path, model, optimizer, scheduler) -> tuple[int, float]:
+    """Restore model, optimizer, scheduler and RNG from ``ckpt_dir`` if it holds a state.
+
+    Returns (steps done, seconds spent before), (0, 0.0) for a fresh start.
+    """
+    state = load_checkpoint(ckpt_dir)
+    if state is None:
+        return 0, 0.0
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state["step"], state["elapsed_s"]
+
+
+def save_training(ckpt_dir: Path, model, optimizer, scheduler, step: int, elapsed_s: float) -> None:
+    """The state :func:`resume_training` reads back, written atomically."""
+    save_checkpoint(ckpt_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                               "scheduler": scheduler.state_dict(), "step": step, "elapsed_s": elapsed_s})
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
