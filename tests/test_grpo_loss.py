@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from r1lab.advantages import group_advantages
-from r1lab.losses.grpo import grpo_loss, k3_kl
+from r1lab.losses.grpo import grpo_loss
+from r1lab.losses.kl import k3_kl
 
 # Two completions, three token slots; the last slot of completion 1 is padding.
 LOGP = [[-1.0, -2.0, -0.5], [-1.5, -0.3, 0.0]]
@@ -38,6 +39,8 @@ def test_loss_matches_hand_computation():
     _, loss, stats = call()
     assert loss.item() == pytest.approx(0.4328743, abs=1e-6)
     assert stats["clip_frac"] == pytest.approx(2 / 5)
+    assert stats["clip_frac_high"] == pytest.approx(1 / 5)                 # completion 0, t0
+    assert stats["clip_frac_low"] == pytest.approx(1 / 5)                  # completion 1, t0
     assert stats["kl"] == pytest.approx((0.0048374 * 2 + 0.0187308) / 5, abs=1e-6)
 
 

@@ -13,12 +13,7 @@ from __future__ import annotations
 import torch
 
 from r1lab.losses.common import masked_mean
-
-
-def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Unbiased, non-negative estimate of KL(pi || pi_ref) per token: e^d - d - 1, d = ref - logp."""
-    d = ref_logp - logp
-    return torch.exp(d) - d - 1
+from r1lab.losses.kl import k3_kl
 
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
@@ -48,10 +43,12 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     loss = -per_completion.mean()
 
     with torch.no_grad():
-        is_clipped = (clipped < unclipped) & mask
+        is_clipped = (clipped < unclipped) & mask      # the bound bit: r > 1+eps with A > 0, or r < 1-eps with A < 0
         stats = {
             "loss": loss.item(),
             "clip_frac": masked_mean(is_clipped.float(), mask).item(),
+            "clip_frac_low": masked_mean((is_clipped & (adv < 0)).float(), mask).item(),
+            "clip_frac_high": masked_mean((is_clipped & (adv > 0)).float(), mask).item(),
             "ratio": masked_mean(ratio, mask).item(),
             "kl": masked_mean(kl, mask).item() if kl is not None else 0.0,
         }
