@@ -20,8 +20,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> 
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """log p(ids) under softmax(logits): logits [B, L, V], ids [B, L] -> [B, L].
 
-    Computed as logit[id] - logsumexp(logits), which avoids keeping a full [B, L, V]
-    log-softmax copy alive for backward.
+    The plain reference: logit[id] - logsumexp(logits) on a float32 copy of the whole
+    logits, which autograd keeps for backward. ``r1lab.losses.logprobs.chunked_token_logprobs``
+    is the memory-lean version the training forward uses, tested equal to this one.
     """
     picked = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1)             # [B, L]
     return picked.float() - torch.logsumexp(logits.float(), dim=-1)

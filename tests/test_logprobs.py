@@ -1,0 +1,110 @@
+"""chunked_token_logprobs against hand values, the naive log-softmax and token_logprobs."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from r1lab.losses.common import token_logprobs
+from r1lab.losses.logprobs import chunked_token_logprobs
+
+
+def naive(logits, ids):
+    return logits.float().log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+
+
+def test_hand_computed_values_and_gradient():
+    # Three positions over a vocabulary of 3, chunk_size 2 (chunks of 2 positions, then 1):
+    #   [0, 0, 0]     id 1: p = 1/3           log p = -ln 3 = -1.098612
+    #   [ln 2, 0, 0]  id 0: p = 2/4 = 0.5     log p = -ln 2 = -0.693147
+    #   [ln 2, 0, 0]  id 2: p = 1/4           log p = -ln 4 = -1.386294
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [math.log(2), 0.0, 0.0],
+                            [math.log(2), 0.0, 0.0]]], requires_grad=True)
+    ids = torch.tensor([[1, 0, 2]])
+    out = chunked_token_logprobs(logits, ids, chunk_size=2)
+    assert out.tolist()[0] == pytest.approx([-1.098612, -0.693147, -1.386294], abs=1e-6)
+    # d sum(log p) / d logits = onehot(id) - softmax: [-1/3, 2/3, -1/3], [0.5, -0.25, -0.25],
+    # [-0.5, -0.25, 0.75]
+    out.sum().backward()
+    expected = [[-1 / 3, 2 / 3, -1 / 3], [0.5, -0.25, -0.25], [-0.5, -0.25, 0.75]]
+    assert torch.allclose(logits.grad[0], torch.tensor(expected), atol=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), b=st.integers(1, 3), l=st.integers(1, 9),
+       v=st.integers(2, 11), chunk_size=st.integers(1, 10))
+def test_equals_naive_and_token_logprobs_with_gradients(seed, b, l, v, chunk_size):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(b, l, v, generator=g) * 4                                    # [B, L, V]
+    ids = torch.randint(0, v, (b, l), generator=g)                                  # [B, L]
+    weights = torch.randn(b, l, generator=g)                                        # [B, L]
+    results = []
+    for fn in (lambda x: chunked_token_logprobs(x, ids, chunk_size),
+               lambda x: naive(x, ids), lambda x: token_logprobs(x, ids)):
+        logits = base.clone().requires_grad_(True)
+        out = fn(logits)                                                            # [B, L]
+        (out * weights).sum().backward()
+        results.append((out.detach(), logits.grad))
+    (out, grad), *references = results
+    for ref_out, ref_grad in references:
+        assert torch.allclose(out, ref_out, atol=1e-5)
+        assert torch.allclose(grad, ref_grad, atol=1e-5)
+
+
+def test_bf16_logits_match_token_logprobs_and_keep_their_dtype():
+    g = torch.Generator().manual_seed(0)
+    base = (torch.randn(2, 5, 16, generator=g) * 3).bfloat16()                      # [B, L, V]
+    ids = torch.randint(0, 16, (2, 5), generator=g)                                 # [B, L]
+    fast, slow = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+    out = chunked_token_logprobs(fast, ids, chunk_size=3)
+    ref = token_logprobs(slow, ids)
+    out.sum().backward()
+    ref.sum().backward()
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert fast.grad.dtype == torch.bfloat16
+    # both compute the gradient in float32 and round it to bf16 once (8 bits of mantissa)
+    assert torch.allclose(fast.grad.float(), slow.grad.float(), atol=1e-2)
+
+
+def new_bytes_saved(fn, logits):
+    """Bytes autograd saves for backward while ``fn(logits)`` runs, beyond views of ``logits``."""
+    base = logits.untyped_storage().data_ptr()
+    sizes = []
+
+    def pack(t):
+        if t.untyped_storage().data_ptr() != base:
+            sizes.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(logits)
+    return sum(sizes)
+
+
+def test_no_full_float32_copy_is_kept_for_backward():
+    b, l, v = 2, 6, 32
+    full = torch.randn(b, l + 1, v).bfloat16().requires_grad_(True)                # [B, L+1, V]
+    logits = full[:, :-1]                         # [B, L, V], a strided view as in a real step
+    ids = torch.randint(0, v, (b, l))                                               # [B, L]
+    chunked = new_bytes_saved(lambda x: chunked_token_logprobs(x, ids, 4), logits)
+    reference = new_bytes_saved(lambda x: token_logprobs(x, ids), logits)
+    assert chunked <= b * l * (4 + 8)             # the float32 logsumexp and the int64 ids
+    assert reference >= b * l * v * 4             # the slow path keeps the upcast copy
+
+
+def test_strided_view_matches_token_logprobs():
+    full = torch.randn(2, 7, 5, requires_grad=True)                                 # [B, L+1, V]
+    ids = torch.randint(0, 5, (2, 6))                                               # [B, L]
+    out = chunked_token_logprobs(full[:, :-1], ids, chunk_size=4)
+    (grad,) = torch.autograd.grad(out.sum(), full)
+    ref = token_logprobs(full[:, :-1], ids)
+    (ref_grad,) = torch.autograd.grad(ref.sum(), full)
+    assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(grad, ref_grad, atol=1e-5)
+
+
+def test_chunk_size_must_be_positive():
+    with pytest.raises(ValueError):
+        chunked_token_logprobs(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), 0)
