@@ -39,9 +39,14 @@ QUICK = ["stages.base.model.hidden_size=32", "stages.base.model.num_layers=2",
          "stages.eval-r1-zero.max_new_tokens=8"]
 
 
+@pytest.fixture(scope="module")
+def reduced_run(tmp_path_factory):
+    return run(load_config(None, REDUCED), tmp_path_factory.mktemp("reduced") / "run", log=lambda *_: None)
+
+
 @pytest.mark.slow
-def test_reduced_r1_zero_run(tmp_path):
-    run_dir = run(load_config(None, REDUCED), tmp_path / "run", log=lambda *_: None)
+def test_reduced_r1_zero_run(reduced_run):
+    run_dir = reduced_run
     stages = sorted((run_dir / "stages").iterdir())
     assert [p.name for p in stages] == ["0-base", "1-eval-base", "2-r1-zero", "3-eval-r1-zero"]
     assert all((p / "DONE").is_file() for p in stages)
@@ -71,6 +76,39 @@ def test_reduced_r1_zero_run(tmp_path):
         assert 0 <= ev["pass@1"] <= 1
     table = eval_table(run_dir)
     assert "base" in table and "r1-zero" in table and "pass@1" in table
+
+
+VARIANT_CONFIG = """\
+name: variant
+seed: 1
+task: {kind: arithmetic, n_test: 8}
+stages:
+  - kind: grpo
+    name: rl
+    init: %s
+    loss: %s
+    advantages: %s
+    clip_eps_high: 0.28
+    steps: 12
+    prompts_per_step: 8
+    group_size: 8
+    lr: 3.0e-4
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss,advantages", [("grpo", "group"), ("dapo", "group"), ("dr_grpo", "none"),
+                                             ("gspo", "group"), ("dual_clip", "group"),
+                                             ("grpo", "rloo"), ("grpo", "reinforce_pp"), ("grpo", "batch")])
+def test_each_variant_trains_from_the_reduced_base(tmp_path, reduced_run, loss, advantages):
+    path = tmp_path / "variant.yaml"
+    path.write_text(VARIANT_CONFIG % (reduced_run / "stages" / "0-base" / "model", loss, advantages))
+    out = run(load_config(str(path)), tmp_path / "run", log=lambda *_: None)
+    rl = read_metrics(out / "stages" / "0-rl" / "metrics.jsonl")
+    assert len(rl) == 12
+    assert all(torch.isfinite(torch.tensor(m["loss"])) for m in rl)
+    rewards = [m["reward/mean"] for m in rl]
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4, rewards
 
 
 def start(run_dir: Path, extra=()) -> subprocess.Popen:

@@ -8,7 +8,9 @@ turns rewards into group-relative advantages, and takes ``mu`` optimizer steps o
 the k3 KL penalty is the frozen initial model (with ``beta = 0`` none is loaded).
 
 Departures from the paper: none in the objective; the batch sizes are a laptop's, and the
-tiny default shortens the prompt template (r1lab/data/templates.py).
+tiny default shortens the prompt template (r1lab/data/templates.py). Later variants of the loss
+(DAPO, Dr. GRPO, GSPO, dual clip) and other advantage estimators (batch-std, mean-only, RLOO,
+REINFORCE++) are picked by name with ``loss:`` and ``advantages:`` (docs/algorithms.md).
 
     r1lab run                                   # pretrain, then this stage, on the default task
     r1lab run r1-zero-qwen2.5-0.5b-gsm8k.yaml   # the same stage on a real model
@@ -23,9 +25,9 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from r1lab.advantages import group_advantages
+from r1lab.advantages import ADVANTAGE_ESTIMATORS
 from r1lab.losses.common import masked_mean
-from r1lab.losses.grpo import grpo_loss
+from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS, score
 from r1lab.rollout import generate
@@ -55,7 +57,12 @@ class GrpoConfig(BaseModel):
     min_lr_ratio: float = Field(1.0, ge=0, le=1, description="Final LR / peak (1.0 = constant after warmup).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay on matrices.")
     grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
-    clip_eps: float = Field(0.2, gt=0, description="PPO-style ratio clip epsilon.")
+    loss: Literal[tuple(GRPO_LOSSES)] = Field("grpo", description="Policy loss: grpo (R1), dapo, dr_grpo, gspo, dual_clip.")
+    advantages: Literal[tuple(ADVANTAGE_ESTIMATORS)] = Field(
+        "group", description="Advantage estimator: group (R1), batch, none (Dr. GRPO), rloo, reinforce_pp.")
+    clip_eps: float = Field(0.2, gt=0, description="PPO-style ratio clip epsilon (the lower one for dapo/gspo).")
+    clip_eps_high: float | None = Field(None, gt=0, description="Upper clip for dapo/gspo (default: clip_eps).")
+    dual_clip_c: float = Field(3.0, gt=1, description="Lower bound c*A for A < 0 in dual_clip.")
     beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the reference (0 = no reference).")
     rewards: dict[str, float] = Field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5},
                                       description="Reward name -> weight; names from r1lab.rewards.REWARDS.")
@@ -71,6 +78,15 @@ class GrpoConfig(BaseModel):
         return value
 
 
+def loss_keywords(cfg: GrpoConfig, n_tokens: int) -> tuple[dict, bool]:
+    """The chosen loss's extra keywords, and whether it already divides by the whole batch's
+    token count (then micro-batch losses simply add up)."""
+    high = cfg.clip_eps_high or cfg.clip_eps
+    extra = {"dapo": {"clip_eps_high": high, "num_tokens": n_tokens}, "gspo": {"clip_eps_high": high},
+             "dr_grpo": {"max_len": cfg.max_new_tokens}, "dual_clip": {"dual_clip_c": cfg.dual_clip_c}}
+    return extra.get(cfg.loss, {}), cfg.loss == "dapo"
+
+
 def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Tensor | None,
                ref_logp: torch.Tensor | None, cfg: GrpoConfig, ctx) -> dict[str, float]:
     """One optimizer step's forward/backward over ``batch`` in micro-batches (gradients
@@ -79,6 +95,8 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
     ``old_logp`` None means the batch was sampled by the current weights (mu = 1)."""
     n = batch["input_ids"].shape[0]
     mb = cfg.micro_batch_size or n
+    loss_fn = GRPO_LOSSES[cfg.loss]
+    extra, batch_normalized = loss_keywords(cfg, int(batch["completion_mask"].sum()))
     totals: dict[str, float] = {}
     for i in range(0, n, mb):
         part = {k: v[i:i + mb] for k, v in batch.items()}
@@ -86,14 +104,16 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
             logp, entropy = completion_logprobs(policy, part, temperature=cfg.temperature, with_entropy=True)
         mask = part["completion_mask"].to(logp.device)
         old = logp.detach() if old_logp is None else old_logp[i:i + mb].to(logp.device)
-        loss, stats = grpo_loss(logp, old,
-                                None if ref_logp is None else ref_logp[i:i + mb].to(logp.device),
-                                advantages[i:i + mb].to(logp.device), mask,
-                                clip_eps=cfg.clip_eps, beta=cfg.beta)
-        (loss * len(mask) / n).backward()
+        loss, stats = loss_fn(logp, old, None if ref_logp is None else ref_logp[i:i + mb].to(logp.device),
+                              advantages[i:i + mb].to(logp.device), mask,
+                              clip_eps=cfg.clip_eps, beta=cfg.beta, **extra)
+        share = len(mask) / n
+        (loss if batch_normalized else loss * share).backward()
         stats["entropy"] = masked_mean(entropy, mask).item()
+        if batch_normalized:                       # its stats are over the whole batch's tokens
+            stats["loss"] /= share
         for k, v in stats.items():
-            totals[k] = totals.get(k, 0.0) + v * len(mask) / n
+            totals[k] = totals.get(k, 0.0) + v * share
     return totals
 
 
@@ -139,7 +159,7 @@ def run(ctx, cfg: GrpoConfig, out: Path) -> None:
         if "format" not in per_fn:
             per_fn["format"] = [REWARDS["format"](t, e) for t, e in zip(texts, rows)]
         rewards = torch.tensor(totals)                                       # [N]
-        advantages = group_advantages(rewards, cfg.group_size)               # [N]
+        advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](rewards, cfg.group_size)  # [N]
         batch = prompt_completion_batch([p for p in prompts for _ in range(cfg.group_size)],
                                         rollout.completion_ids, rollout.mask, tokenizer.pad_token_id)
         ref_logp = logprobs_no_grad(ref, batch, cfg, ctx) if ref is not None else None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from r1lab.losses.common import entropy_from_logits, token_logprobs
+from r1lab.losses.common import entropy_from_logits
+from r1lab.losses.logprobs import chunked_token_logprobs
 from r1lab.rollout.generate import left_pad
 
 
@@ -37,6 +38,6 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: f
                    position_ids=batch["position_ids"].to(device)).logits  # [N, P+L, V]
     logits = logits[:, -n_completion - 1:-1] / temperature                  # [N, L, V] predicts completion
     ids = batch["input_ids"][:, -n_completion:].to(device)                  # [N, L]
-    logp = token_logprobs(logits, ids)
+    logp = chunked_token_logprobs(logits, ids, chunk_size=64)                # [N, L], no [N, L, V] fp32 copy
     entropy = entropy_from_logits(logits.detach()) if with_entropy else None
     return logp, entropy
