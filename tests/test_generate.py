@@ -1,11 +1,17 @@
-"""The generation entry point against slow references: HF generate and full recompute."""
+"""Both generation backends against slow references: HF generate and full recompute."""
 
+import pytest
 import torch
 
-from r1lab.rollout import generate
+from r1lab.rollout import generate as dispatch
 from r1lab.train.forward import completion_logprobs, prompt_completion_batch
 
 from conftest import tiny_llama
+
+
+@pytest.fixture(params=["hf", "native"])
+def generate(request):
+    return lambda *a, **k: dispatch(*a, backend=request.param, **k)
 
 
 def prompts_of(tokenizer):
@@ -13,7 +19,7 @@ def prompts_of(tokenizer):
     return [tokenizer(t)["input_ids"] for t in texts]               # three different lengths
 
 
-def test_greedy_matches_hf_generate(tokenizer):
+def test_greedy_matches_hf_generate(tokenizer, generate):
     model = tiny_llama(tokenizer)
     prompts = prompts_of(tokenizer)
     ours = generate(model, prompts, max_new_tokens=12, temperature=0.0,
@@ -25,7 +31,7 @@ def test_greedy_matches_hf_generate(tokenizer):
         assert ours.completion_ids[i][ours.mask[i]].tolist() == ref[:int(ours.mask[i].sum())]
 
 
-def test_stop_sequences_end_rows_at_different_steps(tokenizer):
+def test_stop_sequences_end_rows_at_different_steps(tokenizer, generate):
     model = tiny_llama(tokenizer)
     prompts = prompts_of(tokenizer)
     free = generate(model, prompts, max_new_tokens=10, temperature=0.0,
@@ -48,7 +54,7 @@ def test_stop_sequences_end_rows_at_different_steps(tokenizer):
         assert out.completion_ids[i, :n].tolist() == free.completion_ids[i, :n].tolist()
 
 
-def test_logprobs_equal_full_recompute(tokenizer):
+def test_logprobs_equal_full_recompute(tokenizer, generate):
     model = tiny_llama(tokenizer, seed=1)
     prompts = prompts_of(tokenizer)
     out = generate(model, prompts, n=3, max_new_tokens=16, temperature=0.8, seed=7,
@@ -61,7 +67,7 @@ def test_logprobs_equal_full_recompute(tokenizer):
     assert (out.logprobs[~out.mask] == 0).all()
 
 
-def test_sampling_is_deterministic_under_a_seed(tokenizer):
+def test_sampling_is_deterministic_under_a_seed(tokenizer, generate):
     model = tiny_llama(tokenizer)
     prompts = prompts_of(tokenizer)
     kw = dict(n=4, max_new_tokens=12, temperature=1.0, top_p=0.9,

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS
-from r1lab.rollout import generate
+from r1lab.rollout import Backend, generate
 from r1lab.train.checkpoint import write_atomic
 
 
@@ -33,6 +33,7 @@ class EvalConfig(BaseModel):
     temperature: float = Field(0.6, gt=0, description="Sampling temperature for pass@1 (R1 paper: 0.6).")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus for pass@1 (R1 paper: 0.95).")
     max_new_tokens: int = Field(96, gt=0, description="Completion length cap.")
+    backend: Backend = Field("auto", description="Generation backend: auto (native where supported), native, hf.")
     batch_size: int = Field(256, gt=0, description="Questions per generation batch.")
     stop: list[str] = Field(default_factory=lambda: ["</answer>"], description="Strings that end a completion.")
 
@@ -48,7 +49,7 @@ def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> dict[str, fl
         chunk = examples[i:i + cfg.batch_size]
         prompts = [tokenizer(task.prompt(e))["input_ids"] for e in chunk]
         common = dict(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id, stop=stop_ids)
+                      pad_token_id=tokenizer.pad_token_id, stop=stop_ids, backend=cfg.backend)
         sampled = generate(model, prompts, n=cfg.samples, temperature=cfg.temperature,
                            top_p=cfg.top_p, seed=seed + i, **common)
         texts = decode(tokenizer, sampled)

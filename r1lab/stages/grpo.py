@@ -30,7 +30,7 @@ from r1lab.losses.common import masked_mean
 from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS, score
-from r1lab.rollout import generate
+from r1lab.rollout import Backend, generate
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.forward import completion_logprobs, prompt_completion_batch
 from r1lab.train.metrics import MetricsLogger
@@ -50,6 +50,7 @@ class GrpoConfig(BaseModel):
     mu: int = Field(1, ge=1, description="Optimizer steps per rollout batch (GRPO iterations).")
     micro_batch_size: int = Field(0, ge=0, description="Completions per forward/backward; 0 = all at once.")
     max_new_tokens: int = Field(96, gt=0, description="Completion length cap.")
+    backend: Backend = Field("auto", description="Generation backend: auto (native where supported), native, hf.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of rollouts.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
@@ -150,7 +151,7 @@ def run(ctx, cfg: GrpoConfig, out: Path) -> None:
         rollout = generate(policy, prompts, n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, top_p=cfg.top_p,
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                           stop=stop_ids, seed=seed * 1_000_003 + step)
+                           stop=stop_ids, seed=seed * 1_000_003 + step, backend=cfg.backend)
         texts = tokenizer.batch_decode([ids[m] for ids, m in zip(rollout.completion_ids, rollout.mask)])
         rows = [e for e in examples for _ in range(cfg.group_size)]
         totals, per_fn = score(texts, rows, cfg.rewards)

@@ -6,7 +6,7 @@ import torch
 
 from r1lab.losses.common import entropy_from_logits
 from r1lab.losses.logprobs import chunked_token_logprobs
-from r1lab.rollout.generate import left_pad
+from r1lab.rollout.types import left_pad
 
 
 def prompt_completion_batch(prompts: list[list[int]], completion_ids: torch.Tensor,

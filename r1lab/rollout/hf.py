@@ -1,6 +1,7 @@
-"""Batched sampling from a causal LM with its KV cache, returning what RL needs.
+"""The ``hf`` backend: sampling through the HF model's own forward and ``DynamicCache``.
 
-Prompts are left-padded into one batch and repeated ``n`` times (rows are prompt-major:
+It works for any causal LM ``transformers`` can load, and it is the slow reference the
+``native`` backend (r1lab/rollout/native.py) is tested against. Prompts are left-padded into one batch and repeated ``n`` times (rows are prompt-major:
 row ``i * n + j`` is sample ``j`` of prompt ``i``). Each row ends on EOS, on a stop sequence
 (e.g. the ids of ``</answer>``), or at ``max_new_tokens``; the ending token is part of the
 completion. Deterministic for a given ``seed``.
@@ -8,34 +9,10 @@ completion. Deterministic for a given ``seed``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from r1lab.rollout.sampling import sample_next
-
-
-@dataclass
-class Rollout:
-    completion_ids: torch.Tensor   # [N, L] long, pad id after each row's end
-    mask: torch.Tensor             # [N, L] bool, True on generated tokens
-    logprobs: torch.Tensor         # [N, L] float, log-prob of each sampled token, 0 where masked
-    finish_reasons: list[str]      # per row: "eos" | "stop" | "length"
-
-    @property
-    def lengths(self) -> torch.Tensor:  # [N]
-        return self.mask.sum(-1)
-
-
-def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompts -> (ids [B, P], attention mask [B, P]) with padding on the left."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
-    return ids, mask
+from r1lab.rollout.types import Rollout, left_pad
 
 
 @torch.no_grad()

@@ -1,0 +1,149 @@
+"""Rollout throughput: the native backend against HF ``model.generate``, in one process.
+
+Workload (the same for both backends, per model shape): 8 prompts of 16..44 random tokens,
+8 samples each (batch 64), T = 1 with no top-k/top-p, ``max_new_tokens`` new tokens and no
+early stop (the models have no EOS and no stop sequence is given). Each backend runs once to
+warm up, then ``--repeats`` timed runs; the best is kept. Peak RSS is measured per backend in a
+fresh subprocess: the Linux peak-RSS mark (VmHWM) is reset once the model is built, and the
+rise above the RSS at that moment is reported.
+Model FLOP/s is ``2 * params * tokens/s`` (embedding lookup excluded, attention not counted),
+reported as a fraction of the fp32 matmul peak timed here.
+
+    python benchmarks/rollout.py            # prints one JSON line
+    python benchmarks/rollout.py --quick    # 32 new tokens, one timed repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from r1lab.rollout import native
+
+SHAPES = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
+                 intermediate_size=384, vocab_size=300),
+    "25m": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=8,
+                intermediate_size=1376, vocab_size=8192),
+}
+N_PROMPTS, N_SAMPLES = 8, 8
+
+
+def build(shape: str) -> tuple[LlamaForCausalLM, list[list[int]]]:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=512, tie_word_embeddings=True,
+                      eos_token_id=None, bos_token_id=None, pad_token_id=0)
+    model = LlamaForCausalLM(cfg).eval()
+    model.generation_config.eos_token_id = None
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(1, cfg.vocab_size, (16 + 4 * i,), generator=g).tolist() for i in range(N_PROMPTS)]
+    return model, prompts
+
+
+def run_native(model, prompts, new_tokens: int):
+    return native.generate(model, prompts, n=N_SAMPLES, max_new_tokens=new_tokens, eos_token_id=-1,
+                           pad_token_id=0, temperature=1.0, seed=0)
+
+
+def run_hf(model, prompts, new_tokens: int):
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])                 # [B, P]
+    attn = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])     # [B, P]
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, use_cache=True,
+                             temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens,
+                             min_new_tokens=new_tokens, num_return_sequences=N_SAMPLES, pad_token_id=0)
+    assert out.shape == (len(prompts) * N_SAMPLES, width + new_tokens)
+    return out
+
+
+BACKENDS = {"native": run_native, "hf": run_hf}
+
+
+def tokens_per_s(fn, model, prompts, new_tokens: int, repeats: int) -> float:
+    fn(model, prompts, min(new_tokens, 8))                                  # warm up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(model, prompts, new_tokens)
+        best = min(best, time.perf_counter() - t0)
+    return len(prompts) * N_SAMPLES * new_tokens / best
+
+
+def matmul_flops(size: int = 1024, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
+
+
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
+
+
+def rss_of_run(shape: str, backend: str, new_tokens: int) -> None:
+    """In a fresh process: reset the peak-RSS mark once the model is built, run, print the rise."""
+    model, prompts = build(shape)
+    with open("/proc/self/clear_refs", "w") as f:                           # Linux: resets VmHWM
+        f.write("5")
+    before = _status_bytes("VmRSS")
+    BACKENDS[backend](model, prompts, new_tokens)
+    print(_status_bytes("VmHWM") - before)
+
+
+def peak_rss_child(shape: str, backend: str, new_tokens: int) -> int:
+    """Peak-RSS increase (bytes) of one generation run, measured in a fresh subprocess."""
+    code = (f"import sys, torch; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); "
+            f"torch.set_num_threads({torch.get_num_threads()}); import rollout; "
+            f"rollout.rss_of_run({shape!r}, {backend!r}, {new_tokens})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--shapes", default="tiny,25m")
+    ap.add_argument("--quick", action="store_true", help="32 new tokens, 1 repeat")
+    ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    args = ap.parse_args()
+    if args.quick:
+        args.new_tokens, args.repeats = 32, 1
+    peak = matmul_flops()
+    result = {"bench": "rollout", "batch": N_PROMPTS * N_SAMPLES, "new_tokens": args.new_tokens,
+              "threads": torch.get_num_threads(), "matmul_peak_gflops": round(peak / 1e9, 1),
+              "rss": "peak RSS rise of one run in a fresh subprocess (VmHWM reset after model build, minus VmRSS then)"}
+    for shape in args.shapes.split(","):
+        model, prompts = build(shape)
+        params = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel() * (
+            0 if model.config.tie_word_embeddings else 1)                   # lm_head counted, lookup not
+        cfg = model.config
+        slots = max(len(p) for p in prompts) + args.new_tokens
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        kv_bytes = cfg.num_hidden_layers * 2 * len(prompts) * N_SAMPLES * cfg.num_key_value_heads * slots * head_dim * 4
+        entry = {"params": params, "kv_cache_bytes": kv_bytes}
+        for name, fn in BACKENDS.items():
+            tps = tokens_per_s(fn, model, prompts, args.new_tokens, args.repeats)
+            entry[f"{name}_tok_s"] = round(tps, 1)
+            entry[f"{name}_mfu"] = round(2 * params * tps / peak, 4)
+            if not args.no_rss:
+                entry[f"{name}_peak_rss_bytes"] = peak_rss_child(shape, name, args.new_tokens)
+        entry["ratio"] = round(entry["native_tok_s"] / entry["hf_tok_s"], 2)
+        result[shape] = entry
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

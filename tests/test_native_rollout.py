@@ -1,0 +1,161 @@
+"""The native backend against its slow references: the HF-forward ``generate``, HF
+``model.generate`` and a full forward recompute."""
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from r1lab.rollout import hf, native
+from r1lab.train.forward import completion_logprobs, prompt_completion_batch
+
+from conftest import tiny_llama
+
+
+def prompts_of(tokenizer):
+    texts = ["User: 1+2*3 mod 10\nAssistant:", "Think.\nUser: 9-9*9 mod 10\nAssistant: <think>", "7"]
+    return [tokenizer(t)["input_ids"] for t in texts]               # three different lengths
+
+
+def tiny_qwen2(tokenizer, seed: int = 0, **extra) -> Qwen2ForCausalLM:
+    """Qwen2 shape: q/k/v biases (made non-zero here so they matter), GQA, tied embeddings."""
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                      max_position_embeddings=256, tie_word_embeddings=True,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.1)
+    return model
+
+
+def scaled_rope_llama(tokenizer) -> LlamaForCausalLM:
+    torch.manual_seed(2)
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=1, intermediate_size=128, max_position_embeddings=256,
+                      rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 500.0},
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+MODELS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "llama-rope-linear": scaled_rope_llama}
+
+
+def kw(tokenizer, **extra):
+    return dict(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **extra)
+
+
+def assert_same_rollout(a, b, atol=1e-5):
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    assert torch.equal(a.mask, b.mask)
+    assert a.finish_reasons == b.finish_reasons
+    assert torch.allclose(a.logprobs, b.logprobs, atol=atol)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_greedy_matches_reference_and_hf_generate(tokenizer, name):
+    model = MODELS[name](tokenizer)
+    assert native.supports(model)
+    prompts = prompts_of(tokenizer)
+    ours = native.generate(model, prompts, max_new_tokens=12, temperature=0.0, **kw(tokenizer))
+    assert_same_rollout(ours, hf.generate(model, prompts, max_new_tokens=12, temperature=0.0, **kw(tokenizer)))
+    for i, p in enumerate(prompts):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=12, do_sample=False, **kw(tokenizer))
+        ref = ref[0, len(p):].tolist()
+        assert ours.completion_ids[i][ours.mask[i]].tolist() == ref[:int(ours.mask[i].sum())]
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_stops_at_different_steps_match_reference(tokenizer, compact):
+    model = tiny_llama(tokenizer, seed=2)
+    prompts = prompts_of(tokenizer)
+    free = native.generate(model, prompts, max_new_tokens=10, temperature=0.0, **kw(tokenizer))
+    # row 0 stops on the two tokens it produces at steps 1-2, row 2 on those at steps 2-3;
+    # row 1 (21, 87, 21, 87, ...) contains neither and runs to the length limit
+    stops = [free.completion_ids[0, 1:3].tolist(), free.completion_ids[2, 2:4].tolist()]
+    ours = native.generate(model, prompts, max_new_tokens=10, temperature=0.0, stop=stops, compact=compact,
+                           **kw(tokenizer))
+    ref = hf.generate(model, prompts, max_new_tokens=10, temperature=0.0, stop=stops, **kw(tokenizer))
+    assert_same_rollout(ours, ref)
+    assert ours.finish_reasons == ["stop", "length", "stop"]
+    assert ours.lengths.tolist() == [3, 10, 4]
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_logprobs_equal_full_recompute(tokenizer, name):
+    model = MODELS[name](tokenizer, seed=1)
+    prompts = prompts_of(tokenizer)
+    out = native.generate(model, prompts, n=3, max_new_tokens=16, temperature=0.8, seed=7, **kw(tokenizer))
+    rows = [p for p in prompts for _ in range(3)]
+    batch = prompt_completion_batch(rows, out.completion_ids, out.mask, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model, batch, temperature=0.8)
+    assert torch.allclose(logp[out.mask], out.logprobs[out.mask], atol=1e-4)
+    assert (out.logprobs[~out.mask] == 0).all()
+    assert not out.logprobs.is_inference() and not out.completion_ids.is_inference()  # usable in autograd
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_sampling_matches_reference_under_a_seed(tokenizer, name):
+    """Finished rows leave the batch, yet the sampler still sees all N rows each step, so the
+    random stream is consumed as the reference consumes it and the tokens are the same."""
+    model = MODELS[name](tokenizer)
+    prompts = prompts_of(tokenizer)
+    args = dict(n=4, max_new_tokens=14, temperature=1.0, top_p=0.9, top_k=40, **kw(tokenizer))
+    free = hf.generate(model, prompts, seed=3, **args)
+    stops = [[free.completion_ids[0, 2].item()], [free.completion_ids[5, 6].item()]]  # rows end early
+    ref = hf.generate(model, prompts, seed=3, stop=stops, **args)
+    ours = native.generate(model, prompts, seed=3, stop=stops, **args)
+    assert_same_rollout(ours, ref)
+    assert "stop" in ours.finish_reasons and ours.completion_ids.shape[0] == 12
+    other = native.generate(model, prompts, seed=4, stop=stops, **args)
+    assert not torch.equal(ours.completion_ids, other.completion_ids)
+
+
+def test_compaction_does_not_change_outputs(tokenizer):
+    model = tiny_llama(tokenizer, seed=3)
+    prompts = prompts_of(tokenizer)
+    args = dict(n=3, max_new_tokens=16, temperature=1.0, seed=11, **kw(tokenizer))
+    free = native.generate(model, prompts, **args)
+    stops = [[free.completion_ids[r, s].item()] for r, s in ((0, 1), (4, 5), (8, 9))]
+    a = native.generate(model, prompts, stop=stops, compact=True, **args)
+    b = native.generate(model, prompts, stop=stops, compact=False, **args)
+    assert_same_rollout(a, b)
+    lengths = a.lengths.tolist()
+    assert min(lengths) < max(lengths)                                 # rows really ended at different steps
+
+
+def test_window_wider_than_the_sequence_is_full_attention(tokenizer):
+    model = tiny_qwen2(tokenizer)
+    prompts = prompts_of(tokenizer)
+    longest = max(len(p) for p in prompts) + 12
+    args = dict(n=2, max_new_tokens=12, temperature=1.0, seed=5, **kw(tokenizer))
+    full = native.generate(model, prompts, **args)
+    assert_same_rollout(native.generate(model, prompts, window=longest, **args), full)
+    narrow = native.generate(model, prompts, window=4, **args)
+    assert not torch.equal(narrow.completion_ids, full.completion_ids)  # the window does cut context
+
+
+def test_ring_buffer_window_matches_hf_sliding_window(tokenizer):
+    """A window shorter than prompt + completion: the ring buffer wraps, and tokens and log-probs
+    equal HF's own sliding-window attention (Qwen2 with use_sliding_window on every layer)."""
+    model = tiny_qwen2(tokenizer, use_sliding_window=True, sliding_window=6, max_window_layers=0)
+    prompts = prompts_of(tokenizer)
+    args = dict(n=2, max_new_tokens=16, temperature=1.0, seed=2, **kw(tokenizer))
+    assert_same_rollout(native.generate(model, prompts, **args), hf.generate(model, prompts, **args))
+
+
+def test_supports():
+    small = dict(vocab_size=300, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)
+    assert native.supports(LlamaForCausalLM(LlamaConfig(**small)))
+    assert native.supports(Qwen2ForCausalLM(Qwen2Config(**small)))
+    assert not native.supports(MistralForCausalLM(MistralConfig(**small)))
+    assert not native.supports(LlamaForCausalLM(LlamaConfig(**small, hidden_act="gelu")))
+    mixed = Qwen2Config(**small, use_sliding_window=True, sliding_window=4, layer_types=["sliding_attention"])
+    mixed.layer_types = ["sliding_attention", "full_attention"]
+    assert not native.supports(Qwen2ForCausalLM(mixed))
+    with pytest.raises(ValueError, match="native backend does not support"):
+        native.generate(MistralForCausalLM(MistralConfig(**small)), [[1, 2]], max_new_tokens=2,
+                        eos_token_id=0, pad_token_id=0)
