@@ -72,6 +72,20 @@ def _clipped_objective(ratio: torch.Tensor, adv: torch.Tensor, low: float, high:
     return objective, is_low, is_high
 
 
+def _token_terms(logp, old_logp, ref_logp, advantages, mask, *, low: float, high: float,
+                 beta: float, name: str):
+    """The per-token objective min(r A, clip(r, low, high) A) - beta * k3 shared by the
+    token-level variants: (terms [N, L], ratio [N, L], is_low, is_high, kl or None)."""
+    logp, old_logp = _zero_masked(logp, mask), _zero_masked(old_logp, mask)
+    ratio = torch.exp(logp - old_logp)                                              # [N, L]
+    adv = advantages[:, None].to(logp.dtype)                                        # [N, 1]
+    terms, is_low, is_high = _clipped_objective(ratio, adv, low, high)              # [N, L]
+    kl = _k3_or_none(logp, ref_logp, mask, beta, name)                              # [N, L]
+    if kl is not None:
+        terms = terms - beta * kl                                                   # [N, L]
+    return terms, ratio, is_low & mask, is_high & mask, kl
+
+
 def _stats(loss: torch.Tensor, ratio: torch.Tensor, is_low: torch.Tensor, is_high: torch.Tensor,
            where: torch.Tensor, kl: torch.Tensor | None, mask: torch.Tensor) -> dict[str, float]:
     """Detached stats; ratio and clip flags are averaged over ``where`` (tokens or completions)."""
@@ -98,16 +112,12 @@ def dapo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     then sum to the whole batch's loss. The paper uses clip_eps 0.2, clip_eps_high 0.28.
     """
     mask = mask.bool()
-    logp, old_logp = _zero_masked(logp, mask), _zero_masked(old_logp, mask)
-    ratio = torch.exp(logp - old_logp)                                              # [N, L]
-    adv = advantages[:, None].to(logp.dtype)                                        # [N, 1]
-    per_token, is_low, is_high = _clipped_objective(ratio, adv, 1 - clip_eps, 1 + clip_eps_high)
-    kl = _k3_or_none(logp, ref_logp, mask, beta, "dapo_loss")                       # [N, L]
-    if kl is not None:
-        per_token = per_token - beta * kl                                           # [N, L]
+    per_token, ratio, is_low, is_high, kl = _token_terms(
+        logp, old_logp, ref_logp, advantages, mask, low=1 - clip_eps, high=1 + clip_eps_high,
+        beta=beta, name="dapo_loss")                                                # [N, L]
     total = _zero_masked(per_token, mask).sum()                                     # []
     loss = -total / (mask.sum().clamp(min=1) if num_tokens is None else num_tokens)
-    return loss, _stats(loss, ratio, is_low & mask, is_high & mask, mask, kl, mask)
+    return loss, _stats(loss, ratio, is_low, is_high, mask, kl, mask)
 
 
 def dr_grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
@@ -122,16 +132,12 @@ def dr_grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Ten
     if mask.shape[-1] > max_len:
         raise ValueError(f"dr_grpo_loss: {mask.shape[-1]} token slots exceed max_len={max_len}")
     mask = mask.bool()
-    logp, old_logp = _zero_masked(logp, mask), _zero_masked(old_logp, mask)
-    ratio = torch.exp(logp - old_logp)                                              # [N, L]
-    adv = advantages[:, None].to(logp.dtype)                                        # [N, 1]
-    per_token, is_low, is_high = _clipped_objective(ratio, adv, 1 - clip_eps, 1 + clip_eps)
-    kl = _k3_or_none(logp, ref_logp, mask, beta, "dr_grpo_loss")                    # [N, L]
-    if kl is not None:
-        per_token = per_token - beta * kl                                           # [N, L]
+    per_token, ratio, is_low, is_high, kl = _token_terms(
+        logp, old_logp, ref_logp, advantages, mask, low=1 - clip_eps, high=1 + clip_eps,
+        beta=beta, name="dr_grpo_loss")                                             # [N, L]
     total = _zero_masked(per_token, mask).sum()                                     # []
     loss = -total / (mask.shape[0] * max_len)
-    return loss, _stats(loss, ratio, is_low & mask, is_high & mask, mask, kl, mask)
+    return loss, _stats(loss, ratio, is_low, is_high, mask, kl, mask)
 
 
 def gspo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
