@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import transformers
 import yaml
 
 from r1lab.config import RunConfig
+from r1lab.models.io import quiet_transformers
 from r1lab.stages import eval as eval_stage
 from r1lab.stages import grpo, pretrain
 from r1lab.train.checkpoint import write_atomic
@@ -64,8 +64,7 @@ def stage_dir(run_dir: Path, index: int, name: str) -> Path:
 
 def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
     """Run (or resume) every stage of ``config``; returns the run directory."""
-    transformers.utils.logging.disable_progress_bar()   # our bars show progress; theirs are noise
-    transformers.utils.logging.set_verbosity_error()
+    quiet_transformers()
     run_dir = Path(run_dir or Path("runs") / config.name)
     resolved = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
     saved = run_dir / "config.yaml"

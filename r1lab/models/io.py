@@ -5,7 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' own progress bars and warnings: our bars show progress."""
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
 
 
 class CheckpointError(ValueError):

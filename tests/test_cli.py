@@ -1,0 +1,27 @@
+"""The r1lab command: eval on a model directory; user errors exit 2 with one clear line."""
+
+import json
+
+from r1lab.cli import main
+
+
+def test_eval_prints_metrics_of_a_model_dir(qwen_dir, capsys):
+    rc = main(["eval", str(qwen_dir), "--set", "task.n_test=3", "--set", "stages.eval-r1-zero.samples=2",
+               "--set", "stages.eval-r1-zero.max_new_tokens=4"])
+    assert rc == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_questions"] == 3 and metrics["samples"] == 2
+    assert 0 <= metrics["pass@1"] <= 1 and metrics["completion_len/mean"] <= 4
+
+
+def test_bad_config_value_exits_2_naming_the_field(capsys, tmp_path):
+    rc = main(["run", "--run-dir", str(tmp_path / "r"), "--set", "stages.base.lr=fast"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("r1lab: error: --set stages.base.lr=fast: stages[0].lr:")
+    assert "Traceback" not in err and not (tmp_path / "r").exists()   # failed before any work
+
+
+def test_missing_model_dir_exits_2(capsys, tmp_path):
+    assert main(["eval", str(tmp_path / "nope")]) == 2
+    assert "not a model directory (no config.json)" in capsys.readouterr().err
