@@ -18,6 +18,10 @@ class Rollout:
     def lengths(self) -> torch.Tensor:  # [N]
         return self.mask.sum(-1)
 
+    def texts(self, tokenizer) -> list[str]:
+        """Each completion decoded, its ending token included (stop strings are kept)."""
+        return tokenizer.batch_decode([ids[m] for ids, m in zip(self.completion_ids, self.mask)])
+
 
 def left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompts -> (ids [B, P], attention mask [B, P]) with padding on the left."""

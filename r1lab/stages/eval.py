@@ -52,7 +52,7 @@ def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> dict[str, fl
                       pad_token_id=tokenizer.pad_token_id, stop=stop_ids, backend=cfg.backend)
         sampled = generate(model, prompts, n=cfg.samples, temperature=cfg.temperature,
                            top_p=cfg.top_p, seed=seed + i, **common)
-        texts = decode(tokenizer, sampled)
+        texts = sampled.texts(tokenizer)
         rows = [e for e in chunk for _ in range(cfg.samples)]
         for text, ex, n in zip(texts, rows, sampled.lengths.tolist()):
             ok, fmt = acc_fn(text, ex), fmt_fn(text, ex)
@@ -62,17 +62,13 @@ def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> dict[str, fl
                 correct_formatted.append(ok)
             lengths.append(n)
         best = generate(model, prompts, n=1, temperature=0.0, **common)
-        greedy += [acc_fn(t, e) for t, e in zip(decode(tokenizer, best), chunk)]
+        greedy += [acc_fn(t, e) for t, e in zip(best.texts(tokenizer), chunk)]
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
     return {
         "pass@1": mean(correct), "greedy_accuracy": mean(greedy), "format_rate": mean(formatted),
         "accuracy_if_formatted": mean(correct_formatted), "completion_len/mean": mean(lengths),
         "n_questions": len(examples), "samples": cfg.samples, "temperature": cfg.temperature,
     }
-
-
-def decode(tokenizer, rollout) -> list[str]:
-    return tokenizer.batch_decode([ids[m] for ids, m in zip(rollout.completion_ids, rollout.mask)])
 
 
 @torch.no_grad()

@@ -152,7 +152,7 @@ def run(ctx, cfg: GrpoConfig, out: Path) -> None:
                            temperature=cfg.temperature, top_p=cfg.top_p,
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                            stop=stop_ids, seed=seed * 1_000_003 + step, backend=cfg.backend)
-        texts = tokenizer.batch_decode([ids[m] for ids, m in zip(rollout.completion_ids, rollout.mask)])
+        texts = rollout.texts(tokenizer)
         rows = [e for e in examples for _ in range(cfg.group_size)]
         totals, per_fn = score(texts, rows, cfg.rewards)
         if acc_fn not in per_fn:
