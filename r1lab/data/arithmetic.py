@@ -11,8 +11,8 @@ of their text, so the test split holds (s, op, k, n) combinations no training ex
 shows: a model that memorised direct answers has nothing to recall there; one that learned
 the steps does.
 
-    >>> make_splits(seed=0, n_train=2, n_test=1)[1][0]["question"]
-    '5-1*6 mod 10'
+    >>> sample_problems(0, 1, split="test")[0]["question"]
+    '4-7*5 mod 10'
 """
 
 from __future__ import annotations
@@ -65,11 +65,6 @@ def sample_problems(seed: int | str, n: int, *, split: str, test_fraction: float
         seen.add(p["question"])
         out.append(p)
     return out
-
-
-def make_splits(seed: int, n_train: int, n_test: int, **kw) -> tuple[list[dict], list[dict]]:
-    return (sample_problems(seed, n_train, split="train", **kw),
-            sample_problems(seed, n_test, split="test", **kw))
 
 
 def worked_solution(steps: list[tuple]) -> str:

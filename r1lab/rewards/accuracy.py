@@ -50,10 +50,10 @@ def accuracy_reward(completion: str, example: dict) -> float:
     got = extract_answer(completion)
     if got is None:
         return 0.0
-    want = parse_number(reference_answer(example))
-    value = parse_number(got)
+    reference = reference_answer(example)
+    want, value = parse_number(reference), parse_number(got)
     if want is None:  # a non-numeric reference is compared as text
-        return 1.0 if got.strip() == reference_answer(example) else 0.0
+        return 1.0 if got.strip() == reference else 0.0
     return 1.0 if value is not None and value == want else 0.0
 
 
