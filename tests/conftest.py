@@ -15,6 +15,16 @@ from r1lab.models.tokenizer import train_tokenizer
 torch.set_num_threads(2)
 
 
+def assert_masked_invariant(results: list[tuple[float, torch.Tensor]], mask: torch.Tensor) -> None:
+    """``results``: (loss, grad) of one loss computed with different junk at masked positions.
+    All must agree, and the gradient at masked positions must be exactly zero."""
+    (loss, grad), *others = results
+    for other_loss, other_grad in others:
+        assert other_loss == pytest.approx(loss, abs=1e-6)
+        assert torch.allclose(other_grad, grad, atol=1e-6)
+    assert torch.all(grad[~mask] == 0)
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     docs = documents(0, 800, CorpusMix(), "r1-compact")
