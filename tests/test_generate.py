@@ -76,13 +76,3 @@ def test_sampling_is_deterministic_under_a_seed(tokenizer, generate):
     assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.logprobs, b.logprobs)
     assert not torch.equal(a.completion_ids, c.completion_ids)
     assert a.completion_ids.shape[0] == 12                              # prompt-major n samples
-
-
-def test_top_p_and_top_k_filtering():
-    from r1lab.rollout.sampling import filter_logits
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = torch.isfinite(filter_logits(logits, top_p=0.7))[0].tolist()
-    assert kept == [True, True, False, False]                           # 0.5 < 0.7 <= 0.8
-    kept = torch.isfinite(filter_logits(logits, top_k=3))[0].tolist()
-    assert kept == [True, True, True, False]
-    assert torch.isfinite(filter_logits(logits, top_p=0.01))[0].tolist() == [True, False, False, False]

@@ -36,8 +36,9 @@ def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int
     reason = torch.zeros(n_rows, dtype=torch.long, device=device)           # 0 length, 1 eos, 2 stop
     tokens, logprobs, alive = [], [], []
     for _ in range(max_new_tokens):
+        uniform = torch.rand(n_rows, generator=generator, device=device, dtype=torch.float64)
         tok, lp = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                              generator=generator)                          # [N], [N]
+                              uniform=uniform)                              # [N], [N]
         tok = tok.masked_fill(done, pad_token_id)
         tokens.append(tok)
         logprobs.append(lp.masked_fill(done, 0.0))

@@ -13,9 +13,9 @@ which samples through the HF forward and its ``DynamicCache``), but much less Py
 - each prompt is prefilled once and its cache rows are copied to its ``n`` samples;
 - finished rows leave the batch (their cache rows are dropped) as soon as they end.
 
-Sampling goes through :func:`r1lab.rollout.sampling.sample_next` on a ``[N, V]`` logits tensor
-every step, finished rows included (they get dummy logits), so the random stream is consumed
-exactly as the reference consumes it: same seed, same tokens.
+Sampling goes through :func:`r1lab.rollout.sampling.sample_next` on the live rows only; the
+uniform draws are made for all ``N`` rows every step, as the reference makes them, so the same
+seed gives the same tokens.
 
     from r1lab.rollout import native
     if native.supports(model):
@@ -233,25 +233,24 @@ def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, 
     done = torch.zeros(N, dtype=torch.bool, device=device)
     reason = torch.zeros(N, dtype=torch.long, device=device)               # 0 length, 1 eos, 2 stop
     active = torch.arange(N, device=device)                                 # rows still in the batch
-    full = None
     steps = max_new_tokens
     for t in range(max_new_tokens):
-        if active.shape[0] < N:                                             # finished rows: dummy logits
-            full = full if full is not None else torch.zeros(N, logits.shape[-1], device=device)
-            logits = full.index_copy_(0, active, logits.float())           # [N, V]
+        uniform = torch.rand(N, generator=generator, device=device, dtype=torch.float64)
         tok, lp = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                              generator=generator)                          # [N], [N]
-        tokens[:, t] = tok.masked_fill(done, pad_token_id)
-        logps[:, t] = lp.masked_fill(done, 0.0)
-        alive[:, t] = ~done
-        ended_eos = (tokens[:, t] == eos_token_id) & ~done
-        ended_stop = torch.zeros_like(done)
+                              uniform=uniform[active])                      # [R], [R]
+        live = ~done[active]                                                # [R]; all True if compacting
+        tok = tok.masked_fill(~live, pad_token_id)
+        tokens[active, t] = tok
+        logps[active, t] = lp.masked_fill(~live, 0.0)
+        alive[active, t] = live
+        ended_eos = live & (tok == eos_token_id)
+        ended_stop = torch.zeros_like(live)
         for s in stops:
             if t + 1 >= len(s):
-                ended_stop |= (tokens[:, t + 1 - len(s):t + 1] == s).all(-1)
-        ended_stop &= ~done & ~ended_eos
-        reason = torch.where(ended_eos, 1, torch.where(ended_stop, 2, reason))
-        done |= ended_eos | ended_stop
+                ended_stop |= (tokens[active, t + 1 - len(s):t + 1] == s).all(-1)
+        ended_stop &= live & ~ended_eos
+        reason[active] = torch.where(ended_eos, 1, torch.where(ended_stop, 2, reason[active]))
+        done[active] = ~live | ended_eos | ended_stop
         if t == max_new_tokens - 1 or bool(done.all()):
             steps = t + 1
             break

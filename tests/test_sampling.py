@@ -1,0 +1,66 @@
+"""The sampler: top-k/top-p filtering and inverse-CDF sampling from one uniform per row."""
+
+import torch
+
+from r1lab.rollout.sampling import BLOCK, filter_logits, sample_from, sample_next
+
+
+def test_top_p_and_top_k_filtering():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(filter_logits(logits, top_p=0.7))[0].tolist()
+    assert kept == [True, True, False, False]                           # 0.5 < 0.7 <= 0.8
+    kept = torch.isfinite(filter_logits(logits, top_k=3))[0].tolist()
+    assert kept == [True, True, True, False]
+    assert torch.isfinite(filter_logits(logits, top_p=0.01))[0].tolist() == [True, False, False, False]
+
+
+def test_inversion_by_hand():
+    probs = torch.tensor([[0.0, 0.5, 0.5]]).expand(4, 3)
+    u = torch.tensor([0.4, 0.6, 0.0, 1 - 1e-16], dtype=torch.float64)
+    # cdf [0, .5, 1]: .4 -> token 1, .6 -> token 2; 0 skips the empty token 0; ~1 -> token 2
+    assert sample_from(probs, u).tolist() == [1, 2, 1, 2]
+
+
+def test_never_a_token_of_probability_zero_at_block_edges():
+    V = 3 * BLOCK - 7                                                   # last block padded
+    probs = torch.zeros(3, V)
+    probs[0, BLOCK] = 1.0                                               # first token of block 1
+    probs[1, BLOCK - 1] = probs[1, 2 * BLOCK] = 0.5                     # last of block 0, first of block 2
+    probs[2, 5] = 1.0                                                   # all mass early, trailing blocks empty
+    for u in (0.0, 0.25, 0.5, 0.75, 1 - 1e-16):
+        tok = sample_from(probs, torch.full((3,), u, dtype=torch.float64))
+        assert (probs.gather(1, tok[:, None]) > 0).all(), (u, tok)
+
+
+def test_token_frequencies_match_the_probabilities():
+    # A fine grid of uniforms stands in for random draws: token i must get p_i * M of the M grid
+    # points, up to one at each end of its interval. Probabilities span three blocks, with zeros
+    # and values far below 1 / M, unnormalised (the sampler divides by the total).
+    g = torch.Generator().manual_seed(0)
+    V, M = 2 * BLOCK + 100, 20_000
+    probs = torch.rand(V, generator=g) ** 4
+    probs[torch.rand(V, generator=g) < 0.3] = 0.0
+    probs[7] = 1e-9
+    grid = (torch.arange(M, dtype=torch.float64) + 0.5) / M
+    tokens = sample_from(probs.expand(M, V), grid)
+    counts = torch.bincount(tokens, minlength=V).double()
+    expected = probs.double() / probs.double().sum() * M
+    assert (counts[probs == 0] == 0).all()
+    assert (counts - expected).abs().max() <= 1.0 + 1e-6
+
+
+def test_sample_next_greedy_temperature_and_logprob():
+    logits = torch.tensor([[1.0, 3.0, 2.0], [0.0, 0.0, 5.0]])
+    u = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    tok, lp = sample_next(logits, temperature=0, top_k=0, top_p=1.0, uniform=u)
+    assert tok.tolist() == [1, 2]
+    assert torch.allclose(lp, logits.log_softmax(-1).gather(1, tok[:, None]).squeeze(1))
+    # T = 2: probs of row 0 are softmax([.5, 1.5, 1]) = [.186, .506, .307]; u .5 lands in token 1
+    tok, lp = sample_next(logits, temperature=2.0, top_k=0, top_p=1.0, uniform=u)
+    assert tok[0] == 1
+    assert torch.allclose(lp, (logits / 2).log_softmax(-1).gather(1, tok[:, None]).squeeze(1))
+    # top_k=1 leaves only the argmax, whatever the draw; the log-prob stays unfiltered
+    tok, lp = sample_next(logits, temperature=1.0, top_k=1, top_p=1.0,
+                          uniform=torch.tensor([0.999, 0.001], dtype=torch.float64))
+    assert tok.tolist() == [1, 2]
+    assert torch.allclose(lp, logits.log_softmax(-1).gather(1, tok[:, None]).squeeze(1))
