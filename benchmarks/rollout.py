@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
@@ -130,9 +131,8 @@ def main() -> None:
         params = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel() * (
             0 if model.config.tie_word_embeddings else 1)                   # lm_head counted, lookup not
         cfg = model.config
-        slots = max(len(p) for p in prompts) + args.new_tokens
-        head_dim = cfg.hidden_size // cfg.num_attention_heads
-        kv_bytes = cfg.num_hidden_layers * 2 * len(prompts) * N_SAMPLES * cfg.num_key_value_heads * slots * head_dim * 4
+        shapes = native.cache_shapes(cfg, len(prompts), max(len(p) for p in prompts), N_SAMPLES, args.new_tokens)
+        kv_bytes = sum(math.prod(s) for s in shapes) * 4                   # native's preallocated fp32 cache
         entry = {"params": params, "kv_cache_bytes": kv_bytes}
         for name, fn in BACKENDS.items():
             tps = tokens_per_s(fn, model, prompts, args.new_tokens, args.repeats)

@@ -159,3 +159,28 @@ def test_supports():
     with pytest.raises(ValueError, match="native backend does not support"):
         native.generate(MistralForCausalLM(MistralConfig(**small)), [[1, 2]], max_new_tokens=2,
                         eos_token_id=0, pad_token_id=0)
+
+
+@pytest.mark.parametrize("G", [1, 3])
+def test_attend_equals_attention_over_concatenated_keys(G):
+    """The shared-prompt split softmax against SDPA over each row's prompt + completion keys,
+    with padding and window columns masked, GQA, and rows missing after compaction."""
+    g = torch.Generator().manual_seed(0)
+    B, n, K, P, U, D = 3, 4, 2, 5, 7, 8
+    N = B * n
+    pk, pv = torch.randn(B, K, P, D, generator=g), torch.randn(B, K, P, D, generator=g)
+    bias = torch.zeros(B, P)
+    bias[0, :2] = float("-inf")                                         # left padding
+    bias[2, :4] = float("-inf")                                         # padding and the window
+    rows = torch.tensor([0, 1, 3, 4, 7, 8, 11])                         # samples still running
+    for r in (None, rows):
+        R = N if r is None else len(r)
+        idx = torch.arange(N) if r is None else r
+        q = torch.randn(R, K, G, D, generator=g)
+        k, v = torch.randn(R, K, U, D, generator=g), torch.randn(R, K, U, D, generator=g)
+        got = native.attend(q * D ** -0.5, pk, pv, bias, k, v, r, n)
+        keys = torch.cat([pk[idx // n], k], 2)                          # [R, K, P + U, D]
+        values = torch.cat([pv[idx // n], v], 2)
+        mask = torch.cat([bias[idx // n], torch.zeros(R, U)], 1)[:, None, None]  # [R, 1, 1, P + U]
+        ref = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        assert torch.allclose(got, ref, atol=1e-6)

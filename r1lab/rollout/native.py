@@ -6,12 +6,16 @@ which samples through the HF forward and its ``DynamicCache``), but much less Py
 - weights are read straight from the HF module (q/k/v and gate/up fused into one matmul each,
   Qwen2's q/k/v biases, RMSNorm, SwiGLU, GQA, the model's own rotary embedding so RoPE scaling
   configs match) and the step is a short run of ``torch.nn.functional`` calls;
-- the KV cache is preallocated once as ``[layers, 2, rows, kv_heads, slots, head_dim]`` and
-  written in place; ``slots`` is ``longest prompt + max_new_tokens``, or ``window`` when a
-  sliding window is set, in which case the cache is a ring buffer and each token attends to
-  the last ``window`` positions (itself included), as HF's sliding-window attention does;
-- each prompt is prefilled once and its cache rows are copied to its ``n`` samples;
-- finished rows leave the batch (their cache rows are dropped) as soon as they end.
+- the KV cache is preallocated once and written in place, in two parts: each prompt's keys and
+  values ``[layers, 2, prompts, kv_heads, prompt_len, head_dim]``, computed by one prefill and
+  shared by its ``n`` samples (never copied), and each sample's own completion keys and values
+  ``[layers, 2, rows, kv_heads, slots, head_dim]``. Attention of a new token is one exact softmax
+  over both parts (:func:`attend`); reading the prompt part once per prompt and not once per
+  sample is what makes a decode step cheaper than a forward over a row-per-sample cache;
+- an optional sliding window: each token attends to the last ``window`` positions (itself
+  included), as HF's sliding-window attention does; the completion part is then a ring buffer
+  of ``min(window, max_new_tokens)`` slots and prompt columns leave the window through the mask;
+- finished rows leave the batch (their completion cache rows are dropped) as soon as they end.
 
 Sampling goes through :func:`r1lab.rollout.sampling.sample_next` on the live rows only; the
 uniform draws are made for all ``N`` rows every step, as the reference makes them, so the same
@@ -96,6 +100,41 @@ def _layers(model) -> list[_Layer]:
     return out
 
 
+def attend(q, prompt_k, prompt_v, prompt_bias, k, v, rows, n: int):
+    """Softmax attention of one new token per row over its prompt's keys and its own keys.
+
+    q [R, K, G, D]: queries, already scaled by D ** -0.5, G query heads per KV head;
+    prompt_k, prompt_v [B, K, P, D]: prompt b's keys and values, shared by samples b*n .. b*n+n-1;
+    prompt_bias [B, P]: 0 where a prompt column may be attended, -inf where not (padding, window);
+    k, v [R, K, U, D]: each row's completion keys and values (the new token's included);
+    rows [R]: the sample index (0 .. B*n-1) of each row, or None when all B*n rows are there.
+    -> [R, K, G, D].
+
+    The prompt part is a matmul per prompt with its n * G queries stacked, so each prompt's keys
+    are read once per step, not n times. Both parts share one softmax, so the result is exactly
+    attention over the concatenated keys (the reference the tests compare with).
+    """
+    R, K, G, D = q.shape
+    B, _, P, _ = prompt_k.shape
+    N = B * n
+    qn = q if rows is None else q.new_zeros(N, K, G, D).index_copy_(0, rows, q)
+    qp = qn.view(B, n, K, G, D).transpose(1, 2).reshape(B, K, n * G, D)
+    sp = torch.matmul(qp, prompt_k.transpose(-1, -2)).add_(prompt_bias[:, None, None])  # [B, K, nG, P]
+    sp = sp.view(B, K, n, G, P).transpose(1, 2).reshape(N, K, G, P)
+    if rows is not None:
+        sp = sp[rows]                                                       # [R, K, G, P]
+    sc = torch.matmul(q, k.transpose(-1, -2))                               # [R, K, G, U]
+    p = torch.cat([sp, sc], -1).softmax(-1, dtype=torch.float32).to(v.dtype)  # [R, K, G, P + U]
+    pp = p[..., :P]
+    if rows is not None:
+        pp = pp.new_zeros(N, K, G, P).index_copy_(0, rows, pp)
+    op = torch.matmul(pp.reshape(B, n, K, G, P).transpose(1, 2).reshape(B, K, n * G, P), prompt_v)
+    op = op.view(B, K, n, G, D).transpose(1, 2).reshape(N, K, G, D)
+    if rows is not None:
+        op = op[rows]
+    return torch.matmul(p[..., P:], v).add_(op)                             # [R, K, G, D]
+
+
 class _Net:
     """A read-only view of the HF model's weights with a prefill and a one-token step."""
 
@@ -121,8 +160,14 @@ class _Net:
         # x * cos + rotate_half(x) * sin, with rotate_half(x) * sin == roll(x) * signed sin
         return torch.addcmul(x * cos, x.roll(self.half, -1), sin)
 
-    def prefill(self, ids, pos, mask, write):
-        """ids, pos [B, P]; mask [B, 1, P, P] bool; write(l, k, v) stores [B, K, P, D]. -> logits [B, V]."""
+    def _mlp(self, x, w):
+        h = F.rms_norm(x, (self.d,), w.ln2, self.eps)
+        g, u = F.linear(h, w.wgu, w.bgu).chunk(2, -1)                       # [..., I] each
+        return x + F.linear(F.silu(g) * u, w.wd, w.bd)
+
+    def prefill(self, ids, pos, mask, prompt_kv):
+        """ids, pos [B, P]; mask [B, 1, P, P] bool; keys and values go to prompt_kv
+        [L, 2, B, K, P, D]. -> last-position logits [B, V]."""
         B, P = ids.shape
         H, K, D, d = self.H, self.K, self.D, self.d
         x = F.embedding(ids, self.embed)                                    # [B, P, d]
@@ -132,20 +177,17 @@ class _Net:
             qkv = F.linear(h, w.wqkv, w.bqkv)                               # [B, P, (H+2K)*D]
             qk = self._rope(qkv[..., :(H + K) * D].view(B, P, H + K, D), cos, sin)
             q = qk[:, :, :H].transpose(1, 2)                                # [B, H, P, D]
-            k = qk[:, :, H:].transpose(1, 2)                                # [B, K, P, D]
-            v = qkv[..., (H + K) * D:].view(B, P, K, D).transpose(1, 2)     # [B, K, P, D]
-            write(i, k, v)
+            k = prompt_kv[i, 0].copy_(qk[:, :, H:].transpose(1, 2))         # [B, K, P, D]
+            v = prompt_kv[i, 1].copy_(qkv[..., (H + K) * D:].view(B, P, K, D).transpose(1, 2))
             att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)
-            x = x + F.linear(att.transpose(1, 2).reshape(B, P, H * D), w.wo, w.bo)
-            h = F.rms_norm(x, (d,), w.ln2, self.eps)
-            g, u = F.linear(h, w.wgu, w.bgu).chunk(2, -1)                   # [B, P, I] each
-            x = x + F.linear(F.silu(g) * u, w.wd, w.bd)
+            x = self._mlp(x + F.linear(att.transpose(1, 2).reshape(B, P, H * D), w.wo, w.bo), w)
         x = F.rms_norm(x[:, -1], (d,), self.norm, self.eps)                 # [B, d]
         return F.linear(x, self.lm_head)                                    # [B, V]
 
-    def step(self, tok, pos, cache, slot, used, mask):
-        """One token per row. tok, pos [R]; cache [L, 2, >=R, K, S, D] written at ``slot``;
-        attention over slots [:used] where mask [R, 1, 1, used] (or None) is True. -> logits [R, V]."""
+    def step(self, tok, pos, prompt_kv, prompt_bias, kv, slot, used, rows, n):
+        """One token per row. tok, pos [R]; prompt_kv [L, 2, B, K, P, D] and prompt_bias [B, P]
+        as :func:`attend` takes them; kv [L, 2, >=R, K, S, D] is written at ``slot`` and
+        attended over slots [:used]; rows as in :func:`attend`. -> logits [R, V]."""
         R = tok.shape[0]
         H, K, D, d = self.H, self.K, self.D, self.d
         x = F.embedding(tok, self.embed)                                    # [R, d]
@@ -154,18 +196,24 @@ class _Net:
             h = F.rms_norm(x, (d,), w.ln1, self.eps)
             qkv = F.linear(h, w.wqkv, w.bqkv)                               # [R, (H+2K)*D]
             qk = self._rope(qkv[:, :(H + K) * D].view(R, H + K, D), cos, sin)
-            kc, vc = cache[i, 0, :R], cache[i, 1, :R]                       # [R, K, S, D]
+            kc, vc = kv[i, 0, :R], kv[i, 1, :R]                             # [R, K, S, D]
             kc[:, :, slot] = qk[:, H:]
             vc[:, :, slot] = qkv[:, (H + K) * D:].view(R, K, D)
-            # GQA without repeating K/V: the G query heads of a KV head act as G query rows.
-            q = qk[:, :H].view(R, K, H // K, D)                             # [R, K, G, D]
-            att = F.scaled_dot_product_attention(q, kc[:, :, :used], vc[:, :, :used], attn_mask=mask)
-            x = x + F.linear(att.reshape(R, H * D), w.wo, w.bo)
-            h = F.rms_norm(x, (d,), w.ln2, self.eps)
-            g, u = F.linear(h, w.wgu, w.bgu).chunk(2, -1)                   # [R, I] each
-            x = x + F.linear(F.silu(g) * u, w.wd, w.bd)
+            q = (qk[:, :H] * D ** -0.5).view(R, K, H // K, D)               # [R, K, G, D]
+            att = attend(q, prompt_kv[i, 0], prompt_kv[i, 1], prompt_bias,
+                         kc[:, :, :used], vc[:, :, :used], rows, n)
+            x = self._mlp(x + F.linear(att.reshape(R, H * D), w.wo, w.bo), w)
         x = F.rms_norm(x, (d,), self.norm, self.eps)
         return F.linear(x, self.lm_head)                                    # [R, V]
+
+
+def cache_shapes(config, n_prompts: int, prompt_len: int, n: int, max_new_tokens: int,
+                 window: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shapes of the two preallocated caches: (prompt part, completion part)."""
+    L, K = config.num_hidden_layers, config.num_key_value_heads
+    D = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    slots = max_new_tokens if window is None else min(window, max_new_tokens)
+    return (L, 2, n_prompts, K, prompt_len, D), (L, 2, n_prompts * n, K, slots, D)
 
 
 def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int,
@@ -199,30 +247,22 @@ def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, 
     ids, attn = ids.to(device), attn.to(device).bool()
     P = ids.shape[1]
     pad_len = (~attn).sum(-1)                                               # [B]
-    S = P + max_new_tokens if window is None else min(window, P + max_new_tokens)
     net = _Net(model, P + max_new_tokens)
-    cfg = model.config
-    cache = torch.empty(len(net.layers), 2, N, net.K, S, net.D, dtype=dtype, device=device)  # [L, 2, N, K, S, D]
+    prompt_shape, shape = cache_shapes(model.config, B, P, n, max_new_tokens, window)
+    prompt_kv = torch.empty(prompt_shape, dtype=dtype, device=device)      # [L, 2, B, K, P, D]
+    kv = torch.empty(shape, dtype=dtype, device=device)                     # [L, 2, N, K, S, D]
+    S = shape[4]
 
-    # Prefill the B prompts; the last S columns go to slots col % S of all n rows of each prompt.
+    # Prefill the B prompts (causal, padding and window masks), once each.
     col = torch.arange(P, device=device)
     pos = (col[None] - pad_len[:, None]).clamp(min=0)                       # [B, P]
     causal = col[None, :] <= col[:, None]                                   # [P, P] (q, k)
     if window is not None:
         causal &= col[None, :] > col[:, None] - window
     mask = (causal[None] & attn[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)  # [B, P, P]
-    cols = col[max(0, P - S):]                                              # [min(P, S)]
-    slots = cols % S
-    rows = cache.view(len(net.layers), 2, B, n, net.K, S, net.D)
-
-    def write(i, k, v):                                                     # k, v [B, K, P, D]
-        rows[i, 0][:, :, :, slots] = k[:, None, :, cols]
-        rows[i, 1][:, :, :, slots] = v[:, None, :, cols]
-
-    logits = net.prefill(ids, pos, mask[:, None], write).repeat_interleave(n, 0)  # [N, V]
-    valid = torch.zeros(N, S, dtype=torch.bool, device=device)             # key slot holds a real token
-    valid[:, slots] = attn[:, cols].repeat_interleave(n, 0)
-    max_pad = int(pad_len.max())
+    logits = net.prefill(ids, pos, mask[:, None], prompt_kv).repeat_interleave(n, 0)  # [N, V]
+    pad_bias = torch.zeros(B, P, dtype=dtype, device=device).masked_fill(~attn, float("-inf"))
+    prompt_bias = pad_bias                                                  # [B, P]
     pos = (P - pad_len).repeat_interleave(n)                                # [N] position of the next token
 
     generator = torch.Generator(device).manual_seed(seed)
@@ -256,17 +296,14 @@ def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, 
             break
         if compact and bool(done[active].any()):                           # drop finished rows
             keep = (~done[active]).nonzero().squeeze(1)                     # [R'] indices into active
-            used = min(P + t, S)
-            R = keep.shape[0]
-            cache[:, :, :R, :, :used] = cache[:, :, keep, :, :used]
-            valid[:R] = valid[keep]
+            R, filled = keep.shape[0], min(t, S)
+            kv[:, :, :R, :, :filled] = kv[:, :, keep, :, :filled]
             pos, active = pos[keep], active[keep]
-        c = P + t                                                           # column of the fed token
-        slot, used = c % S, min(c + 1, S)
-        R = active.shape[0]
-        valid[:R, slot] = True
-        mask = valid[:R, None, None, :used] if max_pad > c + 1 - used else None  # [R, 1, 1, used]
-        logits = net.step(tokens[active, t], pos, cache, slot, used, mask)  # [R, V]
+        # Feed completion token t (column P + t): its keys go to slot t % S of the ring.
+        if window is not None and P + t - window >= 0:                      # prompt columns leave the window
+            prompt_bias = pad_bias.masked_fill(col <= P + t - window, float("-inf"))
+        rows = None if active.shape[0] == N else active
+        logits = net.step(tokens[active, t], pos, prompt_kv, prompt_bias, kv, t % S, min(t + 1, S), rows, n)
         pos = pos + 1
 
     names = ("length", "eos", "stop")
