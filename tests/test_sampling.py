@@ -1,5 +1,6 @@
 """The sampler: top-k/top-p filtering and inverse-CDF sampling from one uniform per row."""
 
+import pytest
 import torch
 
 from r1lab.rollout.sampling import BLOCK, filter_logits, sample_from, sample_next
@@ -32,12 +33,13 @@ def test_never_a_token_of_probability_zero_at_block_edges():
         assert (probs.gather(1, tok[:, None]) > 0).all(), (u, tok)
 
 
-def test_token_frequencies_match_the_probabilities():
+@pytest.mark.parametrize("V", [BLOCK - 50, 2 * BLOCK + 100])           # one level, two levels
+def test_token_frequencies_match_the_probabilities(V):
     # A fine grid of uniforms stands in for random draws: token i must get p_i * M of the M grid
-    # points, up to one at each end of its interval. Probabilities span three blocks, with zeros
+    # points, up to one at each end of its interval. Probabilities have zeros
     # and values far below 1 / M, unnormalised (the sampler divides by the total).
     g = torch.Generator().manual_seed(0)
-    V, M = 2 * BLOCK + 100, 20_000
+    M = 20_000
     probs = torch.rand(V, generator=g) ** 4
     probs[torch.rand(V, generator=g) < 0.3] = 0.0
     probs[7] = 1e-9

@@ -219,25 +219,24 @@ def cache_shapes(config, n_prompts: int, prompt_len: int, n: int, max_new_tokens
 def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int,
              eos_token_id: int, pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, stop: list[list[int]] = (), seed: int = 0,
-             window: int | None = None, compact: bool = True) -> Rollout:
+             window: int | None = None) -> Rollout:
     """Sample ``n`` completions of each prompt; see :func:`r1lab.rollout.hf.generate`.
 
     window: attend only to the last ``window`` positions (ring-buffer cache of that many slots);
     None uses the model's own sliding window if all its layers have one, else full attention.
-    compact: drop finished rows from the batch (False keeps them, fed pad, as the reference does).
     """
     if not supports(model):
         raise ValueError(f"the native backend does not support {type(model).__name__}; use the hf backend")
     with torch.inference_mode():
         out = _generate(model, prompts, n=n, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                         pad_token_id=pad_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
-                        stop=stop, seed=seed, window=window, compact=compact)
+                        stop=stop, seed=seed, window=window)
     # Clone outside inference mode so callers may use the tensors in autograd (e.g. gather indices).
     return Rollout(out.completion_ids.clone(), out.mask.clone(), out.logprobs.clone(), out.finish_reasons)
 
 
 def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, temperature,
-              top_p, top_k, stop, seed, window, compact) -> Rollout:
+              top_p, top_k, stop, seed, window) -> Rollout:
     device = next(model.parameters()).device
     dtype = model.model.embed_tokens.weight.dtype
     own = _config_window(model.config)
@@ -269,47 +268,46 @@ def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, 
     stops = [torch.tensor(s, device=device) for s in stop if len(s) > 0]
     tokens = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logps = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=device)
-    alive = torch.zeros(N, max_new_tokens, dtype=torch.bool, device=device)
-    done = torch.zeros(N, dtype=torch.bool, device=device)
+    length = torch.full((N,), max_new_tokens, dtype=torch.long, device=device)
     reason = torch.zeros(N, dtype=torch.long, device=device)               # 0 length, 1 eos, 2 stop
-    active = torch.arange(N, device=device)                                 # rows still in the batch
+    active = torch.arange(N, device=device)                                 # [R] sample index of each live row
     steps = max_new_tokens
     for t in range(max_new_tokens):
         uniform = torch.rand(N, generator=generator, device=device, dtype=torch.float64)
+        R = active.shape[0]
         tok, lp = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
-                              uniform=uniform[active])                      # [R], [R]
-        live = ~done[active]                                                # [R]; all True if compacting
-        tok = tok.masked_fill(~live, pad_token_id)
+                              uniform=uniform if R == N else uniform[active])  # [R], [R]
         tokens[active, t] = tok
-        logps[active, t] = lp.masked_fill(~live, 0.0)
-        alive[active, t] = live
-        ended_eos = live & (tok == eos_token_id)
-        ended_stop = torch.zeros_like(live)
+        logps[active, t] = lp
+        eos = tok == eos_token_id                                           # [R]
+        ended = eos.clone()
         for s in stops:
             if t + 1 >= len(s):
-                ended_stop |= (tokens[active, t + 1 - len(s):t + 1] == s).all(-1)
-        ended_stop &= live & ~ended_eos
-        reason[active] = torch.where(ended_eos, 1, torch.where(ended_stop, 2, reason[active]))
-        done[active] = ~live | ended_eos | ended_stop
-        if t == max_new_tokens - 1 or bool(done.all()):
+                ended |= (tokens[active, t + 1 - len(s):t + 1] == s).all(-1)
+        any_ended = bool(ended.any())
+        if any_ended:                                                       # record how the rows ended
+            gone = active[ended]
+            reason[gone] = torch.where(eos[ended], 1, 2)
+            length[gone] = t + 1
+        if t == max_new_tokens - 1 or (any_ended and bool(ended.all())):
             steps = t + 1
             break
-        if compact and bool(done[active].any()):                           # drop finished rows
-            keep = (~done[active]).nonzero().squeeze(1)                     # [R'] indices into active
-            R, filled = keep.shape[0], min(t, S)
-            kv[:, :, :R, :, :filled] = kv[:, :, keep, :, :filled]
-            pos, active = pos[keep], active[keep]
+        if any_ended:                                                       # and drop them from the batch
+            keep = (~ended).nonzero().squeeze(1)                            # [R'] indices into active
+            filled = min(t, S)
+            kv[:, :, :keep.shape[0], :, :filled] = kv[:, :, keep, :, :filled]
+            pos, active, tok = pos[keep], active[keep], tok[keep]
         # Feed completion token t (column P + t): its keys go to slot t % S of the ring.
         if window is not None and P + t - window >= 0:                      # prompt columns leave the window
             prompt_bias = pad_bias.masked_fill(col <= P + t - window, float("-inf"))
         rows = None if active.shape[0] == N else active
-        logits = net.step(tokens[active, t], pos, prompt_kv, prompt_bias, kv, t % S, min(t + 1, S), rows, n)
+        logits = net.step(tok, pos, prompt_kv, prompt_bias, kv, t % S, min(t + 1, S), rows, n)
         pos = pos + 1
 
     names = ("length", "eos", "stop")
     return Rollout(
         completion_ids=tokens[:, :steps].cpu(),                             # [N, L]
-        mask=alive[:, :steps].cpu(),                                        # [N, L]
+        mask=(torch.arange(steps, device=device) < length[:, None]).cpu(),  # [N, L]
         logprobs=logps[:, :steps].cpu(),                                    # [N, L]
         finish_reasons=[names[r] for r in reason.tolist()],
     )

@@ -54,11 +54,14 @@ def sample_from(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     ``uniform * total``. probs [B, V] (need not sum to 1), uniform [B] in [0, 1) -> tokens [B].
 
     Two levels, so rounding is relative to a block's mass and not to the running total: first
-    a block of ``BLOCK`` tokens by the running sum of block masses, then the token inside it.
+    a block of ``BLOCK`` tokens by the running sum of block masses, then the token inside it
+    (one level when the vocabulary fits in a block).
     A token of probability 0 is never returned. Example: probs [[0, .5, .5]] with uniform .4
     gives token 1, with uniform .6 token 2.
     """
     B, V = probs.shape
+    if V <= BLOCK:
+        return _invert(probs, uniform.double() * probs.double().sum(-1))[0]
     blocks = F.pad(probs, (0, -V % BLOCK)).view(B, -1, BLOCK)              # [B, nb, BLOCK]
     block_mass = blocks.sum(-1)                                             # [B, nb]
     target = uniform.double() * block_mass.double().sum(-1)                 # [B]
@@ -77,7 +80,7 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: 
     the same temperature gives; T = 0 means greedy, scored at T = 1.
     """
     logits = logits.float()
-    scaled = logits if temperature == 0 else logits / temperature
+    scaled = logits if temperature in (0, 1) else logits / temperature
     logp = scaled.log_softmax(-1)                                           # [B, V]
     if temperature == 0:
         tokens = logits.argmax(-1)                                          # [B]
