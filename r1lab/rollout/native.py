@@ -15,7 +15,8 @@ which samples through the HF forward and its ``DynamicCache``), but much less Py
 - an optional sliding window: each token attends to the last ``window`` positions (itself
   included), as HF's sliding-window attention does; the completion part is then a ring buffer
   of ``min(window, max_new_tokens)`` slots and prompt columns leave the window through the mask;
-- finished rows leave the batch (their completion cache rows are dropped) as soon as they end.
+- finished rows leave the batch as soon as they end: live rows from the end of the batch move
+  into their cache rows, so a step's cost follows the rows still running.
 
 Sampling goes through :func:`r1lab.rollout.sampling.sample_next` on the live rows only; the
 uniform draws are made for all ``N`` rows every step, as the reference makes them, so the same
@@ -222,8 +223,8 @@ def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int
              window: int | None = None) -> Rollout:
     """Sample ``n`` completions of each prompt; see :func:`r1lab.rollout.hf.generate`.
 
-    window: attend only to the last ``window`` positions (ring-buffer cache of that many slots);
-    None uses the model's own sliding window if all its layers have one, else full attention.
+    window: attend only to the last ``window`` positions (the completion cache is then a ring of
+    ``min(window, max_new_tokens)`` slots); None uses the model's own sliding window if all its layers have one, else full attention.
     """
     if not supports(model):
         raise ValueError(f"the native backend does not support {type(model).__name__}; use the hf backend")
@@ -292,11 +293,16 @@ def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, 
         if t == max_new_tokens - 1 or (any_ended and bool(ended.all())):
             steps = t + 1
             break
-        if any_ended:                                                       # and drop them from the batch
-            keep = (~ended).nonzero().squeeze(1)                            # [R'] indices into active
-            filled = min(t, S)
-            kv[:, :, :keep.shape[0], :, :filled] = kv[:, :, keep, :, :filled]
-            pos, active, tok = pos[keep], active[keep], tok[keep]
+        if any_ended:                                                       # and drop them from the batch:
+            # rows are in no particular order, so the live rows past the new end move into the
+            # ended rows before it, and only they are copied
+            live = R - int(ended.sum())
+            holes = ended[:live].nonzero().squeeze(1)
+            movers = (~ended[live:]).nonzero().squeeze(1) + live
+            kv[:, :, holes, :, :min(t, S)] = kv[:, :, movers, :, :min(t, S)]
+            for state in (pos, active, tok):
+                state[holes] = state[movers]
+            pos, active, tok = pos[:live], active[:live], tok[:live]
         # Feed completion token t (column P + t): its keys go to slot t % S of the ring.
         if window is not None and P + t - window >= 0:                      # prompt columns leave the window
             prompt_bias = pad_bias.masked_fill(col <= P + t - window, float("-inf"))

@@ -152,6 +152,7 @@ def run(ctx, cfg: GrpoConfig, out: Path) -> None:
                            temperature=cfg.temperature, top_p=cfg.top_p,
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                            stop=stop_ids, seed=seed * 1_000_003 + step, backend=cfg.backend)
+        rollout_s = time.time() - t0
         texts = rollout.texts(tokenizer)
         rows = [e for e in examples for _ in range(cfg.group_size)]
         totals, per_fn = score(texts, rows, cfg.rewards)
@@ -182,6 +183,7 @@ def run(ctx, cfg: GrpoConfig, out: Path) -> None:
             "kl": stats["kl"], "clip_frac": stats["clip_frac"], "entropy": stats["entropy"],
             "loss": stats["loss"], "lr": sched.get_last_lr()[0], "grad_norm": grad_norm,
             "tokens_per_s": n_tokens / (time.time() - t0),
+            "rollout_s": rollout_s,
         }
         log.log(step, values)
         show(bar, {"reward": values["reward/mean"], "acc": values["accuracy"],
