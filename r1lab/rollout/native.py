@@ -57,6 +57,10 @@ def _config_window(config) -> int | None:
     return -1
 
 
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
 def supports(model) -> bool:
     """Whether the native loop computes exactly what this model's HF forward computes."""
     config = getattr(model, "config", None)
@@ -147,7 +151,7 @@ class _Net:
         self.lm_head = model.lm_head.weight                                 # [V, d]
         self.eps = float(cfg.rms_norm_eps)
         self.H, self.K = cfg.num_attention_heads, cfg.num_key_value_heads
-        self.D = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.D = _head_dim(cfg)
         self.d = cfg.hidden_size
         # RoPE tables from the model's own rotary module: rows are positions.
         pos = torch.arange(n_positions, device=self.embed.device)[None]     # [1, T]
@@ -212,7 +216,7 @@ def cache_shapes(config, n_prompts: int, prompt_len: int, n: int, max_new_tokens
                  window: int | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Shapes of the two preallocated caches: (prompt part, completion part)."""
     L, K = config.num_hidden_layers, config.num_key_value_heads
-    D = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    D = _head_dim(config)
     slots = max_new_tokens if window is None else min(window, max_new_tokens)
     return (L, 2, n_prompts, K, prompt_len, D), (L, 2, n_prompts * n, K, slots, D)
 
