@@ -75,10 +75,10 @@ def cmd_eval(config, model_dir: Path) -> int:
     import torch
 
     from r1lab.models.io import load_model, quiet_transformers
-    from r1lab.pipeline import pick_device
+    from r1lab.stages.context import pick_device
     from r1lab.stages.eval import EvalConfig, evaluate
 
-    evals = [s for s in config.stages if s.kind == "eval"]
+    evals = [s for s in config.stages if isinstance(s, EvalConfig)]
     cfg = evals[-1] if evals else EvalConfig(kind="eval", name="eval", model=str(model_dir))
     quiet_transformers()
     model, tokenizer = load_model(model_dir, pick_device(config.device))

@@ -4,7 +4,7 @@ A run config names a task and an ordered list of stages; each stage kind has its
 typed config next to its code (``r1lab/stages/<kind>.py``). Unknown keys, wrong types and
 dangling stage references are errors that name the file, the line and the field::
 
-    r1lab: config error: my.yaml:14: stages[2].lr: Input should be a valid number ...
+    r1lab: error: my.yaml:14: stages[2].lr: Input should be a valid number ...
 """
 
 from __future__ import annotations
@@ -16,21 +16,19 @@ from typing import Annotated, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from r1lab.data.tasks import ArithmeticTask, JsonlTask
-from r1lab.stages.eval import EvalConfig
-from r1lab.stages.grpo import GrpoConfig
-from r1lab.stages.pretrain import PretrainConfig
+from r1lab.data.tasks import Task
+from r1lab.stages import STAGES
+from r1lab.stages.common import PlainName
 
 DEFAULT_CONFIG = "r1-zero-tiny"
 
-Stage = Annotated[Union[PretrainConfig, GrpoConfig, EvalConfig], Field(discriminator="kind")]
-Task = Annotated[Union[ArithmeticTask, JsonlTask], Field(discriminator="kind")]
+Stage = Annotated[Union[tuple(module.Config for module in STAGES.values())], Field(discriminator="kind")]
 
 
 class RunConfig(BaseModel):
     """A whole run: what to learn (task) and the stages that learn it, in order."""
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="Run name; the default run directory is runs/<name>.")
+    name: PlainName = Field(description="Run name; the default run directory is runs/<name>.")
     seed: int = Field(0, description="The one seed that drives data, init and sampling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
     task: Task = Field(description="The verifiable task every stage reads its data from.")
@@ -46,17 +44,26 @@ class RunConfig(BaseModel):
         return stages
 
     def dangling_reference(self) -> tuple[list, str] | None:
-        """(location, message) of the first model reference that names neither an earlier
-        model-writing stage nor an existing path."""
-        producers: list[str] = []
+        """(location, message) of the first reference (a field a stage declares in ``reads``)
+        that names neither an earlier stage writing that kind of output nor an existing path."""
+        names = [s.name for s in self.stages]
+        writers: dict[str, tuple] = {}
         for i, stage in enumerate(self.stages):
-            for field in ("init", "model"):
-                ref = getattr(stage, field, None)
-                if isinstance(ref, str) and ref not in producers and not Path(ref).expanduser().exists():
-                    return ["stages", i, field], (f"{ref!r} is neither an earlier stage that writes a "
-                                                  f"model ({', '.join(producers) or 'none'}) nor an existing path")
-            if stage.kind in ("pretrain", "grpo"):
-                producers.append(stage.name)
+            for field, artifact in stage.reads.items():
+                ref = getattr(stage, field)
+                if not isinstance(ref, str) or artifact in writers.get(ref, ()):
+                    continue
+                loc = ["stages", i, field]
+                if ref in writers:
+                    return loc, f"{ref!r} is an earlier stage, but it writes no {artifact}"
+                if ref in names:
+                    return loc, (f"{ref!r} is a later stage (stages[{names.index(ref)}]); "
+                                 f"a stage reads only what an earlier stage wrote")
+                if not Path(ref).expanduser().exists():
+                    producers = [n for n, w in writers.items() if artifact in w]
+                    return loc, (f"{ref!r} is neither an earlier stage that writes a {artifact} "
+                                 f"({', '.join(producers) or 'none'}) nor an existing path")
+            writers[stage.name] = stage.writes
         return None
 
 

@@ -10,10 +10,8 @@ its last checkpoint. DONE is written last, atomically.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,41 +19,13 @@ import yaml
 
 from r1lab.config import RunConfig
 from r1lab.models.io import quiet_transformers
-from r1lab.stages import eval as eval_stage
-from r1lab.stages import grpo, pretrain
+from r1lab.stages import STAGES
+from r1lab.stages.context import RunContext, pick_device
 from r1lab.train.checkpoint import write_atomic
-
-STAGES = {"pretrain": pretrain.run, "grpo": grpo.run, "eval": eval_stage.run}
 
 
 class RunDirError(ValueError):
     """The run directory holds a different run."""
-
-
-@dataclass
-class RunContext:
-    """What a stage may read: the config, the device, and where earlier stages wrote."""
-    config: RunConfig
-    run_dir: Path
-    device: torch.device
-    stage_dirs: dict[str, Path] = field(default_factory=dict)
-
-    def model_path(self, ref: str) -> Path:
-        """An earlier stage's ``model/`` folder, or ``ref`` taken as a path."""
-        if ref in self.stage_dirs:
-            return self.stage_dirs[ref] / "model"
-        return Path(ref).expanduser()
-
-    def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def stage_dir(run_dir: Path, index: int, name: str) -> Path:
@@ -83,7 +53,7 @@ def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         log(f"[{i}] {stage.name} ({stage.kind})")
         t0 = time.time()
-        STAGES[stage.kind](ctx, stage, out)
+        STAGES[stage.kind].run(ctx, stage, out)
         write_atomic(out / "DONE", json.dumps({"seconds": round(time.time() - t0, 1)}) + "\n")
     return run_dir
 

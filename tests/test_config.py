@@ -72,6 +72,37 @@ def test_dangling_model_reference(tmp_path):
     assert "c.yaml:12: stages[1].init: 'basse' is neither an earlier stage" in msg
 
 
+def test_reference_to_a_later_stage_is_rejected(tmp_path):
+    text = GOOD.replace("init: base", "init: rl2") + "  - kind: grpo\n    name: rl2\n    init: base\n"
+    msg = error_of(tmp_path, text)
+    assert "c.yaml:12: stages[1].init: 'rl2' is a later stage (stages[2])" in msg
+
+
+def test_reference_to_a_stage_that_writes_no_model_is_rejected(tmp_path):
+    text = GOOD.replace("init: base", "init: ev").replace("  - kind: grpo", "  - kind: eval\n    name: ev\n"
+                                                        "    model: base\n  - kind: grpo")
+    msg = error_of(tmp_path, text)
+    assert "stages[2].init: 'ev' is an earlier stage, but it writes no model" in msg
+
+
+@pytest.mark.parametrize("bad", ["a/../../victim", "..", ".hidden", "a b", ""])
+def test_stage_and_run_names_must_be_plain(tmp_path, bad):
+    msg = error_of(tmp_path, GOOD.replace("name: base", f"name: '{bad}'").replace("init: base", f"init: '{bad}'"))
+    assert "c.yaml:8: stages[0].name:" in msg and "not a plain name" in msg
+    msg = error_of(tmp_path, GOOD.replace("name: t", f"name: '{bad}'"))
+    assert "c.yaml:1: name:" in msg and "not a plain name" in msg
+
+
+def test_the_registry_is_the_one_list_of_kinds():
+    from r1lab.config import RunConfig
+    from r1lab.stages import STAGES
+    union = RunConfig.model_fields["stages"].annotation.__args__[0]
+    kinds = {c.model_fields["kind"].annotation.__args__[0] for c in union.__origin__.__args__}
+    assert kinds == set(STAGES)
+    for kind, module in STAGES.items():
+        assert callable(module.run) and set(module.Config.reads.values()) <= {"model", "data"}
+
+
 def test_unknown_reward_name(tmp_path):
     msg = error_of(tmp_path, GOOD + "    rewards: {accuracy: 1.0, lenght: 0.1}\n")
     assert "stages[1].rewards" in msg and "lenght" in msg

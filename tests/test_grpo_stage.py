@@ -4,19 +4,13 @@ import pytest
 import torch
 
 from r1lab.losses.registry import GRPO_LOSSES
+from r1lab.stages.context import RunContext
 from r1lab.stages.grpo import GrpoConfig, grpo_batch
 from r1lab.train.forward import prompt_completion_batch
 
 from conftest import tiny_llama
 
-
-class CPU:
-    device = torch.device("cpu")
-
-    @staticmethod
-    def autocast():
-        import contextlib
-        return contextlib.nullcontext()
+CPU = RunContext(config=None, run_dir=None, device=torch.device("cpu"))
 
 
 def grads_after(model, batch, adv, old, ref, cfg):

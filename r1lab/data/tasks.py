@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from functools import cached_property
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -71,3 +71,6 @@ class JsonlTask(BaseModel):
 
     def prompt(self, example: dict) -> str:
         return render(self.template, example["question"])
+
+
+Task = Annotated[Union[ArithmeticTask, JsonlTask], Field(discriminator="kind")]

@@ -1,1 +1,10 @@
-"""Stages: one module per stage kind, each with a typed config and ``run(ctx, cfg, out_dir)``."""
+"""Stages: one module per stage kind, each exporting a typed ``Config`` (a
+:class:`r1lab.stages.common.StageConfig`) and ``run(ctx, cfg, out)``.
+
+``STAGES`` is the one place a kind is registered: the config union, the reference checks and
+the CLI all derive from it. A new stage is one module plus one entry here.
+"""
+
+from r1lab.stages import eval, grpo, pretrain
+
+STAGES = {"pretrain": pretrain, "grpo": grpo, "eval": eval}

@@ -15,19 +15,21 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS
 from r1lab.rollout import Backend, generate
+from r1lab.stages.common import StageConfig
+from r1lab.stages.context import RunContext
 from r1lab.train.checkpoint import write_atomic
 
 
-class EvalConfig(BaseModel):
+class EvalConfig(StageConfig):
     """Held-out evaluation."""
-    model_config = ConfigDict(extra="forbid")
+    reads = {"model": "model"}
+    writes = ("eval",)
     kind: Literal["eval"]
-    name: str = Field(description="Stage name.")
     model: str = Field(description="Model to evaluate: an earlier stage's name or a model path.")
     samples: int = Field(8, gt=0, description="Completions per question for pass@1 (k).")
     temperature: float = Field(0.6, gt=0, description="Sampling temperature for pass@1 (R1 paper: 0.6).")
@@ -72,8 +74,11 @@ def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> dict[str, fl
 
 
 @torch.no_grad()
-def run(ctx, cfg: EvalConfig, out: Path) -> None:
+def run(ctx: RunContext, cfg: EvalConfig, out: Path) -> None:
     model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
     metrics = evaluate(model, tokenizer, ctx.config.task, ctx.config.seed, cfg)
     metrics["model"] = cfg.model
     write_atomic(out / "eval.json", json.dumps(metrics, indent=2) + "\n")
+
+
+Config = EvalConfig

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from r1lab.advantages import ADVANTAGE_ESTIMATORS
 from r1lab.losses.common import masked_mean
@@ -31,6 +31,8 @@ from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS, score
 from r1lab.rollout import Backend, generate
+from r1lab.stages.common import StageConfig
+from r1lab.stages.context import RunContext
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.forward import completion_logprobs, prompt_completion_batch
 from r1lab.train.metrics import MetricsLogger
@@ -38,11 +40,11 @@ from r1lab.train.progress import progress_bar, show
 from r1lab.train.optim import build_optimizer, build_scheduler, optimizer_step
 
 
-class GrpoConfig(BaseModel):
+class GrpoConfig(StageConfig):
     """R1-Zero style GRPO."""
-    model_config = ConfigDict(extra="forbid")
+    reads = {"init": "model"}
+    writes = ("model",)
     kind: Literal["grpo"]
-    name: str = Field(description="Stage name; later stages refer to its model by it.")
     init: str = Field(description="Starting policy (and reference): an earlier stage's name or a model path.")
     steps: int = Field(50, gt=0, description="Rollout batches (each followed by mu optimizer steps).")
     prompts_per_step: int = Field(16, gt=0, description="Questions per rollout batch.")
@@ -89,7 +91,7 @@ def loss_keywords(cfg: GrpoConfig, n_tokens: int) -> tuple[dict, bool]:
 
 
 def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Tensor | None,
-               ref_logp: torch.Tensor | None, cfg: GrpoConfig, ctx) -> dict[str, float]:
+               ref_logp: torch.Tensor | None, cfg: GrpoConfig, ctx: RunContext) -> dict[str, float]:
     """One optimizer step's forward/backward over ``batch`` in micro-batches (gradients
     accumulate to exactly the full-batch gradient); returns averaged stats.
 
@@ -119,7 +121,7 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
 
 
 @torch.no_grad()
-def logprobs_no_grad(model, batch: dict, cfg: GrpoConfig, ctx) -> torch.Tensor:
+def logprobs_no_grad(model, batch: dict, cfg: GrpoConfig, ctx: RunContext) -> torch.Tensor:
     n = batch["input_ids"].shape[0]
     mb = cfg.micro_batch_size or n
     parts = []
@@ -131,7 +133,7 @@ def logprobs_no_grad(model, batch: dict, cfg: GrpoConfig, ctx) -> torch.Tensor:
     return torch.cat(parts)                                                  # [N, L]
 
 
-def run(ctx, cfg: GrpoConfig, out: Path) -> None:
+def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     seed, task = ctx.config.seed, ctx.config.task
     policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
     ref = load_model(ctx.model_path(cfg.init), ctx.device)[0].eval() if cfg.beta > 0 else None
@@ -193,3 +195,6 @@ def run(ctx, cfg: GrpoConfig, out: Path) -> None:
             save_training(out / "checkpoint", policy, opt, sched, step, log.elapsed())
     bar.close()
     save_pretrained_atomic(policy, tokenizer, out / "model")
+
+
+Config = GrpoConfig

@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from r1lab.data.corpus import CorpusMix, documents
 from r1lab.models.tiny import TinyModelConfig, build_tiny_model
 from r1lab.models.tokenizer import train_tokenizer
+from r1lab.stages.common import StageConfig
+from r1lab.stages.context import RunContext
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.metrics import MetricsLogger
 from r1lab.train.progress import progress_bar, show
@@ -44,11 +46,10 @@ class CorpusConfig(BaseModel):
         return CorpusMix(**self.model_dump(exclude={"documents"}))
 
 
-class PretrainConfig(BaseModel):
+class PretrainConfig(StageConfig):
     """Pre-training of the tiny base model."""
-    model_config = ConfigDict(extra="forbid")
+    writes = ("model",)
     kind: Literal["pretrain"]
-    name: str = Field(description="Stage name; later stages refer to its model by it.")
     model: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Model shape.")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig, description="Synthetic corpus.")
     steps: int = Field(1000, gt=0, description="Optimizer steps.")
@@ -71,7 +72,7 @@ def pack(docs: list[list[int]], seq_len: int) -> torch.Tensor:
     return stream[: rows * seq_len].view(rows, seq_len)
 
 
-def run(ctx, cfg: PretrainConfig, out: Path) -> None:
+def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
     seed = ctx.config.seed
     task = ctx.config.task
     docs = documents(seed, cfg.corpus.documents, cfg.corpus.mix(), task.template,
@@ -120,7 +121,7 @@ def run(ctx, cfg: PretrainConfig, out: Path) -> None:
 
 
 @torch.no_grad()
-def validation_loss(model, rows: torch.Tensor, ctx, batch_size: int = 32) -> float:
+def validation_loss(model, rows: torch.Tensor, ctx: RunContext, batch_size: int = 32) -> float:
     """Mean next-token loss over the held-back rows."""
     model.eval()
     total = 0.0
@@ -130,3 +131,6 @@ def validation_loss(model, rows: torch.Tensor, ctx, batch_size: int = 32) -> flo
             total += model(input_ids=chunk, labels=chunk).loss.item() * len(chunk)
     value = total / len(rows)
     return value if math.isfinite(value) else float("inf")
+
+
+Config = PretrainConfig

@@ -1,0 +1,37 @@
+"""What every stage config shares: its kind, a plain name, and what it reads and writes.
+
+A stage declares the fields that name another stage's output (``reads``) and what it writes
+itself (``writes``); the config loader checks every reference against them before any work
+starts, so a typo or a reference to a later stage fails at load time with file and line.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+Artifact = Literal["model", "data", "eval"]
+
+_PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _plain_name(value: str) -> str:
+    if not _PLAIN.fullmatch(value):
+        raise ValueError(f"{value!r} is not a plain name: it names a folder, so use letters, digits, "
+                         f"'.', '_' and '-' only, not starting with '.' (at most 100 characters)")
+    return value
+
+
+PlainName = Annotated[str, AfterValidator(_plain_name)]
+
+
+class StageConfig(BaseModel):
+    """Base of every stage's typed config (``r1lab/stages/<kind>.py`` subclasses it)."""
+    model_config = ConfigDict(extra="forbid")
+    reads: ClassVar[dict[str, Artifact]] = {}     # field -> what it names: an earlier stage's output or a path
+    writes: ClassVar[tuple[Artifact, ...]] = ()   # what later stages may read from this one
+
+    kind: str
+    name: PlainName = Field(description="Stage name: its folder, and how later stages refer to its output.")

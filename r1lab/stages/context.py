@@ -1,0 +1,43 @@
+"""What a stage may read while it runs: the run's config, the device, and earlier stages' output."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from r1lab.config import RunConfig
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class RunContext:
+    """Handed to every stage's ``run(ctx, cfg, out)``."""
+    config: RunConfig
+    run_dir: Path
+    device: torch.device
+    stage_dirs: dict[str, Path] = field(default_factory=dict)   # stage name -> its folder, filled in order
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def model_path(self, ref: str) -> Path:
+        """An earlier stage's ``model/`` folder, or ``ref`` taken as a path."""
+        if ref in self.stage_dirs:
+            return self.stage_dirs[ref] / "model"
+        return Path(ref).expanduser()
+
+    def autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
