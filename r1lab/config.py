@@ -43,9 +43,14 @@ class RunConfig(BaseModel):
             raise ValueError(f"stage names must be unique, repeated: {sorted(dup)}")
         return stages
 
-    def dangling_reference(self) -> tuple[list, str] | None:
-        """(location, message) of the first reference (a field a stage declares in ``reads``)
-        that names neither an earlier stage writing that kind of output nor an existing path."""
+    def first_problem(self) -> tuple[list, str] | None:
+        """(location, message) of the first thing that would fail only once work has started: a
+        reference (a field a stage declares in ``reads``) naming neither an earlier stage that
+        writes that kind of output nor an existing path, a task a stage cannot run on, or a
+        data file that is not there."""
+        return self._dangling_reference() or self._task_problem()
+
+    def _dangling_reference(self) -> tuple[list, str] | None:
         names = [s.name for s in self.stages]
         writers: dict[str, tuple] = {}
         for i, stage in enumerate(self.stages):
@@ -64,6 +69,20 @@ class RunConfig(BaseModel):
                     return loc, (f"{ref!r} is neither an earlier stage that writes a {artifact} "
                                  f"({', '.join(producers) or 'none'}) nor an existing path")
             writers[stage.name] = stage.writes
+        return None
+
+    def _task_problem(self) -> tuple[list, str] | None:
+        tasks = [(["task"], self.task)] + [(["stages", i, "task"], s.task) for i, s in enumerate(self.stages)
+                                           if getattr(s, "task", None) is not None]
+        for loc, task in tasks:
+            for field in task.data_fields:
+                if not Path(getattr(task, field)).expanduser().is_file():
+                    return loc + [field], f"{getattr(task, field)!r}: no such data file"
+        for i, stage in enumerate(self.stages):
+            own = getattr(stage, "task", None)
+            problem = stage.task_problem(own or self.task)
+            if problem:
+                return ["stages", i] + (["task"] if own else ["kind"]), problem
         return None
 
 
@@ -110,7 +129,7 @@ def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> R
         elif "input" in first and first["type"] not in ("missing", "value_error"):
             msg += f" (got {first['input']!r})"
         raise ConfigError(where(yaml_location(first["loc"], data), msg, text, path, overridden)) from None
-    problem = config.dangling_reference()
+    problem = config.first_problem()
     if problem:
         raise ConfigError(where(*problem, text, path, overridden))
     return config

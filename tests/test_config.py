@@ -103,6 +103,26 @@ def test_the_registry_is_the_one_list_of_kinds():
         assert callable(module.run) and set(module.Config.reads.values()) <= {"model", "data"}
 
 
+def test_pretrain_on_a_jsonl_task_fails_at_load(tmp_path):
+    (tmp_path / "q.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    task = f"task:\n  kind: jsonl\n  train_path: {tmp_path}/q.jsonl\n  test_path: {tmp_path}/q.jsonl\n"
+    msg = error_of(tmp_path, GOOD.replace("task:\n  kind: arithmetic\n  n_test: 10\n", task))
+    assert "c.yaml:8: stages[0].kind: pretrain builds its corpus from the synthetic 'arithmetic' task" in msg
+
+
+def test_missing_data_file_fails_at_load_naming_the_field(tmp_path):
+    task = "task:\n  kind: jsonl\n  train_path: nowhere/train.jsonl\n  test_path: nowhere/test.jsonl\n"
+    text = GOOD.replace("task:\n  kind: arithmetic\n  n_test: 10\n", task).replace(
+        "  - kind: pretrain\n    name: base\n    steps: 5\n", "")
+    msg = error_of(tmp_path, text.replace("init: base", f"init: {tmp_path}"))
+    assert "c.yaml:5: task.train_path: 'nowhere/train.jsonl': no such data file" in msg
+
+
+def test_a_stage_may_take_its_own_task(tmp_path):
+    cfg = load_config(str(write(tmp_path, GOOD + "    task: {kind: arithmetic, max_count: 3}\n")))
+    assert cfg.task.max_count == 6 and cfg.stages[1].task.max_count == 3 and cfg.stages[0].task is None
+
+
 def test_unknown_reward_name(tmp_path):
     msg = error_of(tmp_path, GOOD + "    rewards: {accuracy: 1.0, lenght: 0.1}\n")
     assert "stages[1].rewards" in msg and "lenght" in msg

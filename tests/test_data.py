@@ -1,5 +1,6 @@
 """The synthetic task, the corpus, the tokenizer and JSONL validation."""
 
+import json
 import re
 
 import pytest
@@ -7,7 +8,7 @@ from transformers import AutoTokenizer
 
 from r1lab.data.arithmetic import is_test_question, sample_problems
 from r1lab.data.corpus import CorpusMix, completion_text, documents
-from r1lab.data.jsonl import DataError, read_qa_jsonl
+from r1lab.data.jsonl import DataError, read_qa_jsonl, read_sft_jsonl
 from r1lab.data.tasks import ArithmeticTask
 from r1lab.data.templates import render
 from r1lab.models.tokenizer import TAGS, train_tokenizer
@@ -96,6 +97,29 @@ def test_bad_jsonl_names_file_line_and_field(tmp_path, line, message):
 
 def test_jsonl_reads_numbers_and_skips_blank_lines(tmp_path):
     path = tmp_path / "d.jsonl"
-    path.write_text('{"q": "a?", "a": 3}\n\n{"q": "b?", "a": "#### 4"}\n')
-    assert read_qa_jsonl(path, "q", "a") == [{"question": "a?", "answer": "3"},
-                                             {"question": "b?", "answer": "#### 4"}]
+    path.write_text('{"q": "a?", "a": 3, "lang": "en"}\n\n{"q": "b?", "a": "#### 4"}\n')
+    assert read_qa_jsonl(path, "q", "a") == [{"question": "a?", "answer": "3", "lang": "en"},
+                                             {"question": "b?", "answer": "#### 4"}]   # other fields kept
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"prompt": "p"}', "line 2: field 'completion': missing"),
+    ('{"prompt": "p", "completion": 3}', "line 2: field 'completion': expected text"),
+    ('{"messages": "hi"}', "line 2: field 'messages': expected a list of messages"),
+    ('{"messages": [{"role": "user"}]}', "line 2: field 'content': missing"),
+    ('{"messages": [{"role": "user", "content": "q"}]}', "line 2: field 'messages': must end with an assistant"),
+    ('{"messages": [7]}', "line 2: field 'messages[0]': expected an object"),
+])
+def test_bad_sft_rows_name_file_line_and_field(tmp_path, line, message):
+    path = tmp_path / "sft.jsonl"
+    path.write_text('{"prompt": "p", "completion": "c", "lang": "zh"}\n' + line + "\n")
+    with pytest.raises(DataError) as e:
+        read_sft_jsonl(path)
+    assert message.replace("line 2", f"{path}:2") in str(e.value)
+
+
+def test_sft_rows_of_both_shapes_keep_their_fields(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "id": 7}
+    path.write_text(json.dumps({"prompt": "p", "completion": "c", "lang": "zh"}) + "\n" + json.dumps(chat) + "\n")
+    assert read_sft_jsonl(path) == [{"prompt": "p", "completion": "c", "lang": "zh"}, chat]

@@ -1,8 +1,13 @@
-"""JSONL question/answer files, validated line by line."""
+"""JSONL data files, validated line by line: question/answer tasks and SFT rows.
+
+Every reader fails on the first bad line with ``file:line: field 'name': problem`` and keeps
+the fields it does not check (e.g. ``lang``, ``category``), so they reach rewards and stages.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -10,17 +15,12 @@ class DataError(ValueError):
     """A data file the user gave is wrong; the message names file, line and field."""
 
 
-def read_qa_jsonl(path: str | Path, question_field: str, answer_field: str) -> list[dict]:
-    """Rows ``{"question": str, "answer": str}`` from a JSONL file.
-
-    Every line must be a JSON object holding both fields as strings or numbers; the first
-    line that is not fails with ``file:line: field 'name': problem``. Blank lines are skipped.
-    """
+def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """(``file:line`` for messages, object) for each non-blank line that is a JSON object."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
-    rows = []
-    with path.open() as f:
+    with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -30,13 +30,53 @@ def read_qa_jsonl(path: str | Path, question_field: str, answer_field: str) -> l
                 raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            for field in (question_field, answer_field):
-                if field not in obj:
-                    raise DataError(f"{path}:{lineno}: field {field!r}: missing")
-                if not isinstance(obj[field], (str, int, float)) or isinstance(obj[field], bool):
-                    raise DataError(f"{path}:{lineno}: field {field!r}: expected text or a number, "
-                                    f"got {type(obj[field]).__name__}")
-            rows.append({"question": str(obj[question_field]), "answer": str(obj[answer_field])})
+            yield f"{path}:{lineno}", obj
+
+
+def require(where: str, obj: dict, field: str, kinds: tuple[type, ...], what: str):
+    """``obj[field]`` when it is one of ``kinds`` (never a bool), else a DataError naming the place."""
+    if field not in obj:
+        raise DataError(f"{where}: field {field!r}: missing")
+    value = obj[field]
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        raise DataError(f"{where}: field {field!r}: expected {what}, got {type(value).__name__}")
+    return value
+
+
+def read_qa_jsonl(path: str | Path, question_field: str, answer_field: str) -> list[dict]:
+    """Rows ``{"question": str, "answer": str, ...other fields}`` from a JSONL file.
+
+    Both fields must hold text or a number; blank lines are skipped.
+    """
+    rows = []
+    for where, obj in read_jsonl(path):
+        question = require(where, obj, question_field, (str, int, float), "text or a number")
+        answer = require(where, obj, answer_field, (str, int, float), "text or a number")
+        rest = {k: v for k, v in obj.items() if k not in (question_field, answer_field)}
+        rows.append({**rest, "question": str(question), "answer": str(answer)})
     if not rows:
-        raise DataError(f"{path}: holds no examples")
+        raise DataError(f"{Path(path).expanduser()}: holds no examples")
+    return rows
+
+
+def read_sft_jsonl(path: str | Path) -> list[dict]:
+    """SFT rows: ``{"prompt": str, "completion": str}`` or chat ``{"messages": [{"role", "content"}, ...]}``
+    ending with an assistant message (the completion); other fields are kept."""
+    rows = []
+    for where, obj in read_jsonl(path):
+        if "messages" in obj:
+            messages = require(where, obj, "messages", (list,), "a list of messages")
+            for j, m in enumerate(messages):
+                if not isinstance(m, dict):
+                    raise DataError(f"{where}: field 'messages[{j}]': expected an object, got {type(m).__name__}")
+                require(where, m, "role", (str,), "text")
+                require(where, m, "content", (str,), "text")
+            if not messages or messages[-1]["role"] != "assistant":
+                raise DataError(f"{where}: field 'messages': must end with an assistant message (the completion)")
+        else:
+            require(where, obj, "prompt", (str,), "text")
+            require(where, obj, "completion", (str,), "text")
+        rows.append(obj)
+    if not rows:
+        raise DataError(f"{Path(path).expanduser()}: holds no rows")
     return rows

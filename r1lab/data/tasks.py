@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from functools import cached_property
-from typing import Annotated, Literal, Union
+from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,6 +22,7 @@ TemplateName = Literal[tuple(TEMPLATES)]
 class ArithmeticTask(BaseModel):
     """Synthetic repeated addition/subtraction mod 10, e.g. 7+8*4 mod 10 (r1lab/data/arithmetic.py)."""
     model_config = ConfigDict(extra="forbid")
+    data_fields: ClassVar[tuple[str, ...]] = ()   # fields naming files that must exist
     kind: Literal["arithmetic"]
     template: TemplateName = Field("r1-compact", description="Prompt template name.")
     n_test: int = Field(120, gt=0, description="Held-out problems used by eval stages.")
@@ -30,16 +31,17 @@ class ArithmeticTask(BaseModel):
     max_count: int = Field(6, ge=1, le=9, description="Most repetitions (steps) in a question.")
     verifier: Literal["accuracy", "math_verify"] = Field("accuracy", description="Reward that decides correctness.")
 
-    def _kw(self) -> dict:
+    def problem_kw(self) -> dict:
+        """The keywords of :func:`r1lab.data.arithmetic.sample_problems` this task fixes."""
         return {"test_fraction": self.test_fraction, "min_count": self.min_count,
                 "max_count": self.max_count}
 
     def sample_train(self, seed: int, step: int, n: int) -> list[dict]:
         """``n`` training problems for one step; the same (seed, step) gives the same draw."""
-        return sample_problems(f"{seed}-{step}", n, split="train", **self._kw())
+        return sample_problems(f"{seed}-{step}", n, split="train", **self.problem_kw())
 
     def test_examples(self, seed: int) -> list[dict]:
-        return sample_problems(seed, self.n_test, split="test", **self._kw())
+        return sample_problems(seed, self.n_test, split="test", **self.problem_kw())
 
     def prompt(self, example: dict) -> str:
         return render(self.template, example["question"])
@@ -48,6 +50,7 @@ class ArithmeticTask(BaseModel):
 class JsonlTask(BaseModel):
     """Question/answer pairs from local JSONL files (e.g. GSM8K: answers ending '#### 42')."""
     model_config = ConfigDict(extra="forbid")
+    data_fields: ClassVar[tuple[str, ...]] = ("train_path", "test_path")
     kind: Literal["jsonl"]
     template: TemplateName = Field("r1", description="Prompt template name.")
     train_path: str = Field(description="JSONL file of training questions.")

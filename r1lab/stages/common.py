@@ -12,6 +12,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from r1lab.data.tasks import Task
+
 Artifact = Literal["model", "data", "eval"]
 
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -35,3 +37,12 @@ class StageConfig(BaseModel):
 
     kind: str
     name: PlainName = Field(description="Stage name: its folder, and how later stages refer to its output.")
+
+    def task_problem(self, task) -> str | None:
+        """Why this stage cannot run on ``task`` (its own or the run's), or None."""
+        return None
+
+
+class TaskStageConfig(StageConfig):
+    """A stage that draws questions from a task: the run's, unless it names its own."""
+    task: Task | None = Field(None, description="This stage's own task; default: the run's task.")

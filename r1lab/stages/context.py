@@ -31,6 +31,16 @@ class RunContext:
     def seed(self) -> int:
         return self.config.seed
 
+    def task(self, cfg):
+        """The task a stage draws questions from: its own ``task:``, else the run's."""
+        return getattr(cfg, "task", None) or self.config.task
+
+    def data_path(self, ref: str) -> Path:
+        """An earlier stage's ``data.jsonl``, or ``ref`` taken as a path."""
+        if ref in self.stage_dirs:
+            return self.stage_dirs[ref] / "data.jsonl"
+        return Path(ref).expanduser()
+
     def model_path(self, ref: str) -> Path:
         """An earlier stage's ``model/`` folder, or ``ref`` taken as a path."""
         if ref in self.stage_dirs:

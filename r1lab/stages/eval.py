@@ -20,12 +20,12 @@ from pydantic import Field
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS
 from r1lab.rollout import Backend, generate
-from r1lab.stages.common import StageConfig
+from r1lab.stages.common import TaskStageConfig
 from r1lab.stages.context import RunContext
 from r1lab.train.checkpoint import write_atomic
 
 
-class EvalConfig(StageConfig):
+class EvalConfig(TaskStageConfig):
     """Held-out evaluation."""
     reads = {"model": "model"}
     writes = ("eval",)
@@ -76,7 +76,7 @@ def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> dict[str, fl
 @torch.no_grad()
 def run(ctx: RunContext, cfg: EvalConfig, out: Path) -> None:
     model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
-    metrics = evaluate(model, tokenizer, ctx.config.task, ctx.config.seed, cfg)
+    metrics = evaluate(model, tokenizer, ctx.task(cfg), ctx.seed, cfg)
     metrics["model"] = cfg.model
     write_atomic(out / "eval.json", json.dumps(metrics, indent=2) + "\n")
 

@@ -31,7 +31,7 @@ from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS, score
 from r1lab.rollout import Backend, generate
-from r1lab.stages.common import StageConfig
+from r1lab.stages.common import TaskStageConfig
 from r1lab.stages.context import RunContext
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.forward import completion_logprobs, prompt_completion_batch
@@ -40,7 +40,7 @@ from r1lab.train.progress import progress_bar, show
 from r1lab.train.optim import build_optimizer, build_scheduler, optimizer_step
 
 
-class GrpoConfig(StageConfig):
+class GrpoConfig(TaskStageConfig):
     """R1-Zero style GRPO."""
     reads = {"init": "model"}
     writes = ("model",)
@@ -134,7 +134,7 @@ def logprobs_no_grad(model, batch: dict, cfg: GrpoConfig, ctx: RunContext) -> to
 
 
 def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
-    seed, task = ctx.config.seed, ctx.config.task
+    seed, task = ctx.seed, ctx.task(cfg)
     policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
     ref = load_model(ctx.model_path(cfg.init), ctx.device)[0].eval() if cfg.beta > 0 else None
     stop_ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in cfg.stop]

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from r1lab.data.corpus import CorpusMix, documents
 from r1lab.models.tiny import TinyModelConfig, build_tiny_model
 from r1lab.models.tokenizer import train_tokenizer
-from r1lab.stages.common import StageConfig
+from r1lab.stages.common import TaskStageConfig
 from r1lab.stages.context import RunContext
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.metrics import MetricsLogger
@@ -46,7 +46,7 @@ class CorpusConfig(BaseModel):
         return CorpusMix(**self.model_dump(exclude={"documents"}))
 
 
-class PretrainConfig(StageConfig):
+class PretrainConfig(TaskStageConfig):
     """Pre-training of the tiny base model."""
     writes = ("model",)
     kind: Literal["pretrain"]
@@ -64,6 +64,12 @@ class PretrainConfig(StageConfig):
     val_rows: int = Field(64, gt=0, description="Packed rows held back for validation.")
     checkpoint_every: int = Field(100, gt=0, description="Steps between resumable checkpoints.")
 
+    def task_problem(self, task) -> str | None:
+        if task.kind != "arithmetic":
+            return (f"pretrain builds its corpus from the synthetic 'arithmetic' task, not {task.kind!r}; "
+                    f"for a real base model, start the run from its path instead")
+        return None
+
 
 def pack(docs: list[list[int]], seq_len: int) -> torch.Tensor:
     """Concatenate token lists and cut into full rows: [R, seq_len] (the remainder is dropped)."""
@@ -73,10 +79,8 @@ def pack(docs: list[list[int]], seq_len: int) -> torch.Tensor:
 
 
 def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
-    seed = ctx.config.seed
-    task = ctx.config.task
-    docs = documents(seed, cfg.corpus.documents, cfg.corpus.mix(), task.template,
-                     test_fraction=task.test_fraction, min_count=task.min_count, max_count=task.max_count)
+    seed, task = ctx.seed, ctx.task(cfg)
+    docs = documents(seed, cfg.corpus.documents, cfg.corpus.mix(), task.template, **task.problem_kw())
     tokenizer = train_tokenizer([p + c for p, c in docs[:3000]], cfg.model.vocab_size)
     eos = tokenizer.eos_token_id
     prompt_ids = tokenizer([p for p, _ in docs])["input_ids"]
