@@ -144,12 +144,12 @@ def test_kill_mid_stage_then_resume(tmp_path):
 
     # kill -9 in the middle of pre-training, once a checkpoint exists
     proc = start(broken_dir)
-    ckpt = broken_dir / "stages" / "0-base" / "checkpoint" / "state.pt"
+    ckpt = broken_dir / "stages" / "0-base" / "checkpoint" / "state.json"
     kill_when(proc, ckpt.exists)
     assert not (broken_dir / "stages" / "0-base" / "DONE").exists()    # it really died mid-stage
     # resume, and kill again in the middle of GRPO
     proc = start(broken_dir)
-    grpo_ckpt = broken_dir / "stages" / "2-r1-zero" / "checkpoint" / "state.pt"
+    grpo_ckpt = broken_dir / "stages" / "2-r1-zero" / "checkpoint" / "state.json"
     kill_when(proc, grpo_ckpt.exists)
     assert not (broken_dir / "stages" / "2-r1-zero" / "DONE").exists()
     done_before = {p.parent.name: p.stat().st_mtime_ns for p in broken_dir.glob("stages/*/DONE")}

@@ -1,7 +1,19 @@
-"""Atomic writes of run state: a crash or ``kill -9`` never leaves a half-written file."""
+"""Atomic writes of run state: a crash or ``kill -9`` never leaves a half-written file.
+
+A training checkpoint is a directory holding no pickle, so loading one runs no code from disk::
+
+    tensors-<step>.safetensors   every tensor of the state, by the names the skeleton uses
+    state.json                   {"tensors": "tensors-<step>.safetensors", "state": skeleton}
+
+The tensor file is written first, then ``state.json``: its atomic rename is the commit point,
+so a crash between the two leaves the previous checkpoint whole. Tensor files that
+``state.json`` does not name are deleted after it is in place.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import random
 import shutil
@@ -9,8 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-STATE_FILE = "state.pt"
+STATE_FILE = "state.json"
+TAGS = ("__tensor__", "__ndarray__", "__tuple__", "__float__", "__items__")
+
+
+class CheckpointStateError(ValueError):
+    """A checkpoint's ``state.json`` or the tensor file it names cannot be read; the message names it."""
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:
@@ -25,15 +44,88 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     os.replace(tmp, path)
 
 
+def encode_state(obj, tensors: dict[str, torch.Tensor]):
+    """A JSON-able skeleton of ``obj``; its tensors go into ``tensors`` under the names it holds.
+
+    Tuples, numpy arrays, non-finite floats and dicts with keys other than str are tagged so that
+    :func:`decode_state` gives them back as they were:
+
+    >>> encode_state({"lr": 0.1, 0: (1, float("inf"))}, {})
+    {'__items__': [['lr', 0.1], [0, {'__tuple__': [1, {'__float__': 'inf'}]}]]}
+    """
+    if isinstance(obj, torch.Tensor):
+        name = str(len(tensors))
+        tensors[name] = obj
+        return {"__tensor__": name}
+    if isinstance(obj, np.ndarray):
+        return {"__ndarray__": encode_state(torch.from_numpy(np.ascontiguousarray(obj)), tensors)}
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": str(obj)}                         # "inf", "-inf", "nan"
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, tuple):
+        return {"__tuple__": [encode_state(x, tensors) for x in obj]}
+    if isinstance(obj, list):
+        return [encode_state(x, tensors) for x in obj]
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj) and not (len(obj) == 1 and next(iter(obj)) in TAGS):
+            return {k: encode_state(v, tensors) for k, v in obj.items()}
+        return {"__items__": [[encode_state(k, tensors), encode_state(v, tensors)] for k, v in obj.items()]}
+    raise TypeError(f"cannot store a {type(obj).__name__} in a checkpoint")
+
+
+def decode_state(skeleton, tensors: dict[str, torch.Tensor]):
+    """The object :func:`encode_state` made ``skeleton`` from."""
+    if isinstance(skeleton, list):
+        return [decode_state(x, tensors) for x in skeleton]
+    if not isinstance(skeleton, dict):
+        return skeleton
+    if len(skeleton) == 1 and (tag := next(iter(skeleton))) in TAGS:
+        value = skeleton[tag]
+        if tag == "__tensor__":
+            return tensors[value]
+        if tag == "__ndarray__":
+            return decode_state(value, tensors).numpy()
+        if tag == "__tuple__":
+            return tuple(decode_state(x, tensors) for x in value)
+        if tag == "__float__":
+            return float(value)
+        return {decode_state(k, tensors): decode_state(v, tensors) for k, v in value}
+    return {k: decode_state(v, tensors) for k, v in skeleton.items()}
+
+
 def save_checkpoint(ckpt_dir: Path, state: dict) -> None:
-    """``state`` (model, optimizer, scheduler, step, ...) plus RNG states, as one atomic file."""
-    state = dict(state, rng=rng_state())
+    """``state`` (model, optimizer, scheduler, step, ...) plus RNG states, committed atomically."""
+    ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    tmp = ckpt_dir / f".{STATE_FILE}.tmp"
-    torch.save(state, tmp)
+    tensors: dict[str, torch.Tensor] = {}
+    skeleton = encode_state(dict(state, rng=rng_state()), tensors)
+    seen = set()                            # safetensors refuses tensors that share memory (tied weights)
+    for name, t in tensors.items():
+        t = t.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        tensors[name] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    committed = _committed_tensor_file(ckpt_dir)
+    name = f"tensors-{state.get('step', 0)}.safetensors"
+    if name == committed:                   # never overwrite the file the commit point names
+        name = f"tensors-{state.get('step', 0)}-1.safetensors"
+    tmp = ckpt_dir / f".{name}.tmp"
+    save_file(tensors, tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
-    os.replace(tmp, ckpt_dir / STATE_FILE)
+    os.replace(tmp, ckpt_dir / name)
+    write_atomic(ckpt_dir / STATE_FILE, json.dumps({"tensors": name, "state": skeleton}, allow_nan=False))
+    for old in [*ckpt_dir.glob("tensors-*.safetensors"), *ckpt_dir.glob(".tensors-*.tmp")]:
+        if old.name != name:
+            old.unlink()
+
+
+def _committed_tensor_file(ckpt_dir: Path) -> str | None:
+    try:
+        return json.loads((ckpt_dir / STATE_FILE).read_text())["tensors"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_checkpoint(ckpt_dir: Path) -> dict | None:
@@ -41,7 +133,18 @@ def load_checkpoint(ckpt_dir: Path) -> dict | None:
     path = Path(ckpt_dir) / STATE_FILE
     if not path.is_file():
         return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        doc = json.loads(path.read_text())
+        name, skeleton = doc["tensors"], doc["state"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointStateError(f"{path}: not a checkpoint state file ({e})") from None
+    tensor_path = path.parent / str(name)
+    if Path(str(name)).name != name or not tensor_path.is_file():
+        raise CheckpointStateError(f"{path}: names the tensor file {name!r}, which is not in {path.parent}")
+    try:
+        state = decode_state(skeleton, load_file(tensor_path))
+    except (SafetensorError, KeyError) as e:
+        raise CheckpointStateError(f"{tensor_path}: cannot be read with {path} ({e})") from None
     set_rng_state(state["rng"])
     return state
 
