@@ -7,7 +7,7 @@ from r1lab.cli import main
 
 def test_eval_prints_metrics_of_a_model_dir(qwen_dir, capsys):
     rc = main(["eval", str(qwen_dir), "--set", "task.n_test=3", "--set", "stages.eval-r1-zero.samples=2",
-               "--set", "stages.eval-r1-zero.max_new_tokens=4"])
+               "--set", "stages.eval-r1-zero.sampling.max_new_tokens=4"])
     assert rc == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n_questions"] == 3 and metrics["samples"] == 2
@@ -15,10 +15,10 @@ def test_eval_prints_metrics_of_a_model_dir(qwen_dir, capsys):
 
 
 def test_bad_config_value_exits_2_naming_the_field(capsys, tmp_path):
-    rc = main(["run", "--run-dir", str(tmp_path / "r"), "--set", "stages.base.lr=fast"])
+    rc = main(["run", "--run-dir", str(tmp_path / "r"), "--set", "stages.base.optim.lr=fast"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.startswith("r1lab: error: --set stages.base.lr=fast: stages[0].lr:")
+    assert err.startswith("r1lab: error: --set stages.base.optim.lr=fast: stages[0].optim.lr:")
     assert "Traceback" not in err and not (tmp_path / "r").exists()   # failed before any work
 
 

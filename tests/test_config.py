@@ -18,7 +18,7 @@ stages:
   - kind: grpo
     name: rl
     init: base
-    lr: 0.001
+    optim: {lr: 0.001}
 """
 
 
@@ -43,12 +43,14 @@ def test_shipped_default_validates():
 def test_good_config_and_typed_values(tmp_path):
     cfg = load_config(str(write(tmp_path, GOOD)))
     assert cfg.seed == 3 and cfg.stages[0].steps == 5
-    assert isinstance(cfg.stages[1], GrpoConfig) and cfg.stages[1].lr == 0.001
+    assert isinstance(cfg.stages[1], GrpoConfig) and cfg.stages[1].optim.lr == 0.001
     assert cfg.stages[1].group_size == 8          # default from the one place defaults live
+    assert cfg.stages[1].optim.warmup_steps == 5  # a block key left out takes the stage's default
+    assert cfg.stages[0].optim.lr == 3e-3 and cfg.stages[0].optim.min_lr_ratio == 0.1
 
 
 def test_unknown_key_names_file_line_and_key(tmp_path):
-    msg = error_of(tmp_path, GOOD.replace("    lr: 0.001", "    lr: 0.001\n    learning_rate: 0.1"))
+    msg = error_of(tmp_path, GOOD.replace("    optim: {lr: 0.001}", "    optim: {lr: 0.001}\n    learning_rate: 0.1"))
     assert "c.yaml:14:" in msg and "stages[1].learning_rate" in msg and "unknown key" in msg
 
 
@@ -140,16 +142,16 @@ def test_bad_yaml_names_the_line(tmp_path):
 
 def test_overrides_by_index_and_name(tmp_path):
     path = str(write(tmp_path, GOOD))
-    cfg = load_config(path, ["stages.rl.lr=0.5", "stages.0.steps=7", "seed=9"])
-    assert cfg.stages[1].lr == 0.5 and cfg.stages[0].steps == 7 and cfg.seed == 9
+    cfg = load_config(path, ["stages.rl.optim.lr=0.5", "stages.0.steps=7", "seed=9"])
+    assert cfg.stages[1].optim.lr == 0.5 and cfg.stages[0].steps == 7 and cfg.seed == 9
 
 
 def test_bad_override_is_named(tmp_path):
     path = str(write(tmp_path, GOOD))
-    with pytest.raises(ConfigError, match=r"--set stages.rl.lr=fast: stages\[1\].lr"):
-        load_config(path, ["stages.rl.lr=fast"])
+    with pytest.raises(ConfigError, match=r"--set stages.rl.optim.lr=fast: stages\[1\].optim.lr"):
+        load_config(path, ["stages.rl.optim.lr=fast"])
     with pytest.raises(ConfigError, match="no stage with index or name 'nope'"):
-        load_config(path, ["stages.nope.lr=1"])
+        load_config(path, ["stages.nope.optim.lr=1"])
 
 
 def test_missing_config_file():

@@ -31,7 +31,7 @@ def test_micro_batches_give_the_full_batch_gradient(tokenizer, loss):
     old = torch.randn(4, 6) * 0.1 - 5.0                                     # ratios far from 1: clipping bites
     ref = torch.randn(4, 6) * 0.1 - 5.0
     common = dict(kind="grpo", name="rl", init="x", loss=loss, beta=0.04, clip_eps_high=0.28,
-                  max_new_tokens=6)
+                  sampling={"max_new_tokens": 6})
     full, full_stats = grads_after(model, batch, adv, old, ref, GrpoConfig(**common))
     parts, part_stats = grads_after(model, batch, adv, old, ref, GrpoConfig(**common, micro_batch_size=1))
     for k in full:

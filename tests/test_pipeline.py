@@ -36,9 +36,9 @@ QUICK = ["stages.base.model.hidden_size=32", "stages.base.model.num_layers=2",
          "stages.base.corpus.documents=1500", "stages.base.steps=300", "stages.base.eval_every=100",
          "stages.base.checkpoint_every=25", "stages.r1-zero.steps=12", "stages.r1-zero.checkpoint_every=2",
          "stages.r1-zero.prompts_per_step=2", "stages.r1-zero.group_size=2",
-         "stages.r1-zero.max_new_tokens=24", "task.n_test=4", "stages.eval-base.samples=1",
-         "stages.eval-r1-zero.samples=1", "stages.eval-base.max_new_tokens=8",
-         "stages.eval-r1-zero.max_new_tokens=8"]
+         "stages.r1-zero.sampling.max_new_tokens=24", "task.n_test=4", "stages.eval-base.samples=1",
+         "stages.eval-r1-zero.samples=1", "stages.eval-base.sampling.max_new_tokens=8",
+         "stages.eval-r1-zero.sampling.max_new_tokens=8"]
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ stages:
     steps: 12
     prompts_per_step: 16
     group_size: 8
-    lr: 2.0e-4
+    optim: {lr: 2.0e-4}
 """
 
 
@@ -189,9 +189,9 @@ def test_real_model_config_runs_on_a_tiny_qwen_checkpoint(tmp_path, qwen_dir, gs
         f"task.train_path={gsm8k_dir / 'train.jsonl'}", f"task.test_path={gsm8k_dir / 'test.jsonl'}",
         "task.n_test=4", "stages.r1-zero.steps=2", "stages.r1-zero.prompts_per_step=2",
         "stages.r1-zero.group_size=2", "stages.r1-zero.micro_batch_size=2",
-        "stages.r1-zero.max_new_tokens=8", "stages.r1-zero.lr=1e-3",
-        "stages.eval-base.samples=1", "stages.eval-base.max_new_tokens=8",
-        "stages.eval-r1-zero.samples=1", "stages.eval-r1-zero.max_new_tokens=8",
+        "stages.r1-zero.sampling.max_new_tokens=8", "stages.r1-zero.optim.lr=1e-3",
+        "stages.eval-base.samples=1", "stages.eval-base.sampling.max_new_tokens=8",
+        "stages.eval-r1-zero.samples=1", "stages.eval-r1-zero.sampling.max_new_tokens=8",
     ]
     cfg = load_config("r1-zero-qwen2.5-0.5b-gsm8k", overrides)
     assert cfg.task.verifier == "math_verify" and cfg.task.template == "r1"

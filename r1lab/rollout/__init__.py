@@ -6,17 +6,31 @@
   slow reference ``native`` is tested against token for token.
 
 Both take token ids and return a :class:`Rollout` (completion ids, mask, sampled-token
-log-probs, finish reasons); the same seed gives the same tokens on either.
+log-probs, finish reasons); the same seed gives the same tokens on either. Stages describe how
+they sample with a :class:`Sampling` block and call :func:`sample` with prompt texts.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from r1lab.rollout import hf, native
 from r1lab.rollout.types import Rollout
 
 Backend = Literal["auto", "native", "hf"]
+
+
+class Sampling(BaseModel):
+    """How a stage samples completions (the ``sampling:`` block; each stage sets its defaults)."""
+    model_config = ConfigDict(extra="forbid")
+    max_new_tokens: int = Field(96, gt=0, description="Completion length cap, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus: keep the smallest set of tokens with this mass.")
+    top_k: int = Field(0, ge=0, description="Keep only the k most likely tokens (0 = off).")
+    stop: list[str] = Field(default_factory=lambda: ["</answer>"], description="Strings that end a completion.")
+    backend: Backend = Field("auto", description="Generation backend: auto (native where supported), native, hf.")
 
 
 def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw) -> Rollout:
@@ -27,4 +41,18 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
     return hf.generate(model, prompts, **kw)
 
 
-__all__ = ["Backend", "Rollout", "generate", "hf", "native"]
+def sample(model, tokenizer, prompts: list[str], *, n: int, sampling: Sampling, seed: int,
+           greedy: bool = False) -> tuple[list[list[int]], Rollout]:
+    """Tokenize ``prompts`` and sample ``n`` completions of each (rows prompt-major: row
+    ``i * n + j`` is sample ``j`` of prompt ``i``); ``greedy`` takes the argmax instead.
+    Returns the prompts' token ids and the :class:`Rollout`."""
+    prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
+    stop_ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in sampling.stop]
+    rollout = generate(model, prompt_ids, n=n, max_new_tokens=sampling.max_new_tokens,
+                       temperature=0.0 if greedy else sampling.temperature, top_p=sampling.top_p,
+                       top_k=sampling.top_k, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, stop=stop_ids, seed=seed, backend=sampling.backend)
+    return prompt_ids, rollout
+
+
+__all__ = ["Backend", "Rollout", "Sampling", "generate", "hf", "native", "sample"]

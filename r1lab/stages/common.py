@@ -8,9 +8,9 @@ starts, so a typo or a reference to a later stage fails at load time with file a
 from __future__ import annotations
 
 import re
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from r1lab.data.tasks import Task
 
@@ -27,6 +27,17 @@ def _plain_name(value: str) -> str:
 
 
 PlainName = Annotated[str, AfterValidator(_plain_name)]
+
+
+def block(cls: type[BaseModel], description: str, **defaults: Any) -> Any:
+    """A nested settings block (``optim:``, ``sampling:``) of type ``cls`` with this stage's
+    defaults: keys the user leaves out take ``defaults``, then ``cls``'s own.
+
+        optim: block(Optim, "Optimizer and schedule.", lr=3e-3, warmup_steps=30)
+    """
+    merge = lambda value: {**defaults, **value} if isinstance(value, dict) else value
+    return Annotated[cls, BeforeValidator(merge),
+                     Field(default_factory=lambda: cls(**defaults), description=description)]
 
 
 class StageConfig(BaseModel):

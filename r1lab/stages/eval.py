@@ -19,8 +19,8 @@ from pydantic import Field
 
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS
-from r1lab.rollout import Backend, generate
-from r1lab.stages.common import TaskStageConfig
+from r1lab.rollout import Sampling, sample
+from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.checkpoint import write_atomic
 
@@ -32,28 +32,21 @@ class EvalConfig(TaskStageConfig):
     kind: Literal["eval"]
     model: str = Field(description="Model to evaluate: an earlier stage's name or a model path.")
     samples: int = Field(8, gt=0, description="Completions per question for pass@1 (k).")
-    temperature: float = Field(0.6, gt=0, description="Sampling temperature for pass@1 (R1 paper: 0.6).")
-    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus for pass@1 (R1 paper: 0.95).")
-    max_new_tokens: int = Field(96, gt=0, description="Completion length cap.")
-    backend: Backend = Field("auto", description="Generation backend: auto (native where supported), native, hf.")
+    sampling: block(Sampling, "How the k samples are drawn (R1 paper: T = 0.6, top-p 0.95).",
+                    temperature=0.6, top_p=0.95, max_new_tokens=96)
     batch_size: int = Field(256, gt=0, description="Questions per generation batch.")
-    stop: list[str] = Field(default_factory=lambda: ["</answer>"], description="Strings that end a completion.")
 
 
 def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> dict[str, float]:
     """The metrics of ``model`` on ``task``'s test split."""
     examples = task.test_examples(seed)
-    stop_ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in cfg.stop]
     acc_fn, fmt_fn = REWARDS[task.verifier], REWARDS["format"]
     model.eval()
     correct, formatted, correct_formatted, lengths, greedy = [], [], [], [], []
     for i in range(0, len(examples), cfg.batch_size):
         chunk = examples[i:i + cfg.batch_size]
-        prompts = [tokenizer(task.prompt(e))["input_ids"] for e in chunk]
-        common = dict(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id, stop=stop_ids, backend=cfg.backend)
-        sampled = generate(model, prompts, n=cfg.samples, temperature=cfg.temperature,
-                           top_p=cfg.top_p, seed=seed + i, **common)
+        prompts = [task.prompt(e) for e in chunk]
+        _, sampled = sample(model, tokenizer, prompts, n=cfg.samples, sampling=cfg.sampling, seed=seed + i)
         texts = sampled.texts(tokenizer)
         rows = [e for e in chunk for _ in range(cfg.samples)]
         for text, ex, n in zip(texts, rows, sampled.lengths.tolist()):
@@ -63,13 +56,13 @@ def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> dict[str, fl
             if fmt:
                 correct_formatted.append(ok)
             lengths.append(n)
-        best = generate(model, prompts, n=1, temperature=0.0, **common)
+        _, best = sample(model, tokenizer, prompts, n=1, sampling=cfg.sampling, seed=0, greedy=True)
         greedy += [acc_fn(t, e) for t, e in zip(best.texts(tokenizer), chunk)]
     mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
     return {
         "pass@1": mean(correct), "greedy_accuracy": mean(greedy), "format_rate": mean(formatted),
         "accuracy_if_formatted": mean(correct_formatted), "completion_len/mean": mean(lengths),
-        "n_questions": len(examples), "samples": cfg.samples, "temperature": cfg.temperature,
+        "n_questions": len(examples), "samples": cfg.samples, "temperature": cfg.sampling.temperature,
     }
 
 

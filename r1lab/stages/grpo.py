@@ -30,14 +30,12 @@ from r1lab.losses.common import masked_mean
 from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS, score
-from r1lab.rollout import Backend, generate
-from r1lab.stages.common import TaskStageConfig
+from r1lab.rollout import Sampling, sample
+from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.forward import completion_logprobs, prompt_completion_batch
-from r1lab.train.metrics import MetricsLogger
-from r1lab.train.progress import progress_bar, show
-from r1lab.train.optim import build_optimizer, build_scheduler, optimizer_step
+from r1lab.train.loop import TrainLoop
+from r1lab.train.optim import Optim
 
 
 class GrpoConfig(TaskStageConfig):
@@ -51,15 +49,9 @@ class GrpoConfig(TaskStageConfig):
     group_size: int = Field(8, ge=2, description="Completions per question (G).")
     mu: int = Field(1, ge=1, description="Optimizer steps per rollout batch (GRPO iterations).")
     micro_batch_size: int = Field(0, ge=0, description="Completions per forward/backward; 0 = all at once.")
-    max_new_tokens: int = Field(96, gt=0, description="Completion length cap.")
-    backend: Backend = Field("auto", description="Generation backend: auto (native where supported), native, hf.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature of rollouts.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling of rollouts.")
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    warmup_steps: int = Field(5, ge=0, description="Linear warmup, in optimizer steps.")
-    min_lr_ratio: float = Field(1.0, ge=0, le=1, description="Final LR / peak (1.0 = constant after warmup).")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decay on matrices.")
-    grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
+    sampling: block(Sampling, "How rollouts are sampled (T = 1 as in R1-Zero).", max_new_tokens=96,
+                    temperature=1.0, top_p=1.0)
+    optim: block(Optim, "Optimizer and schedule (in optimizer steps: steps * mu).", lr=2e-4, warmup_steps=5)
     loss: Literal[tuple(GRPO_LOSSES)] = Field("grpo", description="Policy loss: grpo (R1), dapo, dr_grpo, gspo, dual_clip.")
     advantages: Literal[tuple(ADVANTAGE_ESTIMATORS)] = Field(
         "group", description="Advantage estimator: group (R1), batch, none (Dr. GRPO), rloo, reinforce_pp.")
@@ -69,7 +61,6 @@ class GrpoConfig(TaskStageConfig):
     beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the reference (0 = no reference).")
     rewards: dict[str, float] = Field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5},
                                       description="Reward name -> weight; names from r1lab.rewards.REWARDS.")
-    stop: list[str] = Field(default_factory=lambda: ["</answer>"], description="Strings that end a completion.")
     checkpoint_every: int = Field(10, gt=0, description="Steps between resumable checkpoints.")
 
     @field_validator("rewards")
@@ -86,7 +77,7 @@ def loss_keywords(cfg: GrpoConfig, n_tokens: int) -> tuple[dict, bool]:
     token count (then micro-batch losses simply add up)."""
     high = cfg.clip_eps_high or cfg.clip_eps
     extra = {"dapo": {"clip_eps_high": high, "num_tokens": n_tokens}, "gspo": {"clip_eps_high": high},
-             "dr_grpo": {"max_len": cfg.max_new_tokens}, "dual_clip": {"dual_clip_c": cfg.dual_clip_c}}
+             "dr_grpo": {"max_len": cfg.sampling.max_new_tokens}, "dual_clip": {"dual_clip_c": cfg.dual_clip_c}}
     return extra.get(cfg.loss, {}), cfg.loss == "dapo"
 
 
@@ -104,7 +95,8 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
     for i in range(0, n, mb):
         part = {k: v[i:i + mb] for k, v in batch.items()}
         with ctx.autocast():
-            logp, entropy = completion_logprobs(policy, part, temperature=cfg.temperature, with_entropy=True)
+            logp, entropy = completion_logprobs(policy, part, temperature=cfg.sampling.temperature,
+                                                with_entropy=True)
         mask = part["completion_mask"].to(logp.device)
         old = logp.detach() if old_logp is None else old_logp[i:i + mb].to(logp.device)
         loss, stats = loss_fn(logp, old, None if ref_logp is None else ref_logp[i:i + mb].to(logp.device),
@@ -128,7 +120,7 @@ def logprobs_no_grad(model, batch: dict, cfg: GrpoConfig, ctx: RunContext) -> to
     for i in range(0, n, mb):
         with ctx.autocast():
             logp, _ = completion_logprobs(model, {k: v[i:i + mb] for k, v in batch.items()},
-                                          temperature=cfg.temperature)
+                                          temperature=cfg.sampling.temperature)
         parts.append(logp.float().cpu())
     return torch.cat(parts)                                                  # [N, L]
 
@@ -137,23 +129,15 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     seed, task = ctx.seed, ctx.task(cfg)
     policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
     ref = load_model(ctx.model_path(cfg.init), ctx.device)[0].eval() if cfg.beta > 0 else None
-    stop_ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in cfg.stop]
-    opt = build_optimizer(policy, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = build_scheduler(opt, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps * cfg.mu,
-                            min_ratio=cfg.min_lr_ratio)
-    step, elapsed = resume_training(out / "checkpoint", policy, opt, sched)
-    log = MetricsLogger(out / "metrics.jsonl", cfg.name, resume_step=step, elapsed_s=elapsed)
-    bar = progress_bar(f"{cfg.name} (grpo)", cfg.steps, step)
+    loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
+                     optimizer_steps=cfg.steps * cfg.mu)
     acc_fn = task.verifier
-    while step < cfg.steps:
+    for step in loop.steps():
         t0 = time.time()
         examples = task.sample_train(seed, step, cfg.prompts_per_step)
-        prompts = [tokenizer(task.prompt(e))["input_ids"] for e in examples]
         policy.eval()
-        rollout = generate(policy, prompts, n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, top_p=cfg.top_p,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                           stop=stop_ids, seed=seed * 1_000_003 + step, backend=cfg.backend)
+        prompts, rollout = sample(policy, tokenizer, [task.prompt(e) for e in examples], n=cfg.group_size,
+                                  sampling=cfg.sampling, seed=seed * 1_000_003 + step)
         rollout_s = time.time() - t0
         texts = rollout.texts(tokenizer)
         rows = [e for e in examples for _ in range(cfg.group_size)]
@@ -173,8 +157,7 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
         old_logp = logprobs_no_grad(policy, batch, cfg, ctx) if cfg.mu > 1 else None
         for _ in range(cfg.mu):
             stats = grpo_batch(policy, batch, advantages, old_logp, ref_logp, cfg, ctx)
-            grad_norm = optimizer_step(policy, opt, sched, cfg.grad_clip)
-        step += 1
+            grad_norm = loop.optimizer_step()
         n_tokens = int(rollout.mask.sum())
         values = {
             "reward/mean": rewards.mean().item(),
@@ -183,18 +166,11 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
             "format_rate": sum(per_fn["format"]) / len(texts),
             "completion_len/mean": rollout.lengths.float().mean().item(),
             "kl": stats["kl"], "clip_frac": stats["clip_frac"], "entropy": stats["entropy"],
-            "loss": stats["loss"], "lr": sched.get_last_lr()[0], "grad_norm": grad_norm,
+            "loss": stats["loss"], "lr": loop.lr, "grad_norm": grad_norm,
             "tokens_per_s": n_tokens / (time.time() - t0),
             "rollout_s": rollout_s,
         }
-        log.log(step, values)
-        show(bar, {"reward": values["reward/mean"], "acc": values["accuracy"],
-                   "len": values["completion_len/mean"], "tok/s": values["tokens_per_s"]})
-        bar.update(1)
-        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            save_training(out / "checkpoint", policy, opt, sched, step, log.elapsed())
-    bar.close()
-    save_pretrained_atomic(policy, tokenizer, out / "model")
-
+        loop.end_step(values, show_keys=("reward/mean", "accuracy", "completion_len/mean", "tokens_per_s"))
+    loop.finish(tokenizer)
 
 Config = GrpoConfig

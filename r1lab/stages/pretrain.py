@@ -23,12 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from r1lab.data.corpus import CorpusMix, documents
 from r1lab.models.tiny import TinyModelConfig, build_tiny_model
 from r1lab.models.tokenizer import train_tokenizer
-from r1lab.stages.common import TaskStageConfig
+from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
-from r1lab.train.metrics import MetricsLogger
-from r1lab.train.progress import progress_bar, show
-from r1lab.train.optim import build_optimizer, build_scheduler, optimizer_step
+from r1lab.train.loop import TrainLoop
+from r1lab.train.optim import Optim
 
 
 class CorpusConfig(BaseModel):
@@ -55,11 +53,8 @@ class PretrainConfig(TaskStageConfig):
     steps: int = Field(1000, gt=0, description="Optimizer steps.")
     batch_size: int = Field(32, gt=0, description="Rows per step.")
     seq_len: int = Field(128, gt=1, description="Tokens per packed row.")
-    lr: float = Field(3e-3, gt=0, description="Peak learning rate.")
-    warmup_steps: int = Field(30, ge=0, description="Linear warmup steps.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a fraction of the peak.")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW decay on matrices.")
-    grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
+    optim: block(Optim, "Optimizer and schedule.", lr=3e-3, warmup_steps=30, min_lr_ratio=0.1,
+                 weight_decay=0.1)
     eval_every: int = Field(100, gt=0, description="Steps between validation losses.")
     val_rows: int = Field(64, gt=0, description="Packed rows held back for validation.")
     checkpoint_every: int = Field(100, gt=0, description="Steps between resumable checkpoints.")
@@ -92,36 +87,25 @@ def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
     val, train = rows[: cfg.val_rows], rows[cfg.val_rows:]
 
     model = build_tiny_model(cfg.model, tokenizer, seed).to(ctx.device)
-    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = build_scheduler(opt, warmup_steps=cfg.warmup_steps, total_steps=cfg.steps,
-                            min_ratio=cfg.min_lr_ratio)
-    step, elapsed = resume_training(out / "checkpoint", model, opt, sched)
-    log = MetricsLogger(out / "metrics.jsonl", cfg.name, resume_step=step, elapsed_s=elapsed)
-    bar = progress_bar(f"{cfg.name} (pretrain)", cfg.steps, step)
+    loop = TrainLoop(model, cfg.optim, out, cfg.name, "pretrain", cfg.steps, cfg.checkpoint_every)
     tokens_seen = 0
     model.train()
-    while step < cfg.steps:
+    for step in loop.steps():
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
         batch = train[idx].to(ctx.device)                                    # [B, S]
         with ctx.autocast():
             loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
-        grad_norm = optimizer_step(model, opt, sched, cfg.grad_clip)
-        step += 1
+        grad_norm = loop.optimizer_step()
         tokens_seen += batch.numel()
-        values = {"loss": loss.item(), "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
-                  "tokens_per_s": tokens_seen / max(1e-9, log.elapsed() - elapsed)}
-        if step % cfg.eval_every == 0 or step == cfg.steps:
+        values = {"loss": loss.item(), "grad_norm": grad_norm, "lr": loop.lr,
+                  "tokens_per_s": tokens_seen / max(1e-9, loop.log.elapsed() - loop.resumed_elapsed)}
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             values["val_loss"] = validation_loss(model, val, ctx)
             model.train()
-        log.log(step, values)
-        show(bar, {k: values[k] for k in ("loss", "lr", "tokens_per_s")})
-        bar.update(1)
-        if step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            save_training(out / "checkpoint", model, opt, sched, step, log.elapsed())
-    bar.close()
-    save_pretrained_atomic(model, tokenizer, out / "model")
+        loop.end_step(values, show_keys=("loss", "lr", "tokens_per_s"))
+    loop.finish(tokenizer)
 
 
 @torch.no_grad()
