@@ -2,7 +2,9 @@
 
 import pytest
 
-from r1lab.rewards import score
+from pydantic import TypeAdapter, ValidationError
+
+from r1lab.rewards import REWARDS, RewardsSpec, build_rewards, score
 from r1lab.rewards.accuracy import accuracy_reward, extract_answer, math_verify_reward
 from r1lab.rewards.format import format_reward
 
@@ -61,6 +63,24 @@ def test_math_verify_equivalences():
 
 def test_score_weights_and_reports_each_reward():
     texts = [" <think>a</think> <answer>12</answer>", " <think>a</think> 12"]
-    totals, per_fn = score(texts, [EX, EX], {"accuracy": 1.0, "format": 0.5})
+    totals, per_fn = score(build_rewards({"accuracy": 1.0, "format": 0.5}), ["q", "q"], texts, [EX, EX])
     assert totals == [1.5, 0.0]
     assert per_fn == {"accuracy": [1.0, 0.0], "format": [1.0, 0.0]}
+
+
+def test_a_reward_spec_carries_weight_and_parameters():
+    def length_penalty(completion, example, *, per_char):
+        return -per_char * len(completion)
+
+    REWARDS["length_penalty"] = length_penalty
+    try:
+        spec = TypeAdapter(RewardsSpec).validate_python({"format": 1, "length_penalty": {"weight": 2.0, "per_char": 0.1}})
+        totals, per_fn = score(build_rewards(spec), ["q"], ["<think>a</think> <answer>1</answer>"], [EX])
+        assert per_fn["length_penalty"] == [pytest.approx(-3.5)]           # 7+1+8+1+8+1+9 = 35 characters * 0.1
+        assert totals == [pytest.approx(1.0 - 7.0)]                         # 1 * format + 2 * penalty
+        with pytest.raises(ValidationError, match="takes no parameter 'per_word'.*it takes: per_char"):
+            TypeAdapter(RewardsSpec).validate_python({"length_penalty": {"weight": 1, "per_word": 1}})
+        with pytest.raises(ValidationError, match="unknown reward 'lenght'"):
+            TypeAdapter(RewardsSpec).validate_python({"lenght": 1.0})
+    finally:
+        del REWARDS["length_penalty"]

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from r1lab.advantages import ADVANTAGE_ESTIMATORS
 from r1lab.losses.common import masked_mean
 from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
-from r1lab.rewards import REWARDS, score
+from r1lab.rewards import RewardsSpec, build_rewards, score
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
@@ -59,17 +59,11 @@ class GrpoConfig(TaskStageConfig):
     clip_eps_high: float | None = Field(None, gt=0, description="Upper clip for dapo/gspo (default: clip_eps).")
     dual_clip_c: float = Field(3.0, gt=1, description="Lower bound c*A for A < 0 in dual_clip.")
     beta: float = Field(0.04, ge=0, description="Weight of the k3 KL to the reference (0 = no reference).")
-    rewards: dict[str, float] = Field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5},
-                                      description="Reward name -> weight; names from r1lab.rewards.REWARDS.")
+    rewards: RewardsSpec = Field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5},
+                                 description="Reward name -> weight, or -> {weight, **params}; names from "
+                                 "r1lab.rewards.REWARDS.")
     checkpoint_every: int = Field(10, gt=0, description="Steps between resumable checkpoints.")
 
-    @field_validator("rewards")
-    @classmethod
-    def _known_rewards(cls, value):
-        unknown = sorted(set(value) - set(REWARDS))
-        if unknown:
-            raise ValueError(f"unknown reward {unknown[0]!r}; known: {sorted(REWARDS)}")
-        return value
 
 
 def loss_keywords(cfg: GrpoConfig, n_tokens: int) -> tuple[dict, bool]:
@@ -131,21 +125,22 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     ref = load_model(ctx.model_path(cfg.init), ctx.device)[0].eval() if cfg.beta > 0 else None
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
                      optimizer_steps=cfg.steps * cfg.mu)
-    acc_fn = task.verifier
+    scorers = build_rewards(cfg.rewards)
+    # accuracy and format are always logged, trained on or not
+    monitors = [s for s in build_rewards({task.verifier: 0.0, "format": 0.0}) if s.name not in cfg.rewards]
     for step in loop.steps():
         t0 = time.time()
         examples = task.sample_train(seed, step, cfg.prompts_per_step)
         policy.eval()
-        prompts, rollout = sample(policy, tokenizer, [task.prompt(e) for e in examples], n=cfg.group_size,
+        prompt_texts = [task.prompt(e) for e in examples]
+        prompts, rollout = sample(policy, tokenizer, prompt_texts, n=cfg.group_size,
                                   sampling=cfg.sampling, seed=seed * 1_000_003 + step)
         rollout_s = time.time() - t0
         texts = rollout.texts(tokenizer)
         rows = [e for e in examples for _ in range(cfg.group_size)]
-        totals, per_fn = score(texts, rows, cfg.rewards)
-        if acc_fn not in per_fn:
-            per_fn[acc_fn] = [REWARDS[acc_fn](t, e) for t, e in zip(texts, rows)]
-        if "format" not in per_fn:
-            per_fn["format"] = [REWARDS["format"](t, e) for t, e in zip(texts, rows)]
+        row_prompts = [p for p in prompt_texts for _ in range(cfg.group_size)]
+        totals, per_fn = score(scorers, row_prompts, texts, rows)
+        per_fn.update(score(monitors, row_prompts, texts, rows)[1])
         rewards = torch.tensor(totals)                                       # [N]
         advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](rewards, cfg.group_size)  # [N]
         batch = prompt_completion_batch([p for p in prompts for _ in range(cfg.group_size)],
@@ -162,7 +157,7 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
         values = {
             "reward/mean": rewards.mean().item(),
             **{f"reward/{k}": sum(v) / len(v) for k, v in per_fn.items()},
-            "accuracy": sum(per_fn[acc_fn]) / len(texts),
+            "accuracy": sum(per_fn[task.verifier]) / len(texts),
             "format_rate": sum(per_fn["format"]) / len(texts),
             "completion_len/mean": rollout.lengths.float().mean().item(),
             "kl": stats["kl"], "clip_frac": stats["clip_frac"], "entropy": stats["entropy"],
