@@ -83,7 +83,7 @@ def cmd_eval(config, model_dir: Path) -> int:
     quiet_transformers()
     model, tokenizer = load_model(model_dir, pick_device(config.device))
     with torch.no_grad():
-        metrics = evaluate(model, tokenizer, config.task, config.seed, cfg)
+        metrics, _ = evaluate(model, tokenizer, cfg.task or config.task, config.seed, cfg)
     print(json.dumps(metrics, indent=2))
     return 0
 

@@ -1,9 +1,12 @@
 """Stage ``eval``: a model on the task's held-out split.
 
-Reports pass@1 averaged over ``samples`` completions per question at ``temperature`` (the
-R1 paper's pass@1 with k samples), greedy accuracy, format rate, accuracy among
-well-formatted completions (so a gain that only comes from learning the tags shows as such)
-and mean completion length, into ``eval.json``.
+Samples k = ``samples`` completions per question at the R1 paper's settings (T = 0.6, top-p
+0.95) plus one greedy completion, scores each, and keeps every sample as a record in
+``samples.jsonl``. The metrics in ``eval.json`` are named functions of those records
+(``EVAL_METRICS``): pass@1 averaged over the k samples (the paper's pass@1), cons@k (majority
+vote over the k parsed answers), the unbiased pass@k, greedy accuracy, format rate, accuracy
+among well-formatted completions (so a gain that only comes from learning the tags shows as
+such) and mean completion length.
 
     r1lab eval runs/r1-zero-tiny/stages/2-r1-zero/model
 """
@@ -11,14 +14,17 @@ and mean completion length, into ``eval.json``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field
 
+from r1lab.eval_metrics import cons_at_k, mean_pass_at_1, mean_pass_at_k
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS
+from r1lab.rewards.accuracy import extract_answer
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
@@ -31,47 +37,71 @@ class EvalConfig(TaskStageConfig):
     writes = ("eval",)
     kind: Literal["eval"]
     model: str = Field(description="Model to evaluate: an earlier stage's name or a model path.")
-    samples: int = Field(8, gt=0, description="Completions per question for pass@1 (k).")
+    samples: int = Field(8, gt=0, description="Completions per question for pass@1 and cons@k (k).")
     sampling: block(Sampling, "How the k samples are drawn (R1 paper: T = 0.6, top-p 0.95).",
                     temperature=0.6, top_p=0.95, max_new_tokens=96)
     batch_size: int = Field(256, gt=0, description="Questions per generation batch.")
 
 
-def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> dict[str, float]:
-    """The metrics of ``model`` on ``task``'s test split."""
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def _flat(groups: list[list[dict]]) -> list[dict]:
+    return [r for g in groups for r in g]
+
+
+# name -> metric of the k sampled records of every question (one list per question)
+EVAL_METRICS: dict[str, Callable[[list[list[dict]]], float]] = {
+    "pass@1": mean_pass_at_1,
+    "cons@k": cons_at_k,
+    "pass@k": lambda groups: mean_pass_at_k(groups, len(groups[0])),
+    "format_rate": lambda groups: _mean(r["formatted"] for r in _flat(groups)),
+    "accuracy_if_formatted": lambda groups: _mean(r["correct"] for r in _flat(groups) if r["formatted"]),
+    "completion_len/mean": lambda groups: _mean(r["length"] for r in _flat(groups)),
+}
+
+
+def score_samples(texts: list[str], lengths: list[int], examples: list[dict], verifier: str) -> list[dict]:
+    """One record per completion: parsed answer, correctness, format, length."""
+    return [{"answer": extract_answer(t), "correct": REWARDS[verifier](t, e),
+             "formatted": REWARDS["format"](t, e), "length": n, "completion": t}
+            for t, n, e in zip(texts, lengths, examples)]
+
+
+def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> tuple[dict[str, float], list[dict]]:
+    """The metrics of ``model`` on ``task``'s test split, and the per-sample records (the k
+    samples of each question, then its greedy completion, marked ``greedy``)."""
     examples = task.test_examples(seed)
-    acc_fn, fmt_fn = REWARDS[task.verifier], REWARDS["format"]
     model.eval()
-    correct, formatted, correct_formatted, lengths, greedy = [], [], [], [], []
+    groups, greedy = [], []
     for i in range(0, len(examples), cfg.batch_size):
         chunk = examples[i:i + cfg.batch_size]
         prompts = [task.prompt(e) for e in chunk]
         _, sampled = sample(model, tokenizer, prompts, n=cfg.samples, sampling=cfg.sampling, seed=seed + i)
-        texts = sampled.texts(tokenizer)
         rows = [e for e in chunk for _ in range(cfg.samples)]
-        for text, ex, n in zip(texts, rows, sampled.lengths.tolist()):
-            ok, fmt = acc_fn(text, ex), fmt_fn(text, ex)
-            correct.append(ok)
-            formatted.append(fmt)
-            if fmt:
-                correct_formatted.append(ok)
-            lengths.append(n)
+        records = score_samples(sampled.texts(tokenizer), sampled.lengths.tolist(), rows, task.verifier)
+        groups += [records[j:j + cfg.samples] for j in range(0, len(records), cfg.samples)]
         _, best = sample(model, tokenizer, prompts, n=1, sampling=cfg.sampling, seed=0, greedy=True)
-        greedy += [acc_fn(t, e) for t, e in zip(best.texts(tokenizer), chunk)]
-    mean = lambda xs: sum(xs) / len(xs) if xs else 0.0
-    return {
-        "pass@1": mean(correct), "greedy_accuracy": mean(greedy), "format_rate": mean(formatted),
-        "accuracy_if_formatted": mean(correct_formatted), "completion_len/mean": mean(lengths),
-        "n_questions": len(examples), "samples": cfg.samples, "temperature": cfg.sampling.temperature,
-    }
+        greedy += score_samples(best.texts(tokenizer), best.lengths.tolist(), chunk, task.verifier)
+    metrics = {name: fn(groups) for name, fn in EVAL_METRICS.items()}
+    metrics["greedy_accuracy"] = _mean(r["correct"] for r in greedy)
+    metrics |= {"n_questions": len(examples), "samples": cfg.samples, "temperature": cfg.sampling.temperature}
+    records = []
+    for q, (example, group, g) in enumerate(zip(examples, groups, greedy)):
+        records += [{"question_id": q, "question": example["question"], "sample": j, "greedy": False, **r}
+                    for j, r in enumerate(group)]
+        records.append({"question_id": q, "question": example["question"], "sample": 0, "greedy": True, **g})
+    return metrics, records
 
 
 @torch.no_grad()
 def run(ctx: RunContext, cfg: EvalConfig, out: Path) -> None:
     model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
-    metrics = evaluate(model, tokenizer, ctx.task(cfg), ctx.seed, cfg)
-    metrics["model"] = cfg.model
-    write_atomic(out / "eval.json", json.dumps(metrics, indent=2) + "\n")
+    metrics, records = evaluate(model, tokenizer, ctx.task(cfg), ctx.seed, cfg)
+    write_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    write_atomic(out / "eval.json", json.dumps({**metrics, "model": cfg.model}, indent=2) + "\n")
 
 
 Config = EvalConfig
