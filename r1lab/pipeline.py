@@ -1,16 +1,23 @@
 """A run: the ordered stages of one config, each in its own folder of the run directory.
 
-    runs/<name>/config.yaml              the resolved config, as run
-    runs/<name>/stages/<i>-<name>/       model/, metrics.jsonl, eval.json, checkpoint/, DONE
+    runs/<name>/config.yaml              the resolved config, as last run
+    runs/<name>/stages/<i>-<name>/       model/, data.jsonl, metrics.jsonl, eval.json, checkpoint/,
+                                         FINGERPRINT, DONE
 
-A stage whose DONE marker exists is skipped, so re-running the same command after a crash
-or Ctrl-C resumes: finished stages are not repeated and the interrupted one continues from
-its last checkpoint. DONE is written last, atomically.
+Each stage records a fingerprint of what determines its output: its own config, the run's
+seed, the task it draws from, and the fingerprints of the stages it reads (a path input counts
+by its path). Re-running a command skips every finished stage (DONE) whose fingerprint is
+unchanged, resumes an interrupted one from its last checkpoint, and re-executes, from scratch,
+the first stage whose fingerprint differs and every stage after it. So fixing a typo in the
+last stage keeps the finished ones; a crash or Ctrl-C loses at most the steps since the last
+checkpoint. DONE is written last, atomically.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -32,26 +39,57 @@ def stage_dir(run_dir: Path, index: int, name: str) -> Path:
     return run_dir / "stages" / f"{index}-{name}"
 
 
+def fingerprint(config: RunConfig, stage, upstream: dict[str, str]) -> str:
+    """Hash of a stage's config, the seed, its task, and its inputs (earlier stages' fingerprints)."""
+    inputs = {field: upstream.get(getattr(stage, field), f"path:{getattr(stage, field)}")
+              for field in stage.reads}
+    task = getattr(stage, "task", None) or config.task
+    payload = {"stage": stage.model_dump(mode="json"), "seed": config.seed,
+               "task": task.model_dump(mode="json"), "inputs": inputs}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_run_dir(config: RunConfig, run_dir: Path) -> None:
+    """Refuse a run directory that holds another run (another ``name``)."""
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        other = (yaml.safe_load(saved.read_text()) or {}).get("name")
+        if other != config.name:
+            raise RunDirError(f"{run_dir}: holds the run {other!r}, not {config.name!r} ({saved}); "
+                              f"use another --run-dir")
+
+
 def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
     """Run (or resume) every stage of ``config``; returns the run directory."""
     quiet_transformers()
     run_dir = Path(run_dir or Path("runs") / config.name)
-    resolved = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    saved = run_dir / "config.yaml"
-    if saved.exists() and saved.read_text() != resolved:
-        raise RunDirError(f"{run_dir}: holds a run with a different config ({saved}); "
-                          f"use another --run-dir or the same config")
-    write_atomic(saved, resolved)
+    check_run_dir(config, run_dir)
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     torch.manual_seed(config.seed)
     ctx = RunContext(config=config, run_dir=run_dir, device=pick_device(config.device))
+    prints: dict[str, str] = {}
+    rerun_from: str | None = None      # the first stage that (re-)ran: every later one runs too
     for i, stage in enumerate(config.stages):
         out = stage_dir(run_dir, i, stage.name)
         ctx.stage_dirs[stage.name] = out
-        if (out / "DONE").exists():
-            log(f"[{i}] {stage.name} ({stage.kind}): done, skipped")
+        fp = prints[stage.name] = fingerprint(config, stage, prints)
+        recorded = (out / "FINGERPRINT").read_text().strip() if (out / "FINGERPRINT").exists() else None
+        done = (out / "DONE").exists()
+        head = f"[{i}] {stage.name} ({stage.kind})"
+        if done and recorded == fp and rerun_from is None:
+            log(f"{head}: done, skipped (config and inputs unchanged)")
             continue
+        if out.exists() and (recorded != fp or done or rerun_from):
+            why = "its config or inputs changed" if recorded != fp else f"an earlier stage ({rerun_from}) ran again"
+            log(f"{head}: {why}; running it again from scratch")
+            shutil.rmtree(out)
+        elif out.exists():
+            log(f"{head}: resuming")
+        else:
+            log(head)
+        rerun_from = rerun_from or stage.name
         out.mkdir(parents=True, exist_ok=True)
-        log(f"[{i}] {stage.name} ({stage.kind})")
+        write_atomic(out / "FINGERPRINT", fp + "\n")
         t0 = time.time()
         STAGES[stage.kind].run(ctx, stage, out)
         write_atomic(out / "DONE", json.dumps({"seconds": round(time.time() - t0, 1)}) + "\n")

@@ -174,12 +174,62 @@ def test_kill_mid_stage_then_resume(tmp_path):
             == json.loads((broken_dir / "stages/3-eval-r1-zero/eval.json").read_text()))
 
 
-def test_run_dir_with_another_config_is_refused(tmp_path):
+def test_run_dir_of_another_run_is_refused(tmp_path):
     from r1lab.pipeline import RunDirError
     (tmp_path / "config.yaml").write_text("name: something-else\n")
-    with pytest.raises(RunDirError, match="different config"):
+    with pytest.raises(RunDirError, match="holds the run 'something-else'"):
         run(load_config(None, QUICK), tmp_path, log=lambda *_: None)
     assert (tmp_path / "config.yaml").read_text() == "name: something-else\n"   # nothing overwritten
+
+
+EVALS = """\
+name: evals
+task: {kind: arithmetic, n_test: 2}
+stages:
+  - {kind: eval, name: a, model: %s, samples: 1, sampling: {max_new_tokens: 4}}
+  - {kind: eval, name: b, model: %s, samples: 1, sampling: {max_new_tokens: 4}}
+  - {kind: eval, name: c, model: %s, samples: 1, sampling: {max_new_tokens: 4}}
+"""
+
+
+def test_a_changed_stage_reruns_with_everything_after_it_and_keeps_what_came_before(tmp_path, qwen_dir):
+    path = tmp_path / "evals.yaml"
+    path.write_text(EVALS % ((qwen_dir,) * 3))
+    run_dir, lines = tmp_path / "run", []
+
+    def done_times():
+        return {p.parent.name: p.stat().st_mtime_ns for p in run_dir.glob("stages/*/DONE")}
+
+    run(load_config(str(path)), run_dir, log=lines.append)
+    first = done_times()
+    assert set(first) == {"0-a", "1-b", "2-c"}
+    lines.clear()
+    run(load_config(str(path)), run_dir, log=lines.append)               # nothing changed
+    assert done_times() == first and all("done, skipped" in line for line in lines)
+
+    (run_dir / "stages" / "2-c" / "junk").write_text("x")
+    lines.clear()
+    run(load_config(str(path), ["stages.b.samples=2"]), run_dir, log=lines.append)
+    after = done_times()
+    assert after["0-a"] == first["0-a"] and after["1-b"] != first["1-b"] and after["2-c"] != first["2-c"]
+    assert lines == ["[0] a (eval): done, skipped (config and inputs unchanged)",
+                     "[1] b (eval): its config or inputs changed; running it again from scratch",
+                     "[2] c (eval): an earlier stage (b) ran again; running it again from scratch"]
+    assert not (run_dir / "stages" / "2-c" / "junk").exists()           # c restarted from scratch
+    assert json.loads((run_dir / "stages" / "1-b" / "eval.json").read_text())["samples"] == 2
+
+
+def test_an_interrupted_stage_whose_config_changed_starts_over(tmp_path, qwen_dir):
+    path = tmp_path / "evals.yaml"
+    path.write_text(EVALS % ((qwen_dir,) * 3))
+    run_dir, lines = tmp_path / "run", []
+    partial = run_dir / "stages" / "0-a"
+    partial.mkdir(parents=True)
+    (partial / "FINGERPRINT").write_text("0123456789abcdef\n")             # started under another config
+    (partial / "checkpoint").mkdir()
+    run(load_config(str(path)), run_dir, log=lines.append)
+    assert lines[0] == "[0] a (eval): its config or inputs changed; running it again from scratch"
+    assert not (partial / "checkpoint").exists() and (partial / "DONE").exists()
 
 
 @pytest.mark.slow
