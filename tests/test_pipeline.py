@@ -21,7 +21,7 @@ from r1lab.train.metrics import read_metrics
 
 GRPO_METRICS = {"stage", "step", "time_s", "reward/mean", "reward/accuracy", "reward/format", "accuracy",
                 "format_rate", "completion_len/mean", "kl", "clip_frac", "entropy", "lr", "grad_norm",
-                "tokens_per_s", "rollout_s"}
+                "tokens_per_s", "rollout_s", "truncated_rate", "ratio", "clip_frac_low", "clip_frac_high"}
 
 # A reduced R1-Zero run: a pre-training just long enough for the base to be right about a
 # quarter of the time (at 250 steps it was at chance, and GRPO could only learn the format),

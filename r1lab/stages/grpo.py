@@ -78,32 +78,36 @@ def loss_keywords(cfg: GrpoConfig, n_tokens: int) -> tuple[dict, bool]:
 def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Tensor | None,
                ref_logp: torch.Tensor | None, cfg: GrpoConfig, ctx: RunContext) -> dict[str, float]:
     """One optimizer step's forward/backward over ``batch`` in micro-batches (gradients
-    accumulate to exactly the full-batch gradient); returns averaged stats.
+    accumulate to exactly the full-batch gradient); returns the full batch's loss stats.
 
-    ``old_logp`` None means the batch was sampled by the current weights (mu = 1)."""
+    ``old_logp`` None means the batch was sampled by the current weights (mu = 1). The stats
+    are computed once, on the whole batch's detached log-probs, so they do not depend on
+    ``micro_batch_size`` (variants average over tokens or over completions)."""
     n = batch["input_ids"].shape[0]
     mb = cfg.micro_batch_size or n
     loss_fn = GRPO_LOSSES[cfg.loss]
     extra, batch_normalized = loss_keywords(cfg, int(batch["completion_mask"].sum()))
-    totals: dict[str, float] = {}
+    part_of = lambda x, i: None if x is None else x[i:i + mb]
+    logps, entropies = [], []
     for i in range(0, n, mb):
         part = {k: v[i:i + mb] for k, v in batch.items()}
         with ctx.autocast():
             logp, entropy = completion_logprobs(policy, part, temperature=cfg.sampling.temperature,
                                                 with_entropy=True)
+        dev = lambda x: None if x is None else x.to(logp.device)
         mask = part["completion_mask"].to(logp.device)
-        old = logp.detach() if old_logp is None else old_logp[i:i + mb].to(logp.device)
-        loss, stats = loss_fn(logp, old, None if ref_logp is None else ref_logp[i:i + mb].to(logp.device),
-                              advantages[i:i + mb].to(logp.device), mask,
-                              clip_eps=cfg.clip_eps, beta=cfg.beta, **extra)
-        share = len(mask) / n
-        (loss if batch_normalized else loss * share).backward()
-        stats["entropy"] = masked_mean(entropy, mask).item()
-        if batch_normalized:                       # its stats are over the whole batch's tokens
-            stats["loss"] /= share
-        for k, v in stats.items():
-            totals[k] = totals.get(k, 0.0) + v * share
-    return totals
+        old = logp.detach() if old_logp is None else dev(part_of(old_logp, i))
+        loss, _ = loss_fn(logp, old, dev(part_of(ref_logp, i)), dev(advantages[i:i + mb]), mask,
+                          clip_eps=cfg.clip_eps, beta=cfg.beta, **extra)
+        (loss if batch_normalized else loss * (len(mask) / n)).backward()
+        logps.append(logp.detach().float().cpu())
+        entropies.append(entropy.float().cpu())
+    logp, mask = torch.cat(logps), batch["completion_mask"]                  # [N, L]
+    with torch.no_grad():
+        _, stats = loss_fn(logp, logp if old_logp is None else old_logp, ref_logp, advantages, mask,
+                           clip_eps=cfg.clip_eps, beta=cfg.beta, **extra)
+    stats["entropy"] = masked_mean(torch.cat(entropies), mask).item()
+    return stats
 
 
 @torch.no_grad()
@@ -160,8 +164,8 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
             "accuracy": sum(per_fn[task.verifier]) / len(texts),
             "format_rate": sum(per_fn["format"]) / len(texts),
             "completion_len/mean": rollout.lengths.float().mean().item(),
-            "kl": stats["kl"], "clip_frac": stats["clip_frac"], "entropy": stats["entropy"],
-            "loss": stats["loss"], "lr": loop.lr, "grad_norm": grad_norm,
+            "truncated_rate": rollout.finish_reasons.count("length") / len(texts),
+            **stats, "lr": loop.lr, "grad_norm": grad_norm,
             "tokens_per_s": n_tokens / (time.time() - t0),
             "rollout_s": rollout_s,
         }
