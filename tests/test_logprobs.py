@@ -1,4 +1,5 @@
-"""chunked_token_logprobs against hand values, the naive log-softmax and token_logprobs."""
+"""chunked_token_logprobs (and its entropy) against hand values, the naive log-softmax,
+token_logprobs and entropy_from_logits."""
 
 import math
 
@@ -7,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1lab.losses.common import token_logprobs
-from r1lab.losses.logprobs import chunked_token_logprobs
+from r1lab.losses.common import entropy_from_logits, token_logprobs
+from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy
 
 
 def naive(logits, ids):
@@ -53,6 +54,47 @@ def test_equals_naive_and_token_logprobs_with_gradients(seed, b, l, v, chunk_siz
         assert torch.allclose(grad, ref_grad, atol=1e-5)
 
 
+def test_hand_computed_temperature_and_entropy():
+    # The positions above at temperature 0.5, so the logits double:
+    #   [0, 0, 0]       id 1: p = [1/3, 1/3, 1/3]   log p = -ln 3 = -1.098612   H = ln 3 = 1.098612
+    #   [ln 4, 0, 0]    id 0: p = [2/3, 1/6, 1/6]   log p = ln(2/3) = -0.405465
+    #   [ln 4, 0, 0]    id 2:                       log p = ln(1/6) = -1.791759
+    #   H = -(2/3 ln(2/3) + 2 * 1/6 ln(1/6)) = 0.270310 + 0.597253 = 0.867563 for the last two.
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [math.log(2), 0.0, 0.0],
+                            [math.log(2), 0.0, 0.0]]], requires_grad=True)
+    ids = torch.tensor([[1, 0, 2]])
+    out, entropy = chunked_token_logprobs_and_entropy(logits, ids, chunk_size=2, temperature=0.5)
+    assert out.tolist()[0] == pytest.approx([-1.098612, -0.405465, -1.791759], abs=1e-6)
+    assert entropy.tolist()[0] == pytest.approx([1.098612, 0.867563, 0.867563], abs=1e-6)
+    assert not entropy.requires_grad
+    # d log p / d logits = (onehot(id) - p) / T = 2 (onehot(id) - p):
+    #   [-2/3, 4/3, -2/3], [2/3, -1/3, -1/3], [-4/3, -1/3, 5/3]
+    out.sum().backward()
+    expected = [[-2 / 3, 4 / 3, -2 / 3], [2 / 3, -1 / 3, -1 / 3], [-4 / 3, -1 / 3, 5 / 3]]
+    assert torch.allclose(logits.grad[0], torch.tensor(expected), atol=1e-6)
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), b=st.integers(1, 3), l=st.integers(1, 9),
+       v=st.integers(2, 11), chunk_size=st.integers(1, 10), temperature=st.sampled_from([0.7, 1.0, 1.3]))
+def test_temperature_and_entropy_equal_the_references_on_scaled_logits(seed, b, l, v, chunk_size,
+                                                                       temperature):
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(b, l, v, generator=g) * 4                                    # [B, L, V]
+    ids = torch.randint(0, v, (b, l), generator=g)                                  # [B, L]
+    weights = torch.randn(b, l, generator=g)                                        # [B, L]
+    fast, slow = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+    out, entropy = chunked_token_logprobs_and_entropy(fast, ids, chunk_size, temperature=temperature)
+    only_logp = chunked_token_logprobs(base, ids, chunk_size, temperature=temperature)
+    ref = token_logprobs(slow / temperature, ids)                                   # [B, L]
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.allclose(fast.grad, slow.grad, atol=1e-5)
+    assert torch.allclose(entropy, entropy_from_logits(base / temperature), atol=1e-5)
+    assert torch.equal(only_logp, out.detach())
+
+
 def test_bf16_logits_match_token_logprobs_and_keep_their_dtype():
     g = torch.Generator().manual_seed(0)
     base = (torch.randn(2, 5, 16, generator=g) * 3).bfloat16()                      # [B, L, V]
@@ -95,6 +137,14 @@ def test_no_full_float32_copy_is_kept_for_backward():
     assert reference >= b * l * v * 4             # the slow path keeps the upcast copy
 
 
+def test_temperature_and_entropy_keep_no_full_copy_for_backward():
+    b, l, v = 2, 6, 32
+    logits = torch.randn(b, l + 1, v).bfloat16().requires_grad_(True)[:, :-1]     # [B, L, V]
+    ids = torch.randint(0, v, (b, l))                                               # [B, L]
+    fn = lambda x: chunked_token_logprobs_and_entropy(x, ids, 4, temperature=0.7)  # noqa: E731
+    assert new_bytes_saved(fn, logits) <= b * l * (4 + 8)
+
+
 def test_strided_view_matches_token_logprobs():
     full = torch.randn(2, 7, 5, requires_grad=True)                                 # [B, L+1, V]
     ids = torch.randint(0, 5, (2, 6))                                               # [B, L]
@@ -105,6 +155,9 @@ def test_strided_view_matches_token_logprobs():
     assert torch.allclose(out, ref, atol=1e-5) and torch.allclose(grad, ref_grad, atol=1e-5)
 
 
-def test_chunk_size_must_be_positive():
+def test_chunk_size_and_temperature_must_be_positive():
+    logits, ids = torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long)
     with pytest.raises(ValueError):
-        chunked_token_logprobs(torch.zeros(1, 2, 3), torch.zeros(1, 2, dtype=torch.long), 0)
+        chunked_token_logprobs(logits, ids, 0)
+    with pytest.raises(ValueError):
+        chunked_token_logprobs(logits, ids, 2, temperature=0.0)

@@ -1,15 +1,21 @@
-"""Token log-probabilities in chunks, so a long batch never holds a [B, L, V] float32 copy.
+"""Token log-probabilities (and entropy) in chunks, so a long batch never holds a [B, L, V]
+float32 copy.
 
-    log p(id_t) = logit_t[id_t] - logsumexp_v logit_t[v]
-    d log p(id_t) / d logit_t = onehot(id_t) - softmax(logit_t)
+    z_t = logit_t / T                                           (T: sampling temperature)
+    log p(id_t) = z_t[id_t] - logsumexp_v z_t[v]
+    d log p(id_t) / d logit_t = (onehot(id_t) - softmax(z_t)) / T
+    H_t = -sum_v p_v log p_v                                    with p = softmax(z_t)
 
 No paper of its own: the chunking of Liger-Kernel's fused linear cross-entropy (Hsu et al.,
-2024), without fusing the LM head, in plain PyTorch. ``r1lab.losses.common.token_logprobs`` is
-the slow reference it is tested against. With bf16 logits of shape [B, L, V], token_logprobs
-upcasts the whole tensor (4*B*L*V bytes) and autograd keeps that copy for backward; here
-forward and backward each upcast ``chunk_size`` positions of the sequence at a time and only
-the [B, L] logsumexp is saved. The gradient comes back in the logits' dtype, as autograd
-would give it. Double backward is not supported.
+2024), without fusing the LM head, in plain PyTorch. ``r1lab.losses.common.token_logprobs`` and
+``entropy_from_logits`` (applied to ``logits / T``) are the slow references it is tested
+against. With bf16 logits of shape [B, L, V], ``token_logprobs(logits / T, ids)`` makes a scaled
+copy and an upcast copy of the whole tensor (4*B*L*V bytes), and autograd keeps one for
+backward; here forward and backward each upcast and scale ``chunk_size`` positions of the
+sequence at a time and only the [B, L] logsumexp is saved. The temperature is applied inside
+the chunk loop, so dividing by T costs no full copy either; at T = 1 no scaling is done at all.
+Entropy is for logging: it is computed in the same loop, without gradient. The gradient comes
+back in the logits' dtype, as autograd would give it. Double backward is not supported.
 """
 
 from __future__ import annotations
@@ -19,46 +25,81 @@ from torch.autograd.function import once_differentiable
 
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
-    """Autograd function behind ``chunked_token_logprobs``."""
+    """Autograd function behind ``chunked_token_logprobs``: returns (log p [B, L], entropy [B, L]
+    or an empty tensor), the entropy without gradient."""
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, ids: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    def forward(ctx, logits: torch.Tensor, ids: torch.Tensor, chunk_size: int, temperature: float,
+                with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty(ids.shape, dtype=torch.float32, device=logits.device)     # [B, L]
         lse = torch.empty(ids.shape, dtype=torch.float32, device=logits.device)     # [B, L]
+        entropy = torch.empty(ids.shape if with_entropy else 0, dtype=torch.float32,
+                              device=logits.device)                                 # [B, L] or [0]
         for start in range(0, logits.shape[1], chunk_size):
             cols = slice(start, start + chunk_size)
-            chunk = logits[:, cols].float()                                         # [B, C, V]
+            chunk = _scaled(logits[:, cols], temperature)                           # [B, C, V]
             lse[:, cols] = torch.logsumexp(chunk, dim=-1)                           # [B, C]
             picked = chunk.gather(-1, ids[:, cols, None]).squeeze(-1)               # [B, C]
             out[:, cols] = picked - lse[:, cols]
+            if with_entropy:
+                logp = chunk.log_softmax(-1)        # [B, C, V]; as entropy_from_logits computes it
+                entropy[:, cols] = -(logp.exp() * logp).sum(-1)                     # [B, C]
+        ctx.mark_non_differentiable(entropy)
         ctx.save_for_backward(logits, ids, lse)
-        ctx.chunk_size = chunk_size
-        return out
+        ctx.chunk_size, ctx.temperature = chunk_size, temperature
+        return out, entropy
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    def backward(ctx, grad_out: torch.Tensor, _grad_entropy) -> tuple[torch.Tensor, None, None, None, None]:
         logits, ids, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)                                             # [B, L, V]
         for start in range(0, logits.shape[1], ctx.chunk_size):
             cols = slice(start, start + ctx.chunk_size)
-            probs = torch.exp(logits[:, cols].float() - lse[:, cols, None])         # [B, C, V]
+            probs = torch.exp(_scaled(logits[:, cols], ctx.temperature) - lse[:, cols, None])  # [B, C, V]
             g = grad_out[:, cols, None].float()                                     # [B, C, 1]
+            if ctx.temperature != 1.0:
+                g = g / ctx.temperature                       # the 1/T of d(logit / T) / d logit
             chunk_grad = -probs * g                                                 # [B, C, V]
             chunk_grad.scatter_add_(-1, ids[:, cols, None], g)
             grad[:, cols] = chunk_grad.to(logits.dtype)
-        return grad, None, None
+        return grad, None, None, None, None
 
 
-def chunked_token_logprobs(logits: torch.Tensor, ids: torch.Tensor,
-                           chunk_size: int) -> torch.Tensor:
-    """log p(ids) under softmax(logits): logits [B, L, V], ids [B, L] -> [B, L] float32.
+def _scaled(chunk: torch.Tensor, temperature: float) -> torch.Tensor:
+    """A float32 ``chunk / temperature``; at T = 1 only the upcast, so the bits are unchanged."""
+    chunk = chunk.float()                                                           # [B, C, V]
+    return chunk if temperature == 1.0 else chunk / temperature
 
-    Equal (to float32 rounding) to ``token_logprobs(logits, ids)`` in value and gradient, but
-    upcasts only ``chunk_size`` sequence positions (of every row: [B, chunk_size, V]) at a
-    time. ``logits`` may be a strided view such as ``logits[:, :-1]``; it is not copied. Every
-    id must be a valid index into V: replace padding labels such as -100 before calling.
+
+def chunked_token_logprobs(logits: torch.Tensor, ids: torch.Tensor, chunk_size: int, *,
+                           temperature: float = 1.0) -> torch.Tensor:
+    """log p(ids) under softmax(logits / temperature): logits [B, L, V], ids [B, L] -> [B, L] float32.
+
+    Equal (to float32 rounding) to ``token_logprobs(logits / temperature, ids)`` in value and
+    gradient, but upcasts and scales only ``chunk_size`` sequence positions (of every row:
+    [B, chunk_size, V]) at a time. ``logits`` may be a strided view such as ``logits[:, :-1]``;
+    it is not copied. Every id must be a valid index into V: replace padding labels such as
+    -100 before calling.
     """
+    return _apply(logits, ids, chunk_size, temperature, with_entropy=False)[0]
+
+
+def chunked_token_logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor, chunk_size: int, *,
+                                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``chunked_token_logprobs`` and, from the same chunks, the entropy of softmax(logits /
+    temperature) per position: both [B, L] float32.
+
+    The entropy equals ``entropy_from_logits(logits / temperature)`` and carries no gradient
+    (it is for logging); the log-probs are differentiable as in ``chunked_token_logprobs``.
+    """
+    return _apply(logits, ids, chunk_size, temperature, with_entropy=True)
+
+
+def _apply(logits: torch.Tensor, ids: torch.Tensor, chunk_size: int, temperature: float,
+           with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
     if chunk_size < 1:
         raise ValueError("chunked_token_logprobs needs chunk_size >= 1")
-    return _ChunkedTokenLogprobs.apply(logits, ids, chunk_size)                     # [B, L]
+    if temperature <= 0:
+        raise ValueError("chunked_token_logprobs needs temperature > 0")
+    return _ChunkedTokenLogprobs.apply(logits, ids, chunk_size, float(temperature), with_entropy)
