@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1lab.losses.sft import sft_loss
+from r1lab.losses.sft import sft_loss, sft_nll
 
 from conftest import assert_masked_invariant
 
@@ -85,3 +85,28 @@ def test_masked_positions_change_neither_loss_nor_gradient(seed, b, l, v, reduct
         loss.backward()
         results.append((loss.item(), x.grad))
     assert_masked_invariant(results, mask)
+
+
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+def test_sft_nll_on_logprobs_equals_sft_loss_on_logits(reduction):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 7, requires_grad=True)
+    labels = torch.randint(0, 7, (3, 5))
+    mask = torch.tensor([[0, 1, 1, 1, 0], [1, 1, 0, 0, 0], [0, 0, 0, 0, 0]])
+    ref, _ = sft_loss(logits, labels, mask, reduction=reduction)
+    ref_grad, = torch.autograd.grad(ref, logits)
+    logp = torch.log_softmax(logits, -1).gather(-1, labels[..., None]).squeeze(-1)  # [B, L]
+    ours, stats = sft_nll(logp, mask, reduction=reduction)
+    grad, = torch.autograd.grad(ours, logits)
+    assert ours.item() == pytest.approx(ref.item(), abs=1e-6) and stats["num_tokens"] == 5
+    assert torch.allclose(grad, ref_grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["token", "sequence"])
+def test_sft_nll_micro_batches_add_up_to_the_batch(reduction):
+    logp = -torch.rand(4, 6)
+    mask = torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0], [0] * 6, [1, 0, 0, 0, 0, 0]])
+    full, _ = sft_nll(logp, mask, reduction=reduction)
+    norm = mask.sum().item() if reduction == "token" else mask.any(-1).sum().item()
+    parts = sum(sft_nll(logp[i:i + 1], mask[i:i + 1], reduction=reduction, normalizer=norm)[0] for i in range(4))
+    assert parts.item() == pytest.approx(full.item(), abs=1e-6)

@@ -50,3 +50,32 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *,
             "token_accuracy": correct.sum().item() / max(targets.numel(), 1),
         }
     return loss, stats
+
+
+def sft_nll(logp: torch.Tensor, mask: torch.Tensor, *, reduction: str,
+            normalizer: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The same loss from the response tokens' log-probs: logp, mask [B, L] -> (loss, stats).
+
+    ``logp`` is what the memory-lean training forward returns
+    (:func:`r1lab.train.forward.completion_logprobs`), so no [B, L, V] logits reach the loss;
+    :func:`sft_loss` on full logits is its slow reference. ``normalizer`` replaces the batch's
+    own denominator (response tokens for "token", rows with a response token for "sequence")
+    so that micro-batch losses of one batch add up to the full batch's loss:
+
+    >>> lp = torch.log(torch.tensor([[0.5, 0.5], [0.25, 1.0]]))
+    >>> round(sft_nll(lp, torch.tensor([[1, 1], [1, 0]]), reduction="token")[0].item(), 4)  # 4 ln2 / 3
+    0.9242
+    >>> round(sft_nll(lp, torch.tensor([[1, 1], [1, 0]]), reduction="sequence")[0].item(), 4)  # (ln2 + 2 ln2) / 2
+    1.0397
+    """
+    if reduction not in ("token", "sequence"):
+        raise ValueError(f"sft_nll: reduction must be 'token' or 'sequence', not {reduction!r}")
+    mask = mask.bool()
+    nll = torch.where(mask, -logp, torch.zeros_like(logp))                          # [B, L]
+    if reduction == "token":
+        total, count = nll.sum(), mask.sum().item()
+    else:
+        per_row = nll.sum(-1) / mask.sum(-1).clamp(min=1)                           # [B]
+        total, count = per_row.sum(), mask.any(-1).sum().item()
+    loss = total / max(normalizer if normalizer is not None else count, 1)
+    return loss, {"loss": loss.item(), "num_tokens": float(mask.sum().item())}

@@ -1,0 +1,148 @@
+"""Stage ``sft``: supervised fine-tuning on prompt/completion rows, the loss of DeepSeek-R1's
+cold start and of its SFT on rejection-sampled data (Guo et al. 2025; InstructGPT's SFT).
+
+Rows come from a JSONL file or from an earlier stage's ``data.jsonl`` (e.g. ``rejection_sample``):
+``{"prompt", "completion"}`` or chat ``{"messages": [...]}``, rendered with the tokenizer's chat
+template (the last, assistant message is the completion). The loss is next-token cross-entropy
+on completion tokens only (prompt and padding masked), EOS appended so the model learns to stop.
+Epochs over a shuffled order (one permutation per epoch, from the seed), linear warmup then
+cosine decay, gradient clipping, gradient accumulation (``micro_batch_size``), a held-out slice
+for validation loss. Step ``s`` always trains the same rows, so a run resumed mid-epoch neither
+repeats nor skips a batch.
+
+Departures from the paper: none in the objective; the paper does not say how tokens are
+averaged (``reduction``: "token" as in TRL, or "sequence").
+
+    r1lab run r1-tiny          # cold start and SFT-from-base stages
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from r1lab.data.jsonl import DataError, read_sft_jsonl
+from r1lab.losses.sft import sft_nll
+from r1lab.models.io import load_model
+from r1lab.stages.common import StageConfig, block
+from r1lab.stages.context import RunContext
+from r1lab.train.forward import completion_logprobs, prompt_completion_batch
+from r1lab.train.loop import TrainLoop
+from r1lab.train.optim import Optim
+
+
+class SftConfig(StageConfig):
+    """Supervised fine-tuning."""
+    reads = {"init": "model", "data": "data"}
+    writes = ("model",)
+    kind: Literal["sft"]
+    init: str = Field(description="Model to fine-tune: an earlier stage's name or a model path.")
+    data: str = Field(description="Rows: an earlier stage that writes data.jsonl, or a JSONL path.")
+    epochs: int = Field(2, gt=0, description="Passes over the training rows (R1: 2 to 3).")
+    batch_size: int = Field(16, gt=0, description="Rows per optimizer step.")
+    micro_batch_size: int = Field(0, ge=0, description="Rows per forward/backward (0 = the whole batch); "
+                                  "gradients accumulate to the full batch's.")
+    max_length: int = Field(512, gt=1, description="Prompt + completion tokens at most; longer completions are cut.")
+    reduction: Literal["token", "sequence"] = Field("token", description="Average over all completion "
+                                                    "tokens of a batch, or per completion then over completions.")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of rows held out for validation loss.")
+    eval_every: int = Field(50, gt=0, description="Steps between validation losses (and at the end).")
+    optim: block(Optim, "Optimizer and schedule (cosine to a tenth, as for R1's distilled models).",
+                 lr=1e-4, warmup_steps=10, min_lr_ratio=0.1)
+    checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
+
+
+def encode(rows: list[dict], tokenizer, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids + EOS) per row, the completion cut to fit ``max_length``.
+    Prompt and completion are tokenized apart, exactly as the RL stages see them."""
+    out = []
+    for row in rows:
+        if "messages" in row:
+            prompt = tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
+            completion = row["messages"][-1]["content"]
+        else:
+            prompt, completion = row["prompt"], row["completion"]
+        p = tokenizer(prompt)["input_ids"]
+        c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        out.append((p, c[:max(1, max_length - len(p))]))
+    return out
+
+
+def collate(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded prompts then right-padded completions: the batch of ``prompt_completion_batch``."""
+    width = max(len(c) for _, c in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)                  # [B, L]
+    mask = torch.zeros((len(pairs), width), dtype=torch.bool)                        # [B, L]
+    for i, (_, c) in enumerate(pairs):
+        ids[i, :len(c)] = torch.tensor(c)
+        mask[i, :len(c)] = True
+    return prompt_completion_batch([p for p, _ in pairs], ids, mask, pad_id)
+
+
+def batch_rows(step: int, n_rows: int, batch_size: int, seed: int) -> list[int]:
+    """Row indices of step ``step``: epoch ``step // steps_per_epoch`` in its own shuffled order
+    (the last batch of an epoch may be short)."""
+    per_epoch = math.ceil(n_rows / batch_size)
+    epoch, i = divmod(step, per_epoch)
+    order = list(range(n_rows))
+    random.Random(f"sft-{seed}-{epoch}").shuffle(order)
+    return order[i * batch_size:(i + 1) * batch_size]
+
+
+def nll_batch(model, pairs, pad_id: int, cfg: SftConfig, ctx: RunContext, *, train: bool, micro: int) -> float:
+    """Loss of ``pairs`` as one batch, computed ``micro`` rows at a time; with ``train`` the
+    gradients accumulate to the whole batch's. Returns the loss."""
+    mb = micro or len(pairs)
+    tokens = sum(len(c) for _, c in pairs)
+    normalizer = tokens if cfg.reduction == "token" else len(pairs)
+    total = 0.0
+    for i in range(0, len(pairs), mb):
+        batch = collate(pairs[i:i + mb], pad_id)
+        with ctx.autocast(), torch.set_grad_enabled(train):
+            logp, _ = completion_logprobs(model, batch)                              # [b, L]
+            loss, _ = sft_nll(logp, batch["completion_mask"].to(logp.device), reduction=cfg.reduction,
+                              normalizer=normalizer)
+        if train:
+            loss.backward()
+        total += loss.item()
+    return total
+
+
+def run(ctx: RunContext, cfg: SftConfig, out: Path) -> None:
+    model, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
+    path = ctx.data_path(cfg.data)
+    rows = read_sft_jsonl(path)
+    pairs = encode(rows, tokenizer, cfg.max_length)
+    order = list(range(len(pairs)))
+    random.Random(f"sft-val-{ctx.seed}").shuffle(order)
+    n_val = min(len(pairs) - 1, math.ceil(cfg.val_fraction * len(pairs))) if cfg.val_fraction > 0 else 0
+    val = [pairs[i] for i in order[:n_val]]
+    train = [pairs[i] for i in sorted(order[n_val:])]
+    if not train:
+        raise DataError(f"{path}: no rows left to train on after holding out {n_val} for validation")
+    total = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+    loop = TrainLoop(model, cfg.optim, out, cfg.name, "sft", total, cfg.checkpoint_every)
+    pad = tokenizer.pad_token_id
+    model.train()
+    for step in loop.steps():
+        chosen = [train[i] for i in batch_rows(step, len(train), cfg.batch_size, ctx.seed)]
+        loss = nll_batch(model, chosen, pad, cfg, ctx, train=True, micro=cfg.micro_batch_size)
+        grad_norm = loop.optimizer_step()
+        values = {"loss": loss, "grad_norm": grad_norm, "lr": loop.lr,
+                  "epoch": (step + 1) / math.ceil(len(train) / cfg.batch_size),
+                  "tokens": float(sum(len(c) for _, c in chosen))}
+        if val and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
+            model.eval()
+            values["val_loss"] = nll_batch(model, val, pad, cfg, ctx, train=False,
+                                           micro=cfg.micro_batch_size or cfg.batch_size)
+            model.train()
+        loop.end_step(values, show_keys=("loss", "lr"))
+    loop.finish(tokenizer)
+
+
+Config = SftConfig
