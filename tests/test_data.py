@@ -35,11 +35,28 @@ def test_train_and_test_never_overlap():
     assert not any(is_test_question(q, 0.15) for q in train)
 
 
+def split_key(question: str) -> str:
+    """The text a question's split is decided on: its English wording, or 'words N'."""
+    number = re.fullmatch(r"(?:Write (\d+) in words|用汉字写(\d+))", question)
+    return f"words {number[1] or number[2]}" if number else question.replace(" 模 ", " mod ")
+
+
 def test_corpus_holds_no_test_question():
     questions = [prompt.rsplit("User: ", 1)[1].split("\n")[0]
-                 for prompt, _ in documents(0, 3000, CorpusMix(), "r1-compact")]
+                 for prompt, _ in documents(0, 3000, CorpusMix(), "r1-compact", languages=("en", "zh"))]
     assert len(set(questions)) > 500                                    # a real variety of questions
-    assert not any(is_test_question(q, 0.15) for q in questions)        # none from the test split
+    assert {"模" in q for q in questions} == {True, False}              # both languages
+    assert sum(split_key(q).startswith("words") for q in questions) == 150   # 5% non-reasoning
+    assert not any(is_test_question(split_key(q), 0.15) for q in questions)   # none from the test split
+
+
+def test_languages_mix_inside_worked_solutions():
+    docs = documents(0, 3000, CorpusMix(), "r1-compact", languages=("en", "zh"))
+    worked = [c for _, c in docs if "=" in c]
+    mixed = [c for c in worked if "left" in c and "还剩" in c]
+    assert 0.15 < len(mixed) / len(worked) < 0.35                       # mix_languages 0.3, minus switches at step 0
+    none = documents(0, 3000, CorpusMix(mix_languages=0.0), "r1-compact", languages=("en", "zh"))
+    assert not any("left" in c and "还剩" in c for _, c in none)
 
 
 def test_same_seed_same_data_other_seed_other_data():

@@ -29,7 +29,7 @@ def test_metrics_of_known_completions(monkeypatch):
     def stub_sample(model, tokenizer, prompts, *, n, sampling, seed, greedy=False):
         return None, StubRollout(greedy_texts if greedy else sampled)
     monkeypatch.setattr(eval_stage, "sample", stub_sample)
-    cfg = EvalConfig(kind="eval", name="e", model="m", samples=4)
+    cfg = EvalConfig(kind="eval", name="e", model="m", samples=4, general=False)
     metrics, records = evaluate(torch.nn.Linear(1, 1), None, task, 0, cfg)
 
     assert metrics["pass@1"] == pytest.approx((1 / 4 + 3 / 4) / 2)             # 0.5
@@ -42,5 +42,34 @@ def test_metrics_of_known_completions(monkeypatch):
     assert metrics["completion_len/mean"] == pytest.approx(sum(len(t.split()) for t in sampled) / 8)
     assert len(records) == 10 and [r["greedy"] for r in records].count(True) == 2
     assert records[0] == {"question_id": 0, "question": task.test_examples(0)[0]["question"], "sample": 0,
-                          "greedy": False, "answer": a, "correct": 1.0, "formatted": 1.0,
-                          "length": 2, "completion": ok(a)}   # two space-split words
+                          "greedy": False, "category": "reasoning", "answer": a, "correct": 1.0,
+                          "formatted": 1.0, "length": 2, "language": 1.0, "direct": False,
+                          "completion": ok(a)}   # two space-split words; "w" is one English word
+
+
+def test_language_and_non_reasoning_metrics(monkeypatch):
+    task = ArithmeticTask(kind="arithmetic", n_test=1, languages=["zh"])
+    general = task.general_examples(0, None, split="test")
+    answer = task.test_examples(0)[0]["answer"]
+    sampled = [f"<think>1+1=2 还剩0</think> <answer>{answer}</answer>",          # zh CoT: 1.0
+               f"<think>1+1=2 还剩1, 2+1=3 0 left</think> <answer>{answer}</answer>",  # 2 zh + 1 en word: 2/3
+               f"<think>1+1=2</think> <answer>{answer}</answer>",               # no word: not counted
+               f"<think></think> <answer>{answer}</answer>"]                    # no CoT: not counted
+
+    def stub_sample(model, tokenizer, prompts, *, n, sampling, seed, greedy=False):
+        if greedy:
+            return None, StubRollout(sampled[:1])
+        if len(prompts) == 1:                                                   # the one reasoning question
+            return None, StubRollout(sampled)
+        # each non-reasoning prompt: 2 of 4 samples answered directly and right, 2 with a CoT and wrong
+        return None, StubRollout([f"<think></think> <answer>{e['answer']}</answer>" if j < 2 else "<think>x</think> no"
+                                  for e in general for j in range(n)])
+    monkeypatch.setattr(eval_stage, "sample", stub_sample)
+    cfg = EvalConfig(kind="eval", name="e", model="m", samples=4)
+    metrics, records = evaluate(torch.nn.Linear(1, 1), None, task, 0, cfg)
+    assert metrics["language_consistency"] == pytest.approx((1 + 2 / 3) / 2)
+    assert metrics["language_consistent_rate"] == pytest.approx(1 / 2)
+    assert metrics["general/accuracy"] == pytest.approx(2 / 4)
+    assert metrics["general/direct_rate"] == pytest.approx(2 / 4)
+    assert metrics["general/n_questions"] == len(general) > 2
+    assert sum(r["category"] == "general" for r in records) == 4 * len(general)

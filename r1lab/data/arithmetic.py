@@ -1,15 +1,19 @@
-"""Synthetic verifiable task: repeated addition or subtraction modulo 10.
+"""Synthetic verifiable task: repeated addition or subtraction modulo 10, in English or Chinese.
 
-A question ``7+8*4 mod 10`` asks for (7 + 8 + 8 + 8 + 8) mod 10: a start digit ``s``, a
-step ``k`` added or subtracted ``n`` times, on a clock of ten. Worked step by step it is a
-count-down of one-digit facts, each needing only the line before it::
+A question ``7+8*4 mod 10`` (Chinese: ``7+8*4 模 10``) asks for (7 + 8 + 8 + 8 + 8) mod 10: a start
+digit ``s``, a step ``k`` added or subtracted ``n`` times, on a clock of ten. Worked step by step
+it is a count-down of one-digit facts, each needing only the line before it::
 
     7+8=5 3 left, 5+8=3 2 left, 3+8=1 1 left, 1+8=9 0 left
+    7+8=5 还剩3, 5+8=3 还剩2, 3+8=1 还剩1, 1+8=9 还剩0
 
-while a direct answer needs ``(s + k*n) mod 10`` in one go. Questions are split by a hash
-of their text, so the test split holds (s, op, k, n) combinations no training example
-shows: a model that memorised direct answers has nothing to recall there; one that learned
-the steps does.
+while a direct answer needs ``(s + k*n) mod 10`` in one go. Questions are split by a hash of
+their English text, so the test split holds (s, op, k, n) combinations no training example
+shows, in either language: a model that memorised direct answers has nothing to recall there;
+one that learned the steps does. Each example carries its language (``lang``).
+
+The non-reasoning prompts (``category: general``) ask for a number in words ("Write 37 in
+words" -> "thirty-seven", "用汉字写37" -> "三十七"): simple queries to answer directly, no CoT.
 
     >>> sample_problems(0, 1, split="test")[0]["question"]
     '4-7*5 mod 10'
@@ -39,6 +43,16 @@ def make_problem(rng: random.Random, min_count: int = 2, max_count: int = 6) -> 
     return {"question": f"{s}{op}{k}*{n} mod 10", "answer": str(value), "steps": steps}
 
 
+LANGUAGES = ("en", "zh")
+_MOD = {"en": "mod", "zh": "模"}
+
+
+def question_text(problem: dict, lang: str) -> str:
+    """``7+8*4 mod 10`` in English, ``7+8*4 模 10`` in Chinese."""
+    n, s, op, k, _ = problem["steps"][0]
+    return f"{s}{op}{k}*{n} {_MOD[lang]} 10"
+
+
 def is_test_question(question: str, test_fraction: float) -> bool:
     """True when the question belongs to the test split (a stable hash, not a random draw)."""
     digest = hashlib.blake2b(question.encode(), digest_size=8).digest()
@@ -46,12 +60,17 @@ def is_test_question(question: str, test_fraction: float) -> bool:
 
 
 def sample_problems(seed: int | str, n: int, *, split: str, test_fraction: float = 0.15,
-                    min_count: int = 2, max_count: int = 6) -> list[dict]:
-    """Draw ``n`` problems of one split; test problems are distinct, train ones may repeat."""
+                    min_count: int = 2, max_count: int = 6, languages: tuple[str, ...] = ("en",)) -> list[dict]:
+    """Draw ``n`` problems of one split; test problems are distinct, train ones may repeat.
+
+    Each is worded in a language drawn uniformly from ``languages`` (a stream of its own, so the
+    problems drawn do not depend on the languages); ``question`` is in that language and the
+    split is decided on the English wording."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', not {split!r}")
     want_test = split == "test"
     rng = random.Random(f"arithmetic-{split}-{seed}")
+    lang_rng = random.Random(f"arithmetic-lang-{split}-{seed}")
     out, seen, tries = [], set(), 0
     while len(out) < n:
         tries += 1
@@ -63,14 +82,66 @@ def sample_problems(seed: int | str, n: int, *, split: str, test_fraction: float
         if want_test and p["question"] in seen:
             continue
         seen.add(p["question"])
-        out.append(p)
+        lang = languages[0] if len(languages) == 1 else lang_rng.choice(languages)
+        out.append({**p, "question": question_text(p, lang), "lang": lang, "category": "reasoning"})
     return out
 
 
-def worked_solution(steps: list[tuple]) -> str:
+_LEFT = {"en": "{r} left", "zh": "还剩{r}"}
+
+
+def worked_step(step: tuple, lang: str) -> str:
+    """``(2, 2, '-', 3, 9)`` -> ``'2-3=9 1 left'`` (en) or ``'2-3=9 还剩1'`` (zh)."""
+    r, a, op, k, c = step
+    return f"{a}{op}{k}={c} " + _LEFT[lang].format(r=r - 1)
+
+
+def worked_solution(steps: list[tuple], lang: str = "en", switch_at: int | None = None) -> str:
     """``[(2, 2, '-', 3, 9), (1, 9, '-', 3, 6)]`` -> ``'2-3=9 1 left, 9-3=6 0 left'``.
 
     The first step copies the question's opening verbatim; every later one reads only the
-    step before it (its result, the same op and k, one fewer left).
+    step before it (its result, the same op and k, one fewer left). From step ``switch_at`` on
+    the wording switches to the other language, as a base model trained on mixed text does:
+
+    >>> worked_solution([(2, 2, '-', 3, 9), (1, 9, '-', 3, 6)], "en", switch_at=1)
+    '2-3=9 1 left, 9-3=6 还剩0'
     """
-    return ", ".join(f"{a}{op}{k}={c} {r - 1} left" for r, a, op, k, c in steps)
+    other = LANGUAGES[1 - LANGUAGES.index(lang)]
+    return ", ".join(worked_step(s, lang if switch_at is None or i < switch_at else other)
+                     for i, s in enumerate(steps))
+
+
+_ONES = {"en": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
+                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
+                "nineteen"],
+         "zh": list("零一二三四五六七八九")}
+_TENS_EN = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+_WORDS_QUESTION = {"en": "Write {n} in words", "zh": "用汉字写{n}"}
+
+
+def number_words(n: int, lang: str) -> str:
+    """0 <= n < 100 in words: ``37`` -> ``'thirty-seven'`` (en), ``'三十七'`` (zh).
+
+    >>> [number_words(n, "zh") for n in (0, 10, 14, 40, 99)]
+    ['零', '十', '十四', '四十', '九十九']
+    """
+    tens, ones = divmod(n, 10)
+    if lang == "en":
+        return _ONES["en"][n] if n < 20 else _TENS_EN[tens] + (f"-{_ONES['en'][ones]}" if ones else "")
+    digits = _ONES["zh"]
+    head = "" if tens == 0 else "十" if tens == 1 else digits[tens] + "十"
+    return (head + (digits[ones] if ones or not head else "")) or digits[0]
+
+
+def general_examples(seed: int | str, n: int | None, *, split: str, test_fraction: float = 0.15,
+                     languages: tuple[str, ...] = ("en",)) -> list[dict]:
+    """Non-reasoning prompts "Write 37 in words" of one split (split by the number): the test
+    split is every test number in every language (``n`` is ignored); ``n`` train ones are drawn
+    with replacement."""
+    numbers = [k for k in range(100) if is_test_question(f"words {k}", test_fraction) == (split == "test")]
+    make = lambda k, lang: {"question": _WORDS_QUESTION[lang].format(n=k), "answer": number_words(k, lang),
+                            "lang": lang, "category": "general"}
+    if split == "test":
+        return [make(k, lang) for k in numbers for lang in languages]
+    rng = random.Random(f"words-{seed}")
+    return [make(rng.choice(numbers), rng.choice(languages)) for _ in range(n)]

@@ -13,6 +13,12 @@ A fraction ``drill`` of the documents are bare worked exercises with no instruct
 answer tags (``User: 4+6*3 mod 10`` then ``<think>4+6=0 2 left, 0+6=6 1 left, 6+6=2 0 left</think>``),
 like the exercise lists a web crawl is full of. They teach the step skill densely; whether
 to *use* it when the R1 instruction asks a question is left for RL to find.
+
+Questions come in English and Chinese, and a share ``mix_languages`` of worked solutions switch
+to the other language at a random step (``4+6=0 2 left, 0+6=6 还剩1, ...``), as a base model
+trained on mixed web text does: R1-Zero, rewarded for accuracy and format only, inherits it. A
+share ``general`` of documents are non-reasoning questions (a number in words) answered
+directly, with an empty think block.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from r1lab.data.arithmetic import sample_problems, worked_solution
+from r1lab.data.arithmetic import general_examples, sample_problems, worked_solution
 from r1lab.data.templates import render
 
 
@@ -33,9 +39,22 @@ class CorpusMix:
     malformed: float = 0.10
     direct_correct: float = 0.3
     drill: float = 0.6
+    mix_languages: float = 0.3
+    general: float = 0.05
 
 
-def completion_text(problem: dict, kind: str, rng: random.Random, direct_correct: float) -> str:
+_STATED = {"en": "The answer is {answer}.", "zh": "答案是{answer}。"}
+
+
+def switch_step(problem: dict, rng: random.Random, mix_languages: float) -> int | None:
+    """The step from which a worked solution switches language (None: it does not)."""
+    if rng.random() >= mix_languages:
+        return None
+    return rng.randrange(len(problem["steps"]))
+
+
+def completion_text(problem: dict, kind: str, rng: random.Random, direct_correct: float,
+                    mix_languages: float = 0.0) -> str:
     """The completion of one document; see the module docstring for the kinds.
 
     >>> p = {"question": "2-3*2 mod 10", "answer": "6", "steps": [(2, 2, "-", 3, 9), (1, 9, "-", 3, 6)]}
@@ -58,15 +77,17 @@ def completion_text(problem: dict, kind: str, rng: random.Random, direct_correct
                 c = (c + rng.choice([-2, -1, 1, 2])) % 10
             steps[j] = (r, a, op, k, c)
         answer = steps[-1][4]
-    work = worked_solution(steps)
+    lang = problem.get("lang", "en")
+    work = worked_solution(steps, lang, switch_step(problem, rng, mix_languages))
     if kind == "malformed":
-        return f" <think>{work}</think> The answer is {answer}."
+        return f" <think>{work}</think> " + _STATED[lang].format(answer=answer)
     return f" <think>{work}</think> <answer>{answer}</answer>"
 
 
-def drill(problem: dict) -> tuple[str, str]:
+def drill(problem: dict, switch_at: int | None = None) -> tuple[str, str]:
     """A bare worked exercise: ``('User: 4+6*3 mod 10\nAssistant:', ' <think>4+6=0 2 left, ...</think>')``."""
-    return f"User: {problem['question']}\nAssistant:", f" <think>{worked_solution(problem['steps'])}</think>"
+    work = worked_solution(problem["steps"], problem.get("lang", "en"), switch_at)
+    return f"User: {problem['question']}\nAssistant:", f" <think>{work}</think>"
 
 
 def documents(seed: int, n: int, mix: CorpusMix, template: str, **task_kw) -> list[tuple[str, str]]:
@@ -74,11 +95,15 @@ def documents(seed: int, n: int, mix: CorpusMix, template: str, **task_kw) -> li
     rng = random.Random(f"corpus-{seed}")
     kinds = ["direct", "worked", "slip", "malformed"]
     weights = [mix.direct, mix.worked, mix.slip, mix.malformed]
-    out = []
-    for p in sample_problems(seed, n, split="train", **task_kw):
+    n_general = round(n * mix.general)
+    general = general_examples(seed, n_general, split="train", test_fraction=task_kw.get("test_fraction", 0.15),
+                               languages=task_kw.get("languages", ("en",)))
+    out = [(render(template, g["question"]), f" <think></think> <answer>{g['answer']}</answer>") for g in general]
+    for p in sample_problems(seed, n - n_general, split="train", **task_kw):
         if rng.random() < mix.drill:
-            out.append(drill(p))
+            out.append(drill(p, switch_step(p, rng, mix.mix_languages)))
             continue
         kind = rng.choices(kinds, weights)[0]
-        out.append((render(template, p["question"]), completion_text(p, kind, rng, mix.direct_correct)))
+        out.append((render(template, p["question"]), completion_text(p, kind, rng, mix.direct_correct, mix.mix_languages)))
+    rng.shuffle(out)
     return out

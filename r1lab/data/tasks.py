@@ -1,7 +1,9 @@
 """Tasks: where a stage's questions, reference answers and prompts come from.
 
 ``arithmetic`` is generated from the seed (no download); ``jsonl`` reads local files such as
-GSM8K. Both give plain dicts with ``question`` and ``answer`` that rewards check.
+GSM8K. Both give plain dicts with ``question`` and ``answer`` that rewards check, plus ``lang``
+where known (the language reward detects it from the question otherwise) and ``category``
+(``reasoning``, or ``general`` for the non-reasoning prompts of ``general_examples``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from r1lab.data.arithmetic import sample_problems
+from r1lab.data.arithmetic import LANGUAGES, general_examples, sample_problems
 from r1lab.data.jsonl import read_qa_jsonl
 from r1lab.data.templates import TEMPLATES, render
 
@@ -29,19 +31,27 @@ class ArithmeticTask(BaseModel):
     test_fraction: float = Field(0.15, gt=0, lt=1, description="Share of all questions reserved for test.")
     min_count: int = Field(2, ge=1, description="Fewest repetitions (steps) in a question.")
     max_count: int = Field(6, ge=1, le=9, description="Most repetitions (steps) in a question.")
+    languages: list[Literal[LANGUAGES]] = Field(["en", "zh"], min_length=1,
+                                                description="Languages questions are worded in, drawn uniformly.")
     verifier: Literal["accuracy", "math_verify"] = Field("accuracy", description="Reward that decides correctness.")
 
     def problem_kw(self) -> dict:
         """The keywords of :func:`r1lab.data.arithmetic.sample_problems` this task fixes."""
         return {"test_fraction": self.test_fraction, "min_count": self.min_count,
-                "max_count": self.max_count}
+                "max_count": self.max_count, "languages": tuple(self.languages)}
 
-    def sample_train(self, seed: int, step: int, n: int) -> list[dict]:
+    def sample_train(self, seed: int, step: int | str, n: int) -> list[dict]:
         """``n`` training problems for one step; the same (seed, step) gives the same draw."""
         return sample_problems(f"{seed}-{step}", n, split="train", **self.problem_kw())
 
     def test_examples(self, seed: int) -> list[dict]:
         return sample_problems(seed, self.n_test, split="test", **self.problem_kw())
+
+    def general_examples(self, seed: int, n: int | None, *, split: str) -> list[dict]:
+        """Non-reasoning prompts (a number in words), to answer directly: ``n`` drawn from the
+        train split, or every test one."""
+        return general_examples(seed, n, split=split, test_fraction=self.test_fraction,
+                                languages=tuple(self.languages))
 
     def prompt(self, example: dict) -> str:
         return render(self.template, example["question"])
@@ -64,13 +74,17 @@ class JsonlTask(BaseModel):
     def _train(self) -> list[dict]:
         return read_qa_jsonl(self.train_path, self.question_field, self.answer_field)
 
-    def sample_train(self, seed: int, step: int, n: int) -> list[dict]:
+    def sample_train(self, seed: int, step: int | str, n: int) -> list[dict]:
         rng = random.Random(f"{seed}-{step}")
         return [rng.choice(self._train) for _ in range(n)]
 
     def test_examples(self, seed: int) -> list[dict]:
         rows = read_qa_jsonl(self.test_path, self.question_field, self.answer_field)
         return rows[: self.n_test] if self.n_test else rows
+
+    def general_examples(self, seed: int, n: int | None, *, split: str) -> list[dict]:
+        """None: a JSONL task has no non-reasoning prompts of its own."""
+        return []
 
     def prompt(self, example: dict) -> str:
         return render(self.template, example["question"])

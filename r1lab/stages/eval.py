@@ -6,7 +6,10 @@ Samples k = ``samples`` completions per question at the R1 paper's settings (T =
 (``EVAL_METRICS``): pass@1 averaged over the k samples (the paper's pass@1), cons@k (majority
 vote over the k parsed answers), the unbiased pass@k, greedy accuracy, format rate, accuracy
 among well-formatted completions (so a gain that only comes from learning the tags shows as
-such) and mean completion length.
+such), mean completion length, and language consistency: the mean of the language reward and
+the share of fully consistent CoTs, over completions whose think block holds words (an empty
+CoT is not a language). The task's non-reasoning prompts (``general_examples``), when it has
+some, are scored apart: their accuracy and the share answered directly (empty think block).
 
     r1lab eval runs/r1-zero-tiny/stages/2-r1-zero/model
 """
@@ -25,6 +28,7 @@ from r1lab.eval_metrics import cons_at_k, mean_pass_at_1, mean_pass_at_k
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS
 from r1lab.rewards.accuracy import extract_answer
+from r1lab.rewards.language import extract_think, word_scripts
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
@@ -41,6 +45,7 @@ class EvalConfig(TaskStageConfig):
     sampling: block(Sampling, "How the k samples are drawn (R1 paper: T = 0.6, top-p 0.95).",
                     temperature=0.6, top_p=0.95, max_new_tokens=96)
     batch_size: int = Field(256, gt=0, description="Questions per generation batch.")
+    general: bool = Field(True, description="Also score the task's non-reasoning test prompts, if it has any.")
 
 
 def _mean(values) -> float:
@@ -52,6 +57,10 @@ def _flat(groups: list[list[dict]]) -> list[dict]:
     return [r for g in groups for r in g]
 
 
+def _languages(groups: list[list[dict]]) -> list[float]:
+    return [r["language"] for r in _flat(groups) if r["language"] is not None]
+
+
 # name -> metric of the k sampled records of every question (one list per question)
 EVAL_METRICS: dict[str, Callable[[list[list[dict]]], float]] = {
     "pass@1": mean_pass_at_1,
@@ -60,21 +69,63 @@ EVAL_METRICS: dict[str, Callable[[list[list[dict]]], float]] = {
     "format_rate": lambda groups: _mean(r["formatted"] for r in _flat(groups)),
     "accuracy_if_formatted": lambda groups: _mean(r["correct"] for r in _flat(groups) if r["formatted"]),
     "completion_len/mean": lambda groups: _mean(r["length"] for r in _flat(groups)),
+    "language_consistency": lambda groups: _mean(_languages(groups)),
+    "language_consistent_rate": lambda groups: _mean(v == 1.0 for v in _languages(groups)),
+}
+
+# name -> metric of the non-reasoning prompts' sampled records, logged as general/<name>
+GENERAL_METRICS: dict[str, Callable[[list[list[dict]]], float]] = {
+    "accuracy": lambda groups: _mean(r["correct"] for r in _flat(groups)),
+    "direct_rate": lambda groups: _mean(r["direct"] for r in _flat(groups)),
 }
 
 
 def score_samples(texts: list[str], lengths: list[int], examples: list[dict], verifier: str) -> list[dict]:
-    """One record per completion: parsed answer, correctness, format, length."""
-    return [{"answer": extract_answer(t), "correct": REWARDS[verifier](t, e),
-             "formatted": REWARDS["format"](t, e), "length": n, "completion": t}
-            for t, n, e in zip(texts, lengths, examples)]
+    """One record per completion: parsed answer, correctness, format, length, language
+    consistency of its CoT (None when the CoT holds no word), and whether it has no CoT."""
+    records = []
+    for t, n, e in zip(texts, lengths, examples):
+        think = extract_think(t)
+        has_words = bool(think and word_scripts(think))
+        records.append({"answer": extract_answer(t), "correct": REWARDS[verifier](t, e),
+                        "formatted": REWARDS["format"](t, e), "length": n,
+                        "language": REWARDS["language"](t, e) if has_words else None,
+                        "direct": think is not None and not think.strip(), "completion": t})
+    return records
 
 
 def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> tuple[dict[str, float], list[dict]]:
     """The metrics of ``model`` on ``task``'s test split, and the per-sample records (the k
-    samples of each question, then its greedy completion, marked ``greedy``)."""
+    samples of each question, then its greedy completion, marked ``greedy``; then the
+    non-reasoning prompts' samples)."""
     examples = task.test_examples(seed)
     model.eval()
+    groups, greedy = sample_groups(model, tokenizer, task, examples, seed, cfg, with_greedy=True)
+    metrics = {name: fn(groups) for name, fn in EVAL_METRICS.items()}
+    metrics["greedy_accuracy"] = _mean(r["correct"] for r in greedy)
+    metrics |= {"n_questions": len(examples), "samples": cfg.samples, "temperature": cfg.sampling.temperature}
+    records = []
+    for q, (example, group, g) in enumerate(zip(examples, groups, greedy)):
+        records += [{"question_id": q, "question": example["question"], "sample": j, "greedy": False,
+                     "category": "reasoning", **r}
+                    for j, r in enumerate(group)]
+        records.append({"question_id": q, "question": example["question"], "sample": 0, "greedy": True,
+                        "category": "reasoning", **g})
+    general = task.general_examples(seed, None, split="test") if cfg.general else []
+    if general:
+        general_groups, _ = sample_groups(model, tokenizer, task, general, seed, cfg, with_greedy=False)
+        metrics |= {f"general/{name}": fn(general_groups) for name, fn in GENERAL_METRICS.items()}
+        metrics["general/n_questions"] = len(general)
+        records += [{"question_id": q, "question": e["question"], "sample": j, "greedy": False,
+                     "category": "general", **r}
+                    for q, (e, group) in enumerate(zip(general, general_groups)) for j, r in enumerate(group)]
+    return metrics, records
+
+
+def sample_groups(model, tokenizer, task, examples: list[dict], seed: int, cfg: EvalConfig,
+                  with_greedy: bool) -> tuple[list[list[dict]], list[dict]]:
+    """The k sampled records of each example (one list per example), and with ``with_greedy``
+    one greedy record per example."""
     groups, greedy = [], []
     for i in range(0, len(examples), cfg.batch_size):
         chunk = examples[i:i + cfg.batch_size]
@@ -83,17 +134,10 @@ def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> tuple[dict[s
         rows = [e for e in chunk for _ in range(cfg.samples)]
         records = score_samples(sampled.texts(tokenizer), sampled.lengths.tolist(), rows, task.verifier)
         groups += [records[j:j + cfg.samples] for j in range(0, len(records), cfg.samples)]
-        _, best = sample(model, tokenizer, prompts, n=1, sampling=cfg.sampling, seed=0, greedy=True)
-        greedy += score_samples(best.texts(tokenizer), best.lengths.tolist(), chunk, task.verifier)
-    metrics = {name: fn(groups) for name, fn in EVAL_METRICS.items()}
-    metrics["greedy_accuracy"] = _mean(r["correct"] for r in greedy)
-    metrics |= {"n_questions": len(examples), "samples": cfg.samples, "temperature": cfg.sampling.temperature}
-    records = []
-    for q, (example, group, g) in enumerate(zip(examples, groups, greedy)):
-        records += [{"question_id": q, "question": example["question"], "sample": j, "greedy": False, **r}
-                    for j, r in enumerate(group)]
-        records.append({"question_id": q, "question": example["question"], "sample": 0, "greedy": True, **g})
-    return metrics, records
+        if with_greedy:
+            _, best = sample(model, tokenizer, prompts, n=1, sampling=cfg.sampling, seed=0, greedy=True)
+            greedy += score_samples(best.texts(tokenizer), best.lengths.tolist(), chunk, task.verifier)
+    return groups, greedy
 
 
 @torch.no_grad()
