@@ -23,7 +23,9 @@ def test_metrics_of_known_completions(monkeypatch):
     wrong = lambda x: str((int(x) + 1) % 10)
     ok = lambda x: f"<think>w</think> <answer>{x}</answer>"
     sampled = [ok(a), ok(wrong(a)), ok(wrong(a)), f"<think>w</think> {a}",       # question 1: 1 of 4 right
-               ok(b), ok(b), f"<answer>{b}</answer>", ok(wrong(b))]              # question 2: 3 of 4 right
+               # question 2: 3 of 4 right, one of them readable (a summary before the answer)
+               ok(b), f"<think>w</think> The answer is {b}. <answer>{b}</answer>", f"<answer>{b}</answer>",
+               ok(wrong(b))]
     greedy_texts = [ok(a), ok(wrong(b))]
 
     def stub_sample(model, tokenizer, prompts, *, n, sampling, seed, greedy=False):
@@ -36,14 +38,15 @@ def test_metrics_of_known_completions(monkeypatch):
     # votes: q1 {a: 1, wrong(a): 2} -> wrong (the answer outside the tags casts none); q2 {b: 3, wrong: 1}
     assert metrics["cons@k"] == pytest.approx(0.5)
     assert metrics["pass@k"] == pytest.approx(1.0)                               # each has a right sample
-    assert metrics["format_rate"] == pytest.approx(6 / 8)
+    assert metrics["format_rate"] == pytest.approx(6 / 8)                       # the readable one counts
+    assert metrics["readability"] == pytest.approx(1 / 8)
     assert metrics["accuracy_if_formatted"] == pytest.approx(3 / 6)            # a, b, b among the 6
     assert metrics["greedy_accuracy"] == pytest.approx(0.5)
     assert metrics["completion_len/mean"] == pytest.approx(sum(len(t.split()) for t in sampled) / 8)
     assert len(records) == 10 and [r["greedy"] for r in records].count(True) == 2
     assert records[0] == {"question_id": 0, "question": task.test_examples(0)[0]["question"], "sample": 0,
                           "greedy": False, "category": "reasoning", "answer": a, "correct": 1.0,
-                          "formatted": 1.0, "length": 2, "language": 1.0, "direct": False,
+                          "formatted": 1.0, "readable": False, "length": 2, "language": 1.0, "direct": False,
                           "completion": ok(a)}   # two space-split words; "w" is one English word
 
 

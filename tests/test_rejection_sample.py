@@ -10,7 +10,7 @@ import torch
 from pydantic import TypeAdapter, ValidationError
 
 from r1lab.data.jsonl import read_sft_jsonl
-from r1lab.data.readable import direct_completion, has_summary, readable, repeat_ratio
+from r1lab.rewards.readable import direct_completion, has_summary, readable, repeat_ratio
 from r1lab.data.tasks import ArithmeticTask
 from r1lab.rewards import RewardsSpec, build_rewards, score
 from r1lab.rewards.format import format_reward

@@ -27,7 +27,7 @@ import random
 from dataclasses import dataclass
 
 from r1lab.data.arithmetic import general_examples, sample_problems, worked_solution
-from r1lab.data.templates import render
+from r1lab.data.templates import SUMMARY, render
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,6 @@ class CorpusMix:
     mix_languages: float = 0.3
     general: float = 0.05
 
-
-_STATED = {"en": "The answer is {answer}.", "zh": "答案是{answer}。"}
 
 
 def switch_step(problem: dict, rng: random.Random, mix_languages: float) -> int | None:
@@ -80,7 +78,7 @@ def completion_text(problem: dict, kind: str, rng: random.Random, direct_correct
     lang = problem.get("lang", "en")
     work = worked_solution(steps, lang, switch_step(problem, rng, mix_languages))
     if kind == "malformed":
-        return f" <think>{work}</think> " + _STATED[lang].format(answer=answer)
+        return f" <think>{work}</think> " + SUMMARY[lang].format(answer=answer)
     return f" <think>{work}</think> <answer>{answer}</answer>"
 
 

@@ -21,6 +21,10 @@ R1_COMPACT = (
 
 TEMPLATES = {"r1": R1, "r1-compact": R1_COMPACT}
 
+SUMMARY = {"en": "The answer is {answer}.", "zh": "答案是{answer}。"}
+"""A one-sentence summary of an answer, per language: the readable pattern's summary
+(r1lab/rewards/readable.py), and how the corpus's malformed answers state theirs."""
+
 
 def render(template: str, question: str) -> str:
     """``render('r1-compact', '2+3')`` ends with ``'User: 2+3\\nAssistant:'``."""

@@ -8,7 +8,9 @@ vote over the k parsed answers), the unbiased pass@k, greedy accuracy, format ra
 among well-formatted completions (so a gain that only comes from learning the tags shows as
 such), mean completion length, and language consistency: the mean of the language reward and
 the share of fully consistent CoTs, over completions whose think block holds words (an empty
-CoT is not a language). The task's non-reasoning prompts (``general_examples``), when it has
+CoT is not a language), and readability: the share of completions in R1's readable pattern (a
+summary between the think and answer blocks; the format rate accepts that pattern too). The
+task's non-reasoning prompts (``general_examples``), when it has
 some, are scored apart: their accuracy and the share answered directly (empty think block).
 
     r1lab eval runs/r1-zero-tiny/stages/2-r1-zero/model
@@ -28,7 +30,9 @@ from r1lab.eval_metrics import cons_at_k, mean_pass_at_1, mean_pass_at_k
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS
 from r1lab.rewards.accuracy import extract_answer
+from r1lab.rewards.format import format_reward
 from r1lab.rewards.language import extract_think, word_scripts
+from r1lab.rewards.readable import has_summary
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
@@ -71,6 +75,7 @@ EVAL_METRICS: dict[str, Callable[[list[list[dict]]], float]] = {
     "completion_len/mean": lambda groups: _mean(r["length"] for r in _flat(groups)),
     "language_consistency": lambda groups: _mean(_languages(groups)),
     "language_consistent_rate": lambda groups: _mean(v == 1.0 for v in _languages(groups)),
+    "readability": lambda groups: _mean(r["readable"] for r in _flat(groups)),
 }
 
 # name -> metric of the non-reasoning prompts' sampled records, logged as general/<name>
@@ -88,7 +93,7 @@ def score_samples(texts: list[str], lengths: list[int], examples: list[dict], ve
         think = extract_think(t)
         has_words = bool(think and word_scripts(think))
         records.append({"answer": extract_answer(t), "correct": REWARDS[verifier](t, e),
-                        "formatted": REWARDS["format"](t, e), "length": n,
+                        "formatted": format_reward(t, e, allow_summary=True), "readable": has_summary(t), "length": n,
                         "language": REWARDS["language"](t, e) if has_words else None,
                         "direct": think is not None and not think.strip(), "completion": t})
     return records

@@ -5,7 +5,7 @@ Draws ``prompts`` training questions, samples ``samples`` completions of each, a
 most ``keep`` per question that pass every filter (:func:`apply_filters`): correct by the
 task's verifier, in the R1 format, in one language, of a sane length, not looping, with no code
 block, not a duplicate. ``rewrite`` puts each kept completion into the readable pattern
-(reasoning, summary, answer; r1lab/data/readable.py), as for the cold-start data made from
+(reasoning, summary, answer; r1lab/rewards/readable.py), as for the cold-start data made from
 R1-Zero output; ``non_reasoning`` adds rows answered directly, with an empty CoT. Rows go to
 ``data.jsonl`` for an ``sft`` stage, counts to ``stats.json``. Questions are drawn and sampled
 ``batch_size`` at a time, each chunk committed to ``data.partial.jsonl`` + ``progress.json``,
@@ -35,7 +35,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field, model_validator
 
-from r1lab.data.readable import direct_completion, readable, repeat_ratio
+from r1lab.rewards.readable import direct_completion, readable, repeat_ratio
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS
 from r1lab.rewards.format import format_reward

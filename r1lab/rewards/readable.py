@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import re
 
+from r1lab.data.templates import SUMMARY
 from r1lab.rewards.accuracy import extract_answer
 from r1lab.rewards.language import _HAN, detect_language, extract_think
-
-SUMMARY = {"en": "The answer is {answer}.", "zh": "答案是{answer}。"}
-"""The summary sentence in the example's language (``{answer}``: the completion's answer)."""
 
 _SUMMARY_TEXT = re.compile(r"</think>((?:(?!</?think>|</?answer>).)*)<answer>", re.DOTALL)
 _WORD = re.compile(rf"[{_HAN}]|[^\s{_HAN}]+")   # a CJK ideograph, or a run of anything else but space
