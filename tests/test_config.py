@@ -40,6 +40,16 @@ def test_shipped_default_validates():
     assert [s.kind for s in cfg.stages] == ["pretrain", "eval", "grpo", "eval"]
 
 
+def test_shipped_r1_recipe_validates():
+    cfg = load_config("r1-tiny")
+    kinds = [s.kind for s in cfg.stages]
+    assert kinds.count("grpo") == 3 and kinds.count("sft") == 2 and kinds.count("rejection_sample") == 2
+    final = next(s for s in cfg.stages if s.name == "r1")
+    assert final.init == "base"                    # R1 restarts SFT from the base, not the RL model
+    rl = {s.name: s for s in cfg.stages if s.kind == "grpo"}
+    assert "language" in rl["reasoning-rl"].rewards and "language" not in rl["reasoning-rl-no-lang"].rewards
+
+
 def test_good_config_and_typed_values(tmp_path):
     cfg = load_config(str(write(tmp_path, GOOD)))
     assert cfg.seed == 3 and cfg.stages[0].steps == 5

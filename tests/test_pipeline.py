@@ -30,17 +30,6 @@ REDUCED = ["stages.base.steps=600", "stages.base.corpus.documents=20000", "stage
            "stages.r1-zero.steps=16", "stages.r1-zero.checkpoint_every=8", "task.n_test=24",
            "stages.eval-base.samples=2", "stages.eval-r1-zero.samples=2"]
 
-# A tiny, quick run for resume tests: pre-training with many small steps, then a short GRPO.
-QUICK = ["stages.base.model.hidden_size=32", "stages.base.model.num_layers=2",
-         "stages.base.model.intermediate_size=64", "stages.base.batch_size=4", "stages.base.seq_len=64",
-         "stages.base.corpus.documents=1500", "stages.base.steps=300", "stages.base.eval_every=100",
-         "stages.base.checkpoint_every=25", "stages.r1-zero.steps=12", "stages.r1-zero.checkpoint_every=2",
-         "stages.r1-zero.prompts_per_step=2", "stages.r1-zero.group_size=2",
-         "stages.r1-zero.sampling.max_new_tokens=24", "task.n_test=4", "stages.eval-base.samples=1",
-         "stages.eval-r1-zero.samples=1", "stages.eval-base.sampling.max_new_tokens=8",
-         "stages.eval-r1-zero.sampling.max_new_tokens=8"]
-
-
 @pytest.fixture(scope="module")
 def reduced_run(tmp_path_factory):
     return run(load_config(None, REDUCED), tmp_path_factory.mktemp("reduced") / "run", log=lambda *_: None)
@@ -114,10 +103,54 @@ def test_each_variant_trains_from_the_reduced_base(tmp_path, reduced_run, loss, 
     assert sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4, rewards
 
 
-def start(run_dir: Path, extra=()) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "r1lab.cli", "run", "--run-dir", str(run_dir)]
-    for item in QUICK + list(extra):
-        cmd += ["--set", item]
+# A tiny, quick run for the resume test: pre-training with many small steps, a short GRPO,
+# rejection sampling from it (every completion kept: the tiny model is rarely right) and SFT.
+RESUME_CONFIG = """\
+name: resume
+seed: 0
+task: {kind: arithmetic, n_test: 4}
+stages:
+  - kind: pretrain
+    name: base
+    model: {hidden_size: 32, num_layers: 2, intermediate_size: 64}
+    corpus: {documents: 1500}
+    batch_size: 4
+    seq_len: 64
+    steps: 300
+    eval_every: 100
+    checkpoint_every: 25
+  - {kind: eval, name: eval-base, model: base, samples: 1, sampling: {max_new_tokens: 8}}
+  - kind: grpo
+    name: r1-zero
+    init: base
+    steps: 12
+    checkpoint_every: 2
+    prompts_per_step: 2
+    group_size: 2
+    sampling: {max_new_tokens: 24}
+  - {kind: eval, name: eval-r1-zero, model: r1-zero, samples: 1, sampling: {max_new_tokens: 8}}
+  - kind: rejection_sample
+    name: data
+    model: r1-zero
+    prompts: 96
+    samples: 2
+    batch_size: 2
+    sampling: {max_new_tokens: 24}
+    filters: {correct: false, format: false}
+    non_reasoning: 4
+  - kind: sft
+    name: sft
+    init: base
+    data: data
+    epochs: 2
+    batch_size: 4
+    val_fraction: 0.1
+    checkpoint_every: 2
+"""
+
+
+def start(config: Path, run_dir: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "r1lab.cli", "run", str(config), "--run-dir", str(run_dir)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
 
@@ -138,47 +171,52 @@ def weights(stage_dir: Path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_kill_mid_stage_then_resume(tmp_path):
+    config = tmp_path / "resume.yaml"
+    config.write_text(RESUME_CONFIG)
     unbroken_dir, broken_dir = tmp_path / "unbroken", tmp_path / "broken"
-    unbroken = start(unbroken_dir)
+    unbroken = start(config, unbroken_dir)
     assert unbroken.wait() == 0, unbroken.stdout.read()
 
-    # kill -9 in the middle of pre-training, once a checkpoint exists
-    proc = start(broken_dir)
-    ckpt = broken_dir / "stages" / "0-base" / "checkpoint" / "state.json"
-    kill_when(proc, ckpt.exists)
-    assert not (broken_dir / "stages" / "0-base" / "DONE").exists()    # it really died mid-stage
-    # resume, and kill again in the middle of GRPO
-    proc = start(broken_dir)
-    grpo_ckpt = broken_dir / "stages" / "2-r1-zero" / "checkpoint" / "state.json"
-    kill_when(proc, grpo_ckpt.exists)
-    assert not (broken_dir / "stages" / "2-r1-zero" / "DONE").exists()
-    done_before = {p.parent.name: p.stat().st_mtime_ns for p in broken_dir.glob("stages/*/DONE")}
-    assert set(done_before) == {"0-base", "1-eval-base"}
+    # kill -9 in the middle of pre-training, GRPO, rejection sampling and SFT, each once it has
+    # saved some progress, resuming in between
+    stages = broken_dir / "stages"
+    kill_points = [("0-base", "checkpoint/state.json"), ("2-r1-zero", "checkpoint/state.json"),
+                   ("4-data", "progress.json"), ("5-sft", "checkpoint/state.json")]
+    for stage, marker in kill_points:
+        done_before = {p.parent.name: p.stat().st_mtime_ns for p in stages.glob("*/DONE")}
+        proc = start(config, broken_dir)
+        kill_when(proc, (stages / stage / marker).exists)
+        assert not (stages / stage / "DONE").exists(), stage                # it really died mid-stage
+        done_after = {p.parent.name: p.stat().st_mtime_ns for p in stages.glob("*/DONE")}
+        assert all(done_after[k] == v for k, v in done_before.items())     # no finished stage ran twice
+    assert not (stages / "4-data" / "data.jsonl").exists() or (stages / "4-data" / "DONE").exists()
 
-    proc = start(broken_dir)
+    proc = start(config, broken_dir)
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
-    assert "base (pretrain): done, skipped" in out and "eval-base (eval): done, skipped" in out
-    done_after = {p.parent.name: p.stat().st_mtime_ns for p in broken_dir.glob("stages/*/DONE")}
-    assert all(done_after[k] == v for k, v in done_before.items())     # no finished stage ran twice
-    assert set(done_after) == {"0-base", "1-eval-base", "2-r1-zero", "3-eval-r1-zero"}
+    assert "base (pretrain): done, skipped" in out and "data (rejection_sample): done, skipped" in out
+    assert "sft (sft): resuming" in out
+    assert {p.parent.name for p in stages.glob("*/DONE")} == {
+        "0-base", "1-eval-base", "2-r1-zero", "3-eval-r1-zero", "4-data", "5-sft"}
 
     # the metrics read as one unbroken run, and the resumed run equals the unbroken one
-    for stage, steps in (("0-base", 300), ("2-r1-zero", 12)):
-        logged = [m["step"] for m in read_metrics(broken_dir / "stages" / stage / "metrics.jsonl")]
-        assert logged == list(range(1, steps + 1))
-        a, b = weights(unbroken_dir / "stages" / stage), weights(broken_dir / "stages" / stage)
+    # 96 prompts x 1 kept + 4 direct rows = 100; 10 held out, 90 / batch 4 -> 23 steps an epoch
+    assert len((stages / "4-data" / "data.jsonl").read_text().splitlines()) == 100
+    for stage, steps in (("0-base", 300), ("2-r1-zero", 12), ("5-sft", 46)):
+        logged = [m["step"] for m in read_metrics(stages / stage / "metrics.jsonl")]
+        assert logged == list(range(1, steps + 1)), stage
+        a, b = weights(unbroken_dir / "stages" / stage), weights(stages / stage)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), stage
-    assert (json.loads((unbroken_dir / "stages/3-eval-r1-zero/eval.json").read_text())
-            == json.loads((broken_dir / "stages/3-eval-r1-zero/eval.json").read_text()))
+    for name in ("4-data/data.jsonl", "4-data/stats.json", "3-eval-r1-zero/eval.json"):
+        assert (unbroken_dir / "stages" / name).read_bytes() == (stages / name).read_bytes(), name
 
 
 def test_run_dir_of_another_run_is_refused(tmp_path):
     from r1lab.pipeline import RunDirError
     (tmp_path / "config.yaml").write_text("name: something-else\n")
     with pytest.raises(RunDirError, match="holds the run 'something-else'"):
-        run(load_config(None, QUICK), tmp_path, log=lambda *_: None)
+        run(load_config(None), tmp_path, log=lambda *_: None)
     assert (tmp_path / "config.yaml").read_text() == "name: something-else\n"   # nothing overwritten
 
 
