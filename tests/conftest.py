@@ -25,6 +25,17 @@ def assert_masked_invariant(results: list[tuple[float, torch.Tensor]], mask: tor
     assert torch.all(grad[~mask] == 0)
 
 
+class StubRollout:
+    """Stands in for a Rollout of given texts (length = words) in tests of stages that sample."""
+
+    def __init__(self, texts):
+        self._texts = texts
+        self.lengths = torch.tensor([len(t.split()) for t in texts])
+
+    def texts(self, tokenizer):
+        return self._texts
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     docs = documents(0, 800, CorpusMix(), "r1-compact")

@@ -7,14 +7,7 @@ from r1lab.data.tasks import ArithmeticTask
 from r1lab.stages import eval as eval_stage
 from r1lab.stages.eval import EvalConfig, evaluate
 
-
-class StubRollout:
-    def __init__(self, texts):
-        self._texts = texts
-        self.lengths = torch.tensor([len(t.split()) for t in texts])
-
-    def texts(self, tokenizer):
-        return self._texts
+from conftest import StubRollout
 
 
 def test_metrics_of_known_completions(monkeypatch):

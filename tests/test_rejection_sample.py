@@ -19,7 +19,7 @@ from r1lab.stages import rejection_sample as rs
 from r1lab.stages.context import RunContext
 from r1lab.stages.rejection_sample import FILTERS, Filters, RejectionSampleConfig, apply_filters
 
-from conftest import tiny_llama
+from conftest import StubRollout, tiny_llama
 
 READABLE = " <think>7+8=15, 15-3=12</think> The answer is 12. <answer>12</answer>"
 
@@ -196,15 +196,6 @@ def samples_of(answer: str) -> list[str]:
         return [ok("13", f"try {j}") for j in range(5)]
     return [ok(answer, "first"), ok(str(int(answer) + 1), "wrong"), ok(answer, "first"),
             ok(answer, "second"), ok(answer, "third")]
-
-
-class StubRollout:
-    def __init__(self, texts):
-        self._texts = texts
-        self.lengths = torch.tensor([len(t.split()) for t in texts])
-
-    def texts(self, tokenizer):
-        return self._texts
 
 
 @pytest.fixture
