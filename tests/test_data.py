@@ -54,7 +54,8 @@ def test_languages_mix_inside_worked_solutions():
     docs = documents(0, 3000, CorpusMix(), "r1-compact", languages=("en", "zh"))
     worked = [c for _, c in docs if "=" in c]
     mixed = [c for c in worked if "left" in c and "还剩" in c]
-    assert 0.15 < len(mixed) / len(worked) < 0.35                       # mix_languages 0.3, minus switches at step 0
+    assert 0.45 < len(mixed) / len(worked) < 0.55                       # mix_languages 0.5
+    assert all(re.match(r" <think>\S+ (\d left|还剩\d), ", c) for c in mixed)   # the first step in one language
     none = documents(0, 3000, CorpusMix(mix_languages=0.0), "r1-compact", languages=("en", "zh"))
     assert not any("left" in c and "还剩" in c for _, c in none)
 

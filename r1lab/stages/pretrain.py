@@ -39,8 +39,8 @@ class CorpusConfig(BaseModel):
     malformed: float = Field(0.10, ge=0, description="Share of answers written outside the tags.")
     direct_correct: float = Field(0.3, ge=0, le=1, description="Chance a direct answer is right.")
     drill: float = Field(0.6, ge=0, le=1, description="Share of documents that are bare worked exercises.")
-    mix_languages: float = Field(0.3, ge=0, le=1, description="Share of worked solutions that switch "
-                                 "language at a random step.")
+    mix_languages: float = Field(0.5, ge=0, le=1, description="Share of worked solutions that switch "
+                                 "language after their first step.")
     general: float = Field(0.05, ge=0, le=1, description="Share of documents that are non-reasoning "
                            "questions (a number in words) answered directly.")
 
