@@ -20,7 +20,7 @@ from r1lab.pipeline import eval_table, run
 from r1lab.train.metrics import read_metrics
 
 GRPO_METRICS = {"stage", "step", "time_s", "reward/mean", "reward/accuracy", "reward/format", "accuracy",
-                "format_rate", "completion_len/mean", "kl", "clip_frac", "entropy", "lr", "grad_norm",
+                "reward/language", "format_rate", "completion_len/mean", "kl", "clip_frac", "entropy", "lr", "grad_norm",
                 "tokens_per_s", "rollout_s", "truncated_rate", "ratio", "clip_frac_low", "clip_frac_high"}
 
 # A reduced R1-Zero run: a pre-training just long enough for the base to be right about a

@@ -130,8 +130,9 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
                      optimizer_steps=cfg.steps * cfg.mu)
     scorers = build_rewards(cfg.rewards)
-    # accuracy and format are always logged, trained on or not
-    monitors = [s for s in build_rewards({task.verifier: 0.0, "format": 0.0}) if s.name not in cfg.rewards]
+    # accuracy, format and language consistency are always logged, trained on or not
+    monitors = [s for s in build_rewards({task.verifier: 0.0, "format": 0.0, "language": 0.0})
+                if s.name not in cfg.rewards]
     for step in loop.steps():
         t0 = time.time()
         examples = task.sample_train(seed, step, cfg.prompts_per_step)
