@@ -112,6 +112,8 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
 
 @torch.no_grad()
 def logprobs_no_grad(model, batch: dict, cfg: GrpoConfig, ctx: RunContext) -> torch.Tensor:
+    """Completion log-probs [N, L] of a frozen model (the reference, or the policy that sampled
+    the batch when mu > 1), in micro-batches, on the CPU in float32."""
     n = batch["input_ids"].shape[0]
     mb = cfg.micro_batch_size or n
     parts = []
