@@ -67,18 +67,31 @@ def test_greedy_matches_reference_and_hf_generate(tokenizer, name):
         assert ours.completion_ids[i][ours.mask[i]].tolist() == ref[:int(ours.mask[i].sum())]
 
 
+def first_stop(tokens: list[int], stops: list[list[int]], limit: int) -> tuple[int, str]:
+    """(length, reason) of a greedy row that ends on the first stop sequence its free run holds."""
+    for j in range(1, limit + 1):
+        if any(j >= len(s) and tokens[j - len(s):j] == s for s in stops):
+            return j, "stop"
+    return limit, "length"
+
+
 def test_stops_at_different_steps_match_reference(tokenizer):
     model = tiny_llama(tokenizer, seed=2)
     prompts = prompts_of(tokenizer)
     free = native.generate(model, prompts, max_new_tokens=10, temperature=0.0, **kw(tokenizer))
-    # row 0 stops on the two tokens it produces at steps 1-2, row 2 on those at steps 2-3;
-    # row 1 (21, 87, 21, 87, ...) contains neither and runs to the length limit
-    stops = [free.completion_ids[0, 1:3].tolist(), free.completion_ids[2, 2:4].tolist()]
+    assert free.finish_reasons == ["length"] * 3
+    # row 0 stops on the two tokens it produces at steps 1-2, row 2 on a later pair of its own,
+    # the first that ends it at another step; row 1 contains neither and runs to the length limit
+    rows = [free.completion_ids[i].tolist() for i in range(3)]
+    ends = lambda stops: [first_stop(r, stops, 10) for r in rows]
+    stops = next(s for s in ([rows[0][1:3], rows[2][k:k + 2]] for k in range(2, 8))
+                 if len({n for n, _ in ends(s)}) == 3)
+    want = ends(stops)
     ours = native.generate(model, prompts, max_new_tokens=10, temperature=0.0, stop=stops, **kw(tokenizer))
     ref = hf.generate(model, prompts, max_new_tokens=10, temperature=0.0, stop=stops, **kw(tokenizer))
     assert_same_rollout(ours, ref)
-    assert ours.finish_reasons == ["stop", "length", "stop"]
-    assert ours.lengths.tolist() == [3, 10, 4]
+    assert list(zip(ours.lengths.tolist(), ours.finish_reasons)) == want
+    assert [r for _, r in want] == ["stop", "length", "stop"]              # at three different steps
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2"])
