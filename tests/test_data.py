@@ -8,7 +8,7 @@ from transformers import AutoTokenizer
 
 from r1lab.data.arithmetic import is_test_question, sample_problems
 from r1lab.data.corpus import CorpusMix, completion_text, documents
-from r1lab.data.jsonl import DataError, read_qa_jsonl, read_sft_jsonl
+from r1lab.data.jsonl import DataError, read_pairs, read_qa_jsonl, read_sft_jsonl
 from r1lab.data.tasks import ArithmeticTask
 from r1lab.data.templates import render
 from r1lab.models.tokenizer import TAGS, train_tokenizer
@@ -141,3 +141,27 @@ def test_sft_rows_of_both_shapes_keep_their_fields(tmp_path):
     chat = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "id": 7}
     path.write_text(json.dumps({"prompt": "p", "completion": "c", "lang": "zh"}) + "\n" + json.dumps(chat) + "\n")
     assert read_sft_jsonl(path) == [{"prompt": "p", "completion": "c", "lang": "zh"}, chat]
+
+
+def test_read_pairs_both_shapes(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"prompt": "Q", "chosen": "a", "rejected": "b", "category": "general"}) + "\n\n"
+                 + json.dumps({"instruction": "Name a colour.", "input": "", "output": "red", "chosen": "blue",
+                               "rejected": "x"}) + "\n")
+    rows = read_pairs(p)
+    assert rows[0] == {"prompt": "Q", "chosen": "a", "rejected": "b", "category": "general"}
+    assert rows[1]["prompt"].endswith("### Instruction:\nName a colour.\n\n### Response:\n")
+    assert "### Input" not in rows[1]["prompt"] and rows[1]["chosen"] == "blue"
+    arr = tmp_path / "p.json"
+    arr.write_text(json.dumps([{"instruction": "Rewrite.", "input": "hi", "chosen": "Hi.", "rejected": "hi"}]))
+    assert "### Input:\nhi\n\n" in read_pairs(arr)[0]["prompt"]
+
+@pytest.mark.parametrize("line, msg", [('{"prompt": "Q", "chosen": "a"}', "p.jsonl:1: field 'rejected': missing"),
+                                       ('{"prompt": "Q", "chosen": 3, "rejected": "b"}', "field 'chosen': expected text"),
+                                       ('{"chosen": "a", "rejected": "b"}', "field 'instruction': missing"),
+                                       ('[1]', "p.jsonl:1: expected a JSON object")])
+def test_read_pairs_errors_name_line_and_field(tmp_path, line, msg):
+    p = tmp_path / "p.jsonl"
+    p.write_text(line + "\n")
+    with pytest.raises(DataError, match=msg.replace("(", r"\(")):
+        read_pairs(p)

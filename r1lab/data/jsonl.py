@@ -1,4 +1,4 @@
-"""JSONL data files, validated line by line: question/answer tasks and SFT rows.
+"""JSONL data files, validated line by line: question/answer tasks, SFT rows and preference pairs.
 
 Every reader fails on the first bad line with ``file:line: field 'name': problem`` and keeps
 the fields it does not check (e.g. ``lang``, ``category``), so they reach rewards and stages.
@@ -79,4 +79,63 @@ def read_sft_jsonl(path: str | Path) -> list[dict]:
         rows.append(obj)
     if not rows:
         raise DataError(f"{Path(path).expanduser()}: holds no rows")
+    return rows
+
+
+ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately "
+          "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+ALPACA_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                "{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+
+
+def alpaca_prompt(instruction: str, input: str = "") -> str:
+    """The Alpaca prompt style of preference JSONs such as rasbt's instruction-data-with-preference:
+
+    >>> alpaca_prompt("Name a colour.").endswith("### Instruction:\\nName a colour.\\n\\n### Response:\\n")
+    True
+    """
+    return (ALPACA_INPUT if input else ALPACA).format(instruction=instruction, input=input)
+
+
+def _json_array(path: Path) -> Iterator[tuple[str, dict]]:
+    """(``file:item i`` for messages, object) for each element of a JSON array file."""
+    try:
+        items = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+    if not isinstance(items, list):
+        raise DataError(f"{path}: expected a JSON array of preference objects, got {type(items).__name__}")
+    for i, obj in enumerate(items):
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}: item {i}: expected a JSON object, got {type(obj).__name__}")
+        yield f"{path}: item {i}", obj
+
+
+def read_pairs(path: str | Path) -> list[dict]:
+    """Preference pairs ``{"prompt", "chosen", "rejected", ...other fields}`` from JSONL (or a
+    ``.json`` array), in either shape:
+
+    - ``{"prompt": str, "chosen": str, "rejected": str}`` (TRL's preference shape), or
+    - ``{"instruction": str, "input": str (may be empty or absent), "output": str, "chosen": str,
+      "rejected": str}``, the prompt then rendered in the Alpaca style (:func:`alpaca_prompt`).
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    rows = []
+    for where, obj in (_json_array(path) if path.suffix == ".json" else read_jsonl(path)):
+        if "prompt" in obj:
+            prompt = require(where, obj, "prompt", (str,), "text")
+        else:
+            instruction = require(where, obj, "instruction", (str,), "text (or give 'prompt')")
+            extra = obj.get("input", "")
+            if not isinstance(extra, str):
+                raise DataError(f"{where}: field 'input': expected text, got {type(extra).__name__}")
+            prompt = alpaca_prompt(instruction, extra)
+        chosen = require(where, obj, "chosen", (str,), "text")
+        rejected = require(where, obj, "rejected", (str,), "text")
+        rows.append({**obj, "prompt": prompt, "chosen": chosen, "rejected": rejected})
+    if not rows:
+        raise DataError(f"{path}: holds no preference pairs")
     return rows
