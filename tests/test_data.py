@@ -36,9 +36,13 @@ def test_train_and_test_never_overlap():
 
 
 def split_key(question: str) -> str:
-    """The text a question's split is decided on: its English wording, or 'words N'."""
-    number = re.fullmatch(r"(?:Write (\d+) in words|用汉字写(\d+))", question)
-    return f"words {number[1] or number[2]}" if number else question.replace(" 模 ", " mod ")
+    """The text a question's split is decided on: its English wording."""
+    if number := re.fullmatch(r"用汉字写(\d+)", question):
+        return f"Write {number[1]} in words"
+    if listing := re.fullmatch(r"列出(\d)个(\d+)到(\d+)之间的(偶数|奇数)", question):
+        k, low, high, parity = listing.groups()
+        return f"List {k} {'even' if parity == '偶数' else 'odd'} numbers between {low} and {high}"
+    return question.replace(" 模 ", " mod ")
 
 
 def test_corpus_holds_no_test_question():
@@ -46,7 +50,9 @@ def test_corpus_holds_no_test_question():
                  for prompt, _ in documents(0, 3000, CorpusMix(), "r1-compact", languages=("en", "zh"))]
     assert len(set(questions)) > 500                                    # a real variety of questions
     assert {"模" in q for q in questions} == {True, False}              # both languages
-    assert sum(split_key(q).startswith("words") for q in questions) == 150   # 5% non-reasoning
+    general = [split_key(q) for q in questions if "mod" not in split_key(q)]
+    assert len(general) == 240                                          # 8% non-reasoning
+    assert {q.split()[0] for q in general} == {"Write", "List"}
     assert not any(is_test_question(split_key(q), 0.15) for q in questions)   # none from the test split
 
 

@@ -57,15 +57,25 @@ def test_language_and_non_reasoning_metrics(monkeypatch):
             return None, StubRollout(sampled[:1])
         if len(prompts) == 1:                                                   # the one reasoning question
             return None, StubRollout(sampled)
-        # each non-reasoning prompt: 2 of 4 samples answered directly and right, 2 with a CoT and wrong
-        return None, StubRollout([f"<think></think> <answer>{e['answer']}</answer>" if j < 2 else "<think>x</think> no"
+        # each non-reasoning prompt: 2 of 4 samples answered directly and right, 1 with a CoT and
+        # wrong, 1 answered directly and half right (lists: one fitting item, one more that fits
+        # the count; number words: wrong)
+        half = lambda e: e["answer"].split(",")[0] + ", 1" if e["request"] == "list" else "x"
+        return None, StubRollout([f"<think></think> <answer>{e['answer']}</answer>" if j < 2 else
+                                  "<think>x</think> no" if j == 2 else f"<think></think> <answer>{half(e)}</answer>"
                                   for e in general for j in range(n)])
     monkeypatch.setattr(eval_stage, "sample", stub_sample)
     cfg = EvalConfig(kind="eval", name="e", model="m", samples=4)
     metrics, records = evaluate(torch.nn.Linear(1, 1), None, task, 0, cfg)
     assert metrics["language_consistency"] == pytest.approx((1 + 2 / 3) / 2)
     assert metrics["language_consistent_rate"] == pytest.approx(1 / 2)
+    n_list = sum(e["request"] == "list" for e in general)
+    assert 0 < n_list < len(general)
     assert metrics["general/accuracy"] == pytest.approx(2 / 4)
-    assert metrics["general/direct_rate"] == pytest.approx(2 / 4)
+    assert metrics["general/direct_rate"] == pytest.approx(3 / 4)
+    # a list reply "a, 1" to a request for k items scores 1/k; a wrong number word 0
+    list_half = sum(1 / e["count"] for e in general if e["request"] == "list") / n_list
+    assert metrics["general/judge_list"] == pytest.approx((2 + list_half) / 4)
+    assert metrics["general/judge"] == pytest.approx((2 * len(general) + list_half * n_list) / (4 * len(general)))
     assert metrics["general/n_questions"] == len(general) > 2
     assert sum(r["category"] == "general" for r in records) == 4 * len(general)

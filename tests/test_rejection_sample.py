@@ -180,8 +180,8 @@ class FakeTask:
     def prompt(self, example):
         return f"User: {example['question']}\nAssistant:"
 
-    def general_examples(self, seed, n, split):
-        assert (seed, split) == (SEED, "train")
+    def general_examples(self, seed, n, split, requests):
+        assert (seed, split, requests) == (SEED, "train", ("words",))
         return [{"question": f"Capital {i}?", "answer": f"City {i}", "lang": "en", "category": "general"}
                 for i in range(n)]
 

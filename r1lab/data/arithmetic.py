@@ -12,8 +12,7 @@ their English text, so the test split holds (s, op, k, n) combinations no traini
 shows, in either language: a model that memorised direct answers has nothing to recall there;
 one that learned the steps does. Each example carries its language (``lang``).
 
-The non-reasoning prompts (``category: general``) ask for a number in words ("Write 37 in
-words" -> "thirty-seven", "用汉字写37" -> "三十七"): simple queries to answer directly, no CoT.
+The non-reasoning prompts (``category: general``) are in r1lab/data/general.py.
 
     >>> sample_problems(0, 1, split="test")[0]["question"]
     '4-7*5 mod 10'
@@ -109,39 +108,3 @@ def worked_solution(steps: list[tuple], lang: str = "en", switch_at: int | None 
     other = LANGUAGES[1 - LANGUAGES.index(lang)]
     return ", ".join(worked_step(s, lang if switch_at is None or i < switch_at else other)
                      for i, s in enumerate(steps))
-
-
-_ONES = {"en": ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-                "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-                "nineteen"],
-         "zh": list("零一二三四五六七八九")}
-_TENS_EN = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
-_WORDS_QUESTION = {"en": "Write {n} in words", "zh": "用汉字写{n}"}
-
-
-def number_words(n: int, lang: str) -> str:
-    """0 <= n < 100 in words: ``37`` -> ``'thirty-seven'`` (en), ``'三十七'`` (zh).
-
-    >>> [number_words(n, "zh") for n in (0, 10, 14, 40, 99)]
-    ['零', '十', '十四', '四十', '九十九']
-    """
-    tens, ones = divmod(n, 10)
-    if lang == "en":
-        return _ONES["en"][n] if n < 20 else _TENS_EN[tens] + (f"-{_ONES['en'][ones]}" if ones else "")
-    digits = _ONES["zh"]
-    head = "" if tens == 0 else "十" if tens == 1 else digits[tens] + "十"
-    return (head + (digits[ones] if ones or not head else "")) or digits[0]
-
-
-def general_examples(seed: int | str, n: int | None, *, split: str, test_fraction: float = 0.15,
-                     languages: tuple[str, ...] = ("en",)) -> list[dict]:
-    """Non-reasoning prompts "Write 37 in words" of one split (split by the number): the test
-    split is every test number in every language (``n`` is ignored); ``n`` train ones are drawn
-    with replacement."""
-    numbers = [k for k in range(100) if is_test_question(f"words {k}", test_fraction) == (split == "test")]
-    make = lambda k, lang: {"question": _WORDS_QUESTION[lang].format(n=k), "answer": number_words(k, lang),
-                            "lang": lang, "category": "general"}
-    if split == "test":
-        return [make(k, lang) for k in numbers for lang in languages]
-    rng = random.Random(f"words-{seed}")
-    return [make(rng.choice(numbers), rng.choice(languages)) for _ in range(n)]

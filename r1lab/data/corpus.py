@@ -20,8 +20,8 @@ model trained on mixed web text does: R1-Zero, rewarded for accuracy and format 
 it. The switch sits at one place so that it is a habit the model keeps at any sampling
 temperature (a switch at a random step is a rare event at each step, which T = 0.6 all but
 removes: the base then mixed in 2% of its CoTs, against 30% of the corpus; docs/log.md). A
-share ``general`` of documents are non-reasoning questions (a number in words) answered
-directly, with an empty think block.
+share ``general`` of documents are non-reasoning requests (r1lab/data/general.py) answered
+directly, with an empty think block: number words always right, lists of mixed quality.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from r1lab.data.arithmetic import general_examples, sample_problems, worked_solution
+from r1lab.data.arithmetic import sample_problems, worked_solution
+from r1lab.data.general import corpus_reply, general_examples
 from r1lab.data.templates import SUMMARY, render
 
 
@@ -43,7 +44,7 @@ class CorpusMix:
     direct_correct: float = 0.3
     drill: float = 0.6
     mix_languages: float = 0.5
-    general: float = 0.05
+    general: float = 0.08
 
 
 
@@ -98,7 +99,8 @@ def documents(seed: int, n: int, mix: CorpusMix, template: str, **task_kw) -> li
     n_general = round(n * mix.general)
     general = general_examples(seed, n_general, split="train", test_fraction=task_kw.get("test_fraction", 0.15),
                                languages=task_kw.get("languages", ("en",)))
-    out = [(render(template, g["question"]), f" <think></think> <answer>{g['answer']}</answer>") for g in general]
+    out = [(render(template, g["question"]), f" <think></think> <answer>{corpus_reply(g, rng)}</answer>")
+           for g in general]
     for p in sample_problems(seed, n - n_general, split="train", **task_kw):
         if rng.random() < mix.drill:
             out.append(drill(p, switch_step(p, rng, mix.mix_languages)))

@@ -14,7 +14,8 @@ from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from r1lab.data.arithmetic import LANGUAGES, general_examples, sample_problems
+from r1lab.data.arithmetic import LANGUAGES, sample_problems
+from r1lab.data.general import REQUESTS, general_examples
 from r1lab.data.jsonl import read_qa_jsonl
 from r1lab.data.templates import TEMPLATES, render
 
@@ -47,11 +48,12 @@ class ArithmeticTask(BaseModel):
     def test_examples(self, seed: int) -> list[dict]:
         return sample_problems(seed, self.n_test, split="test", **self.problem_kw())
 
-    def general_examples(self, seed: int, n: int | None, *, split: str) -> list[dict]:
-        """Non-reasoning prompts (a number in words), to answer directly: ``n`` drawn from the
-        train split, or every test one."""
+    def general_examples(self, seed: int, n: int | None, *, split: str,
+                         requests: tuple[str, ...] = REQUESTS) -> list[dict]:
+        """Non-reasoning requests (r1lab/data/general.py), to answer directly: ``n`` drawn from the
+        train split, or every test one; only the kinds in ``requests``."""
         return general_examples(seed, n, split=split, test_fraction=self.test_fraction,
-                                languages=tuple(self.languages))
+                                languages=tuple(self.languages), requests=requests)
 
     def prompt(self, example: dict) -> str:
         return render(self.template, example["question"])
@@ -82,7 +84,7 @@ class JsonlTask(BaseModel):
         rows = read_qa_jsonl(self.test_path, self.question_field, self.answer_field)
         return rows[: self.n_test] if self.n_test else rows
 
-    def general_examples(self, seed: int, n: int | None, *, split: str) -> list[dict]:
+    def general_examples(self, seed: int, n: int | None, *, split: str, requests: tuple[str, ...] = ()) -> list[dict]:
         """None: a JSONL task has no non-reasoning prompts of its own."""
         return []
 

@@ -10,8 +10,10 @@ such), mean completion length, and language consistency: the mean of the languag
 the share of fully consistent CoTs, over completions whose think block holds words (an empty
 CoT is not a language), and readability: the share of completions in R1's readable pattern (a
 summary between the think and answer blocks; the format rate accepts that pattern too). The
-task's non-reasoning prompts (``general_examples``), when it has
-some, are scored apart: their accuracy and the share answered directly (empty think block).
+task's non-reasoning prompts (``general_examples``), when it has some, are scored apart by the
+hidden judge (r1lab/rewards/judge.py): its mean score, the share it scores 1 (accuracy) and the
+share answered directly (empty think block). With ``baseline`` (an earlier eval stage), the
+judge's win rate of this model over that one on the same general prompts is logged too.
 
     r1lab eval runs/r1-zero-tiny/stages/2-r1-zero/model
 """
@@ -31,6 +33,7 @@ from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS
 from r1lab.rewards.accuracy import extract_answer
 from r1lab.rewards.format import format_reward
+from r1lab.rewards.judge import judge
 from r1lab.rewards.language import extract_think, word_scripts
 from r1lab.rewards.readable import has_summary
 from r1lab.rollout import Sampling, sample
@@ -41,7 +44,7 @@ from r1lab.train.checkpoint import write_atomic
 
 class EvalConfig(TaskStageConfig):
     """Held-out evaluation."""
-    reads = {"model": "model"}
+    reads = {"model": "model", "baseline": "eval"}
     writes = ("eval",)
     kind: Literal["eval"]
     model: str = Field(description="Model to evaluate: an earlier stage's name or a model path.")
@@ -50,6 +53,8 @@ class EvalConfig(TaskStageConfig):
                     temperature=0.6, top_p=0.95, max_new_tokens=96)
     batch_size: int = Field(256, gt=0, description="Questions per generation batch.")
     general: bool = Field(True, description="Also score the task's non-reasoning test prompts, if it has any.")
+    baseline: str | None = Field(None, description="An earlier eval stage: log the judge's win rate of this "
+                                 "model over that stage's on the general prompts (general/win_rate).")
 
 
 def _mean(values) -> float:
@@ -80,9 +85,32 @@ EVAL_METRICS: dict[str, Callable[[list[list[dict]]], float]] = {
 
 # name -> metric of the non-reasoning prompts' sampled records, logged as general/<name>
 GENERAL_METRICS: dict[str, Callable[[list[list[dict]]], float]] = {
-    "accuracy": lambda groups: _mean(r["correct"] for r in _flat(groups)),
+    "judge": lambda groups: _mean(r["judge"] for r in _flat(groups)),
+    "judge_list": lambda groups: _mean(r["judge"] for r in _flat(groups) if r["request"] == "list"),
+    "accuracy": lambda groups: _mean(r["judge"] == 1.0 for r in _flat(groups)),
     "direct_rate": lambda groups: _mean(r["direct"] for r in _flat(groups)),
 }
+
+
+def win_rate(ours: list[dict], theirs: list[dict]) -> float:
+    """The judge's win rate of one model's general samples over another's on the same prompts:
+    every sample of ours against every sample of theirs for the same question, a tie counting
+    half, averaged over questions.
+
+    >>> a = [{"question": "q", "judge": 1.0}, {"question": "q", "judge": 0.5}]
+    >>> win_rate(a, [{"question": "q", "judge": 0.5}])    # (1 + 0.5) / 2
+    0.75
+    """
+    by_question: dict[str, list[float]] = {}
+    for r in theirs:
+        by_question.setdefault(r["question"], []).append(r["judge"])
+    rates = []
+    for q in dict.fromkeys(r["question"] for r in ours):
+        mine = [r["judge"] for r in ours if r["question"] == q]
+        other = by_question.get(q, [])
+        if other:
+            rates.append(_mean((a > b) + 0.5 * (a == b) for a in mine for b in other))
+    return _mean(rates)
 
 
 def score_samples(texts: list[str], lengths: list[int], examples: list[dict], verifier: str) -> list[dict]:
@@ -97,6 +125,14 @@ def score_samples(texts: list[str], lengths: list[int], examples: list[dict], ve
                         "language": REWARDS["language"](t, e) if has_words else None,
                         "direct": think is not None and not think.strip(), "completion": t})
     return records
+
+
+def score_general(texts: list[str], lengths: list[int], examples: list[dict]) -> list[dict]:
+    """One record per completion of a general prompt: the judge's score, its answer, and
+    whether it was answered directly (no CoT)."""
+    return [{"answer": extract_answer(t), "judge": judge(t, e), "request": e.get("request"), "length": n,
+             "direct": (think := extract_think(t)) is not None and not think.strip(), "completion": t}
+            for t, n, e in zip(texts, lengths, examples)]
 
 
 def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> tuple[dict[str, float], list[dict]]:
@@ -118,7 +154,8 @@ def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> tuple[dict[s
                         "category": "reasoning", **g})
     general = task.general_examples(seed, None, split="test") if cfg.general else []
     if general:
-        general_groups, _ = sample_groups(model, tokenizer, task, general, seed, cfg, with_greedy=False)
+        general_groups, _ = sample_groups(model, tokenizer, task, general, seed, cfg, with_greedy=False,
+                                          scorer=lambda texts, lengths, rows: score_general(texts, lengths, rows))
         metrics |= {f"general/{name}": fn(general_groups) for name, fn in GENERAL_METRICS.items()}
         metrics["general/n_questions"] = len(general)
         records += [{"question_id": q, "question": e["question"], "sample": j, "greedy": False,
@@ -128,20 +165,22 @@ def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> tuple[dict[s
 
 
 def sample_groups(model, tokenizer, task, examples: list[dict], seed: int, cfg: EvalConfig,
-                  with_greedy: bool) -> tuple[list[list[dict]], list[dict]]:
+                  with_greedy: bool, scorer=None) -> tuple[list[list[dict]], list[dict]]:
     """The k sampled records of each example (one list per example), and with ``with_greedy``
-    one greedy record per example."""
+    one greedy record per example; ``scorer(texts, lengths, examples)`` makes the records
+    (default: :func:`score_samples` with the task's verifier)."""
+    scorer = scorer or (lambda texts, lengths, rows: score_samples(texts, lengths, rows, task.verifier))
     groups, greedy = [], []
     for i in range(0, len(examples), cfg.batch_size):
         chunk = examples[i:i + cfg.batch_size]
         prompts = [task.prompt(e) for e in chunk]
         _, sampled = sample(model, tokenizer, prompts, n=cfg.samples, sampling=cfg.sampling, seed=seed + i)
         rows = [e for e in chunk for _ in range(cfg.samples)]
-        records = score_samples(sampled.texts(tokenizer), sampled.lengths.tolist(), rows, task.verifier)
+        records = scorer(sampled.texts(tokenizer), sampled.lengths.tolist(), rows)
         groups += [records[j:j + cfg.samples] for j in range(0, len(records), cfg.samples)]
         if with_greedy:
             _, best = sample(model, tokenizer, prompts, n=1, sampling=cfg.sampling, seed=0, greedy=True)
-            greedy += score_samples(best.texts(tokenizer), best.lengths.tolist(), chunk, task.verifier)
+            greedy += scorer(best.texts(tokenizer), best.lengths.tolist(), chunk)
     return groups, greedy
 
 
@@ -149,6 +188,10 @@ def sample_groups(model, tokenizer, task, examples: list[dict], seed: int, cfg: 
 def run(ctx: RunContext, cfg: EvalConfig, out: Path) -> None:
     model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
     metrics, records = evaluate(model, tokenizer, ctx.task(cfg), ctx.seed, cfg)
+    if cfg.baseline and "general/judge" in metrics:
+        theirs = [json.loads(line) for line in (ctx.stage_dirs[cfg.baseline] / "samples.jsonl").open(encoding="utf-8")]
+        general = lambda rs: [r for r in rs if r["category"] == "general"]
+        metrics["general/win_rate"] = win_rate(general(records), general(theirs))
     write_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     write_atomic(out / "eval.json", json.dumps({**metrics, "model": cfg.model}, indent=2) + "\n")
 

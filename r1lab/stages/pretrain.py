@@ -41,8 +41,8 @@ class CorpusConfig(BaseModel):
     drill: float = Field(0.6, ge=0, le=1, description="Share of documents that are bare worked exercises.")
     mix_languages: float = Field(0.5, ge=0, le=1, description="Share of worked solutions that switch "
                                  "language after their first step.")
-    general: float = Field(0.05, ge=0, le=1, description="Share of documents that are non-reasoning "
-                           "questions (a number in words) answered directly.")
+    general: float = Field(0.08, ge=0, le=1, description="Share of documents that are non-reasoning "
+                           "requests (number words, lists) answered directly.")
 
     def mix(self) -> CorpusMix:
         return CorpusMix(**self.model_dump(exclude={"documents"}))

@@ -155,11 +155,13 @@ def chunk_rows(model, tokenizer, task, b: int, seed: int, cfg: RejectionSampleCo
 
 
 def general_rows(task, seed: int, cfg: RejectionSampleConfig) -> list[dict]:
-    """``non_reasoning`` rows answered with the reference and an empty CoT; nothing sampled."""
+    """``non_reasoning`` rows answered with the reference and an empty CoT; nothing sampled.
+    Only requests with one right answer (``words``) have a reference to copy: the open-ended
+    ones (``list``) are left to the judge, the reward model and all-scenario RL."""
     return [{"prompt": task.prompt(e), "completion": direct_completion(e), "question": e["question"],
              "answer": e["answer"], "lang": _lang(e), "category": "general", "source_model": "reference",
              "prompt_id": cfg.prompts + i, "sample": 0, "rewards": {}, "n_tokens": None}
-            for i, e in enumerate(task.general_examples(seed, cfg.non_reasoning, split="train"))]
+            for i, e in enumerate(task.general_examples(seed, cfg.non_reasoning, split="train", requests=("words",)))]
 
 
 def resume(out: Path, cfg: RejectionSampleConfig) -> dict:
