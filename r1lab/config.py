@@ -45,7 +45,7 @@ class RunConfig(BaseModel):
 
     def first_problem(self) -> tuple[list, str] | None:
         """(location, message) of the first thing that would fail only once work has started: a
-        reference (a field a stage declares in ``reads``) naming neither an earlier stage that
+        reference (one of a stage's ``references()``) naming neither an earlier stage that
         writes that kind of output nor an existing path, a task a stage cannot run on, or a
         data file that is not there."""
         return self._dangling_reference() or self._task_problem()
@@ -54,11 +54,10 @@ class RunConfig(BaseModel):
         names = [s.name for s in self.stages]
         writers: dict[str, tuple] = {}
         for i, stage in enumerate(self.stages):
-            for field, artifact in stage.reads.items():
-                ref = getattr(stage, field)
-                if not isinstance(ref, str) or artifact in writers.get(ref, ()):
+            for where, ref, artifact in stage.references():
+                if artifact in writers.get(ref, ()):
                     continue
-                loc = ["stages", i, field]
+                loc = ["stages", i, *where]
                 if ref in writers:
                     return loc, f"{ref!r} is an earlier stage, but it writes no {artifact}"
                 if ref in names:

@@ -41,8 +41,7 @@ def stage_dir(run_dir: Path, index: int, name: str) -> Path:
 
 def fingerprint(config: RunConfig, stage, upstream: dict[str, str]) -> str:
     """Hash of a stage's config, the seed, its task, and its inputs (earlier stages' fingerprints)."""
-    inputs = {field: upstream.get(getattr(stage, field), f"path:{getattr(stage, field)}")
-              for field in stage.reads}
+    inputs = {".".join(map(str, where)): upstream.get(ref, f"path:{ref}") for where, ref, _ in stage.references()}
     task = getattr(stage, "task", None) or config.task
     payload = {"stage": stage.model_dump(mode="json"), "seed": config.seed,
                "task": task.model_dump(mode="json"), "inputs": inputs}

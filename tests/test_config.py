@@ -112,7 +112,7 @@ def test_the_registry_is_the_one_list_of_kinds():
     kinds = {c.model_fields["kind"].annotation.__args__[0] for c in union.__origin__.__args__}
     assert kinds == set(STAGES)
     for kind, module in STAGES.items():
-        assert callable(module.run) and set(module.Config.reads.values()) <= {"model", "data"}
+        assert callable(module.run) and set(module.Config.reads.values()) <= {"model", "data", "eval"}
 
 
 def test_pretrain_on_a_jsonl_task_fails_at_load(tmp_path):

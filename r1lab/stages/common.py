@@ -49,6 +49,13 @@ class StageConfig(BaseModel):
     kind: str
     name: PlainName = Field(description="Stage name: its folder, and how later stages refer to its output.")
 
+    def references(self) -> list[tuple[tuple, str, Artifact]]:
+        """(location in this config, reference, what it names) of every earlier stage's output or
+        path this stage reads: its ``reads`` fields that are set; stages with nested references
+        (a reward model inside ``rewards:``) add theirs."""
+        return [((field,), getattr(self, field), artifact) for field, artifact in self.reads.items()
+                if isinstance(getattr(self, field), str)]
+
     def task_problem(self, task) -> str | None:
         """Why this stage cannot run on ``task`` (its own or the run's), or None."""
         return None

@@ -189,7 +189,8 @@ def run(ctx: RunContext, cfg: EvalConfig, out: Path) -> None:
     model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
     metrics, records = evaluate(model, tokenizer, ctx.task(cfg), ctx.seed, cfg)
     if cfg.baseline and "general/judge" in metrics:
-        theirs = [json.loads(line) for line in (ctx.stage_dirs[cfg.baseline] / "samples.jsonl").open(encoding="utf-8")]
+        folder = ctx.stage_dirs.get(cfg.baseline) or Path(cfg.baseline).expanduser()   # a stage, or its folder
+        theirs = [json.loads(line) for line in (folder / "samples.jsonl").open(encoding="utf-8")]
         general = lambda rs: [r for r in rs if r["category"] == "general"]
         metrics["general/win_rate"] = win_rate(general(records), general(theirs))
     write_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
