@@ -167,3 +167,32 @@ def test_bad_override_is_named(tmp_path):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="no such file"):
         load_config("does/not/exist.yaml")
+
+
+def test_a_reward_model_reference_is_checked_at_load(tmp_path):
+    rm = "    rewards: {accuracy: 1.0, reward_model: {weight: 1.0, model: rm}}\n"
+    text = GOOD.replace("    init: base\n", "    init: base\n" + rm, 1)
+    msg = error_of(tmp_path, text)
+    assert "c.yaml:13: stages[1].rewards.reward_model.model: 'rm' is neither an earlier stage" in msg
+    # an earlier stage that writes a model will do, and so does an existing path
+    ok = text.replace("stages:\n", "stages:\n  - {kind: pretrain, name: rm, steps: 1}\n")
+    assert load_config(str(write(tmp_path, ok))).stages[2].references()[-1] == (("rewards", "reward_model", "model"), "rm", "model")
+    load_config(str(write(tmp_path, text.replace("model: rm", f"model: {tmp_path}"))))
+
+
+@pytest.mark.parametrize("spec, msg", [
+    ("{reward_model: 1.0}", "reward 'reward_model' needs {weight: w, model:"),
+    ("{reward_model: {weight: 1, model: m, part: middle}}", "'part' must be 'summary' or 'full'"),
+    ("{reward_model: {weight: 1, model: m, depth: 2}}", "takes no parameter 'depth'"),
+    ("{judge: {weight: 1, last_steps: -1}}", "greater than or equal to 0"),
+])
+def test_bad_learned_reward_specs(tmp_path, spec, msg):
+    assert msg in error_of(tmp_path, GOOD.replace("    init: base\n", f"    init: base\n    rewards: {spec}\n", 1))
+
+
+def test_general_prompts_need_a_task_with_general_requests(tmp_path):
+    (tmp_path / "q.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    task = f"task:\n  kind: jsonl\n  train_path: {tmp_path}/q.jsonl\n  test_path: {tmp_path}/q.jsonl\n"
+    text = GOOD.replace("task:\n  kind: arithmetic\n  n_test: 10\n", task).replace(
+        "  - kind: pretrain\n    name: base\n    steps: 5\n", "").replace("init: base", f"init: {tmp_path}\n    general_prompts: 2")
+    assert "general_prompts needs general requests, which a jsonl task does not have" in error_of(tmp_path, text)

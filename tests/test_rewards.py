@@ -84,3 +84,29 @@ def test_a_reward_spec_carries_weight_and_parameters():
             TypeAdapter(RewardsSpec).validate_python({"lenght": 1.0})
     finally:
         del REWARDS["length_penalty"]
+
+
+def test_rewards_are_routed_by_category():
+    """Rules that need a reference score reasoning prompts; the judge scores general ones; format
+    scores both. A reward that does not apply adds nothing to an example's total."""
+    from r1lab.data.general import make_list
+    from r1lab.rewards import RewardSpec, build_rewards, mean_where_scored, score
+    reasoning = {"question": "1+1*2 mod 10", "answer": "3"}                  # no category: reasoning
+    general = make_list(2, "even", 1, "en")                                  # 2 even numbers in 10..19
+    texts = ["<think>x</think> <answer>3</answer>", "<think></think> <answer>12, 13</answer>"]
+    scorers = build_rewards({"accuracy": 1.0, "format": 0.5, "judge": 2.0})
+    totals, per = score(scorers, ["p", "q"], texts, [reasoning, general])
+    assert per == {"accuracy": [1.0, None], "format": [1.0, 1.0], "judge": [None, 0.5]}
+    assert totals == [1.0 + 0.5, 0.5 + 2.0 * 0.5]
+    assert mean_where_scored(per["judge"]) == 0.5 and mean_where_scored([None]) is None
+    # a spec may route a reward elsewhere: the judge on every example (it reads no reasoning)
+    everywhere = build_rewards({"judge": RewardSpec(weight=1.0, categories=["general", "other"])})
+    assert everywhere[0].categories == ("general", "other")
+    assert score(everywhere, ["q"], texts[1:], [general])[0] == [0.5]
+
+
+def test_last_steps_switches_a_reward_on_at_the_end():
+    from r1lab.rewards import RewardSpec, build_rewards
+    late, always = build_rewards({"judge": RewardSpec(weight=1.0, last_steps=3), "format": 1.0})
+    assert [late.on_at(s, 10) for s in range(10)] == [False] * 7 + [True] * 3
+    assert all(always.on_at(s, 10) for s in range(10))

@@ -7,6 +7,11 @@ turns rewards into group-relative advantages, and takes ``mu`` optimizer steps o
 (r1lab/losses/grpo.py) against the log-probs the batch was sampled under. The reference for
 the k3 KL penalty is the frozen initial model (with ``beta = 0`` none is loaded).
 
+All-scenario RL (R1 sec. 2.3.4) is this stage with ``general_prompts`` of each step's prompts
+drawn from the task's general requests: rewards are routed by an example's category (rules for
+reasoning prompts, a learned ``reward_model`` for general ones; r1lab/rewards/__init__.py), and
+the learned reward may be switched on for the last steps only (``last_steps``).
+
 Departures from the paper: none in the objective; the batch sizes are a laptop's, and the
 tiny default shortens the prompt template (r1lab/data/templates.py). Later variants of the loss
 (DAPO, Dr. GRPO, GSPO, dual clip) and other advantage estimators (batch-std, mean-only, RLOO,
@@ -18,6 +23,7 @@ REINFORCE++) are picked by name with ``loss:`` and ``advantages:`` (docs/algorit
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Literal
@@ -29,7 +35,7 @@ from r1lab.advantages import ADVANTAGE_ESTIMATORS
 from r1lab.losses.common import masked_mean
 from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
-from r1lab.rewards import RewardsSpec, build_rewards, score
+from r1lab.rewards import RewardsSpec, build_rewards, learned_models, mean_where_scored, score
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
@@ -46,6 +52,8 @@ class GrpoConfig(TaskStageConfig):
     init: str = Field(description="Starting policy (and reference): an earlier stage's name or a model path.")
     steps: int = Field(50, gt=0, description="Rollout batches (each followed by mu optimizer steps).")
     prompts_per_step: int = Field(16, gt=0, description="Questions per rollout batch.")
+    general_prompts: int = Field(0, ge=0, description="Of those, how many are the task's general "
+                                 "(non-reasoning) requests: all-scenario RL when > 0.")
     group_size: int = Field(8, ge=2, description="Completions per question (G).")
     mu: int = Field(1, ge=1, description="Optimizer steps per rollout batch (GRPO iterations).")
     micro_batch_size: int = Field(0, ge=0, description="Completions per forward/backward; 0 = all at once.")
@@ -64,6 +72,15 @@ class GrpoConfig(TaskStageConfig):
                                  "r1lab.rewards.REWARDS.")
     checkpoint_every: int = Field(10, gt=0, description="Steps between resumable checkpoints.")
 
+    def references(self):
+        return super().references() + [(("rewards", *where), ref, "model") for where, ref in learned_models(self.rewards)]
+
+    def task_problem(self, task) -> str | None:
+        if self.general_prompts > self.prompts_per_step:
+            return f"general_prompts ({self.general_prompts}) is more than prompts_per_step ({self.prompts_per_step})"
+        if self.general_prompts and not task.general_examples(0, 1, split="train"):
+            return f"general_prompts needs general requests, which a {task.kind} task does not have"
+        return None
 
 
 def loss_keywords(cfg: GrpoConfig, n_tokens: int) -> tuple[dict, bool]:
@@ -131,13 +148,15 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     ref = load_model(ctx.model_path(cfg.init), ctx.device)[0].eval() if cfg.beta > 0 else None
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
                      optimizer_steps=cfg.steps * cfg.mu)
-    scorers = build_rewards(cfg.rewards)
-    # accuracy, format and language consistency are always logged, trained on or not
-    monitors = [s for s in build_rewards({task.verifier: 0.0, "format": 0.0, "language": 0.0})
+    scorers = build_rewards(cfg.rewards, ctx.model_path, ctx.device)
+    # accuracy, format, language consistency and the judge are always logged, trained on or not
+    monitors = [s for s in build_rewards({task.verifier: 0.0, "format": 0.0, "language": 0.0, "judge": 0.0})
                 if s.name not in cfg.rewards]
+    n_general = cfg.general_prompts
     for step in loop.steps():
         t0 = time.time()
-        examples = task.sample_train(seed, step, cfg.prompts_per_step)
+        examples = task.sample_train(seed, step, cfg.prompts_per_step - n_general) + (
+            task.general_examples(f"{seed}-{step}", n_general, split="train") if n_general else [])
         policy.eval()
         prompt_texts = [task.prompt(e) for e in examples]
         prompts, rollout = sample(policy, tokenizer, prompt_texts, n=cfg.group_size,
@@ -146,8 +165,10 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
         texts = rollout.texts(tokenizer)
         rows = [e for e in examples for _ in range(cfg.group_size)]
         row_prompts = [p for p in prompt_texts for _ in range(cfg.group_size)]
-        totals, per_fn = score(scorers, row_prompts, texts, rows)
+        active = [s if s.on_at(step, cfg.steps) else dataclasses.replace(s, weight=0.0) for s in scorers]
+        totals, per_fn = score(active, row_prompts, texts, rows)
         per_fn.update(score(monitors, row_prompts, texts, rows)[1])
+        means = {k: m for k, v in per_fn.items() if (m := mean_where_scored(v)) is not None}
         rewards = torch.tensor(totals)                                       # [N]
         advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](rewards, cfg.group_size)  # [N]
         batch = prompt_completion_batch([p for p in prompts for _ in range(cfg.group_size)],
@@ -163,9 +184,9 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
         n_tokens = int(rollout.mask.sum())
         values = {
             "reward/mean": rewards.mean().item(),
-            **{f"reward/{k}": sum(v) / len(v) for k, v in per_fn.items()},
-            "accuracy": sum(per_fn[task.verifier]) / len(texts),
-            "format_rate": sum(per_fn["format"]) / len(texts),
+            **{f"reward/{k}": m for k, m in means.items()},
+            "accuracy": means.get(task.verifier, 0.0),
+            "format_rate": means["format"],
             "completion_len/mean": rollout.lengths.float().mean().item(),
             "truncated_rate": rollout.finish_reasons.count("length") / len(texts),
             **stats, "lr": loop.lr, "grad_norm": grad_norm,
