@@ -1,0 +1,151 @@
+"""Stage ``reward_model``: a scalar reward model trained on preference pairs with the
+Bradley-Terry loss (Stiennon et al. 2020; InstructGPT, Ouyang et al. 2022, Eq. 1), as DeepSeek-R1
+trains its helpfulness reward model for all-scenario RL (Guo et al. 2025, sec. 2.3.4): the policy's
+architecture with a scalar head, one epoch over the pairs.
+
+The causal LM named by ``init`` gets a new ``score`` head (HF's ``*ForSequenceClassification``
+with one label); each pair's chosen and rejected response are read after its prompt, and the
+loss is -log sigmoid(r(chosen) - r(rejected)) (r1lab/losses/reward_model.py). With
+``on: summary`` (R1's helpfulness) the model sees only the text after the last ``</think>``; with
+``on: full`` (R1's harmlessness) the whole response. Inputs are built and rewards read by the
+functions the scorer uses (r1lab/rewards/learned.py), so a trained model scores pairs in RL
+exactly as it did here. Pairs are shuffled per epoch from the seed (step ``s`` always trains the
+same pairs, so a resumed run equals an unbroken one); a held-out share gives validation accuracy,
+and ``val.json`` holds it for the untrained head and for the trained model.
+
+Departures from the paper: R1 gives no batch size, learning rate or length; InstructGPT's
+K-choose-2 comparisons of one prompt are rows of the pairs file here. The data is pairs from a
+file or an earlier stage (``{"prompt", "chosen", "rejected"}``, see r1lab.data.jsonl.read_pairs).
+
+    - kind: reward_model
+      name: rm
+      init: sft                  # or a model path
+      data: data/prefs.jsonl     # or an earlier stage that writes data.jsonl
+      on: summary
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from r1lab.data.jsonl import DataError, read_pairs
+from r1lab.losses.reward_model import bradley_terry_loss
+from r1lab.models.io import reward_model_from_lm
+from r1lab.rewards.learned import collate_reward_inputs, encode_reward_input, sequence_rewards
+from r1lab.stages.common import StageConfig, block
+from r1lab.stages.context import RunContext
+from r1lab.stages.sft import batch_rows
+from r1lab.train.checkpoint import write_atomic
+from r1lab.train.loop import TrainLoop
+from r1lab.train.optim import Optim
+
+Pair = tuple[list[int], list[int]]          # (chosen ids, rejected ids), prompt included in each
+
+
+class RewardModelConfig(StageConfig):
+    """A Bradley-Terry reward model on preference pairs."""
+    reads = {"init": "model", "data": "data"}
+    writes = ("model",)
+    kind: Literal["reward_model"]
+    init: str = Field(description="Causal LM to put a scalar head on: an earlier stage's name or a model path.")
+    data: str = Field(description="Preference pairs {prompt, chosen, rejected}: an earlier stage that "
+                      "writes data.jsonl, or a JSONL (or JSON array) path.")
+    epochs: int = Field(1, gt=0, description="Passes over the training pairs (R1: 1).")
+    batch_size: int = Field(16, gt=0, description="Pairs per optimizer step.")
+    micro_batch_size: int = Field(0, ge=0, description="Pairs per forward/backward (0 = the whole batch); "
+                                  "gradients accumulate to the full batch's.")
+    max_length: int = Field(1024, gt=1, description="Prompt + response tokens at most; longer rows keep their end.")
+    on: Literal["summary", "full"] = Field("summary", description="What of a response is judged: the text after "
+                                           "the last </think> (R1's helpfulness), or all of it (harmlessness).")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for validation accuracy.")
+    eval_every: int = Field(50, gt=0, description="Steps between validation passes (and at the end).")
+    optim: block(Optim, "Optimizer and schedule.", lr=1e-5, warmup_steps=10, min_lr_ratio=0.1)
+    checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
+
+
+def encode_pairs(rows: list[dict], tokenizer, cfg: RewardModelConfig) -> list[Pair]:
+    """(chosen ids, rejected ids) of each row, as the scorer would build them."""
+    enc = lambda row, key: encode_reward_input(tokenizer, row["prompt"], row[key], on=cfg.on, max_length=cfg.max_length)
+    return [(enc(row, "chosen"), enc(row, "rejected")) for row in rows]
+
+
+def pair_rewards(model, pairs: list[Pair], pad_id: int, ctx: RunContext, *, train: bool,
+                 micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detached [B] rewards of the chosen and the rejected responses, ``micro`` pairs per forward
+    (both sides in one batch). With ``train``, each micro-batch's Bradley-Terry loss is scaled by
+    its share of the pairs and backpropagated, so the gradients add up to the whole batch's."""
+    mb = micro or len(pairs)
+    chosen, rejected = [], []
+    for i in range(0, len(pairs), mb):
+        part = pairs[i:i + mb]
+        batch = collate_reward_inputs([c for c, _ in part] + [r for _, r in part], pad_id)   # [2b, L]
+        with ctx.autocast(), torch.set_grad_enabled(train):
+            rewards = sequence_rewards(model, batch)                                   # [2b]
+            r_c, r_r = rewards[:len(part)], rewards[len(part):]                         # [b], [b]
+            if train:
+                loss, _ = bradley_terry_loss(r_c, r_r)
+                (loss * len(part) / len(pairs)).backward()
+        chosen.append(r_c.detach())
+        rejected.append(r_r.detach())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def validate(model, val: list[Pair], pad_id: int, cfg: RewardModelConfig, ctx: RunContext) -> dict[str, float]:
+    """``val/loss``, ``val/accuracy``, ``val/margin`` over the held-out pairs (eval mode)."""
+    was_training = model.training
+    model.eval()
+    r_c, r_r = pair_rewards(model, val, pad_id, ctx, train=False, micro=cfg.micro_batch_size or cfg.batch_size)
+    model.train(was_training)
+    _, stats = bradley_terry_loss(r_c, r_r)
+    return {f"val/{k}": v for k, v in stats.items()}
+
+
+def split(pairs: list[Pair], fraction: float, seed: int, path: Path) -> tuple[list[Pair], list[Pair]]:
+    """(train, val): a seeded share of the pairs held out, at least one left to train on."""
+    order = list(range(len(pairs)))
+    random.Random(f"rm-val-{seed}").shuffle(order)
+    n_val = min(len(pairs) - 1, math.ceil(fraction * len(pairs))) if fraction > 0 else 0
+    train = [pairs[i] for i in sorted(order[n_val:])]
+    if not train:
+        raise DataError(f"{path}: no pairs left to train on after holding out {n_val} for validation")
+    return train, [pairs[i] for i in order[:n_val]]
+
+
+def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
+    model, tokenizer = reward_model_from_lm(ctx.model_path(cfg.init), ctx.device, ctx.seed)
+    path = ctx.data_path(cfg.data)
+    train, val = split(encode_pairs(read_pairs(path), tokenizer, cfg), cfg.val_fraction, ctx.seed, path)
+    per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    loop = TrainLoop(model, cfg.optim, out, cfg.name, "reward_model", total, cfg.checkpoint_every)
+    pad = tokenizer.pad_token_id
+    summary = json.loads((out / "val.json").read_text()) if (out / "val.json").exists() else {}
+    if val and "start" not in summary:                     # the untrained head, before any step
+        summary["start"] = validate(model, val, pad, cfg, ctx)
+        write_atomic(out / "val.json", json.dumps(summary, indent=1) + "\n")
+    model.train()
+    for step in loop.steps():
+        batch = [train[i] for i in batch_rows(step, len(train), cfg.batch_size, ctx.seed)]
+        r_c, r_r = pair_rewards(model, batch, pad, ctx, train=True, micro=cfg.micro_batch_size)
+        _, stats = bradley_terry_loss(r_c, r_r)
+        grad_norm = loop.optimizer_step()
+        values = {**stats, "reward/chosen": r_c.mean().item(), "reward/rejected": r_r.mean().item(),
+                  "grad_norm": grad_norm, "lr": loop.lr, "epoch": (step + 1) / per_epoch}
+        if val and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
+            values.update(validate(model, val, pad, cfg, ctx))
+            if step + 1 == total:
+                summary["end"] = {k: values[k] for k in ("val/loss", "val/accuracy", "val/margin")}
+        loop.end_step(values, show_keys=("loss", "accuracy"))
+    loop.finish(tokenizer)
+    if val:                                                # "end" is set at the last step, which always runs
+        write_atomic(out / "val.json", json.dumps(summary, indent=1) + "\n")
+
+
+Config = RewardModelConfig
