@@ -1,5 +1,5 @@
 """The reward_model stage and the learned-reward scorer on tiny models: where the reward is
-read, accumulation, learning a preference, resume, the saved model, bad data, ``on: summary``."""
+read, accumulation, learning a preference, resume, the saved model, bad data, ``part: summary``."""
 
 import json
 import random
@@ -85,7 +85,7 @@ def test_reward_is_read_at_the_last_real_token_as_hf_pools_an_unpadded_row(llama
     """The slow reference: HF's own forward (score at every position, then pooled) on one row alone."""
     model, _ = reward_model_from_lm(llama_dir, torch.device("cpu"), seed=0)
     for row in synthetic_pairs(3):
-        batch = reward_inputs(tokenizer, [row["prompt"]], [row["chosen"]], on="full", max_length=512)
+        batch = reward_inputs(tokenizer, [row["prompt"]], [row["chosen"]], part="full", max_length=512)
         with torch.no_grad():
             assert sequence_rewards(model, batch).item() == pytest.approx(model(**batch).logits.item(), abs=1e-6)
 
@@ -99,7 +99,7 @@ def test_padded_batch_gives_each_rows_reward_alone_whatever_the_padding_side(whi
         model.config.pad_token_id = tok.pad_token_id
     rows = synthetic_pairs(4)
     prompts, completions = [r["prompt"] for r in rows], [r["chosen"] + tok.eos_token * (i % 2) for i, r in enumerate(rows)]
-    right = reward_inputs(tok, prompts, completions, on="full", max_length=512)
+    right = reward_inputs(tok, prompts, completions, part="full", max_length=512)
     assert (right["attention_mask"] == 0).any()
     ids = [right["input_ids"][i, right["attention_mask"][i] == 1].tolist() for i in range(len(rows))]
     width = max(map(len, ids))                                          # the same rows, padded on the left
@@ -113,7 +113,7 @@ def test_padded_batch_gives_each_rows_reward_alone_whatever_the_padding_side(whi
 
 
 def test_micro_batches_accumulate_the_full_batch_gradient(llama_dir, tokenizer):
-    pairs = encode_pairs(synthetic_pairs(5), tokenizer, cfg(on="full"))
+    pairs = encode_pairs(synthetic_pairs(5), tokenizer, cfg(part="full"))
     results = []
     for micro in (0, 2):                                                # 5 pairs as 2 + 2 + 1
         model, _ = reward_model_from_lm(llama_dir, torch.device("cpu"), seed=0)
@@ -146,12 +146,12 @@ def test_the_saved_model_loads_in_transformers_and_scores_as_the_stage_did(train
     hf = AutoModelForSequenceClassification.from_pretrained(path).eval()
     model, tok = load_reward_model(path, torch.device("cpu"))
     rows = synthetic_pairs(6, seed=7)
-    scorer = RewardModelScorer(path, torch.device("cpu"), on="summary", batch_size=4)
+    scorer = RewardModelScorer(path, torch.device("cpu"), part="summary", batch_size=4)
     got = scorer([r["prompt"] for r in rows * 2], [r["chosen"] for r in rows] + [r["rejected"] for r in rows], rows * 2)
     r_c, r_r = pair_rewards(model, encode_pairs(rows, tok, cfg()), tok.pad_token_id, CPU, train=False, micro=2)
     assert got == pytest.approx(torch.cat([r_c, r_r]).tolist(), abs=1e-5)  # the scorer == the stage
     assert all(c > r for c, r in zip(r_c, r_r))
-    one = reward_inputs(tok, [rows[0]["prompt"]], [rows[0]["chosen"]], on="summary", max_length=1024)
+    one = reward_inputs(tok, [rows[0]["prompt"]], [rows[0]["chosen"]], part="summary", max_length=1024)
     with torch.no_grad():
         assert hf(**one).logits.item() == pytest.approx(got[0], abs=1e-5)
 
@@ -165,12 +165,12 @@ def test_load_reward_model_refuses_what_is_not_one(llama_dir, tmp_path):
 
 def test_summary_ignores_the_think_block_and_full_does_not(trained, tokenizer):
     completions = [" <think>1+2=3 so 7</think> <answer>7</answer>", " <think>x y z w</think> <answer>7</answer>"]
-    for on, same in (("summary", True), ("full", False)):
-        ids = reward_inputs(tokenizer, ["Q:"] * 2, completions, on=on, max_length=512)["input_ids"]
+    for part, same in (("summary", True), ("full", False)):
+        ids = reward_inputs(tokenizer, ["Q:"] * 2, completions, part=part, max_length=512)["input_ids"]
         assert torch.equal(ids[0], ids[1]) == same
-        scorer = RewardModelScorer(trained / STAGE / "model", torch.device("cpu"), on=on, batch_size=1)
+        scorer = RewardModelScorer(trained / STAGE / "model", torch.device("cpu"), part=part, batch_size=1)
         a, b = scorer(["Q:"] * 2, completions, [{}, {}])
-        assert (a == b) == same, (on, a, b)
+        assert (a == b) == same, (part, a, b)
 
 
 def test_resume_mid_stage_equals_an_unbroken_run(tmp_path, llama_dir, monkeypatch):

@@ -131,7 +131,7 @@ def build_rewards(spec: RewardsSpec, model_path: Callable[[str], Path] = Path, d
         params = entry.params
         if name == "reward_model":
             from r1lab.rewards.learned import RewardModelScorer
-            fn = RewardModelScorer(model_path(params["model"]), device, on=params.get("part", "summary"),
+            fn = RewardModelScorer(model_path(params["model"]), device, part=params.get("part", "summary"),
                                    batch_size=params.get("batch_size", 64))
         else:
             fn = lift(REWARDS[name], **params)

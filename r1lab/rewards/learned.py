@@ -1,6 +1,6 @@
 """A learned reward: a model with a scalar head (trained by the ``reward_model`` stage) scoring
 responses, as DeepSeek-R1's all-scenario RL does for general data (Guo et al. 2025, sec. 2.3.4):
-helpfulness is judged on the final summary only, harmlessness on the whole response (``on``).
+helpfulness is judged on the final summary only, harmlessness on the whole response (``part``).
 
 The model reads the prompt followed by the part of the response it judges, tokenized apart as
 the RL stages tokenize them (the prompt with the tokenizer's special tokens, the response
@@ -26,9 +26,9 @@ On = Literal["summary", "full"]
 THINK_END = "</think>"
 
 
-def response_part(completion: str, on: str) -> str:
-    """What the reward model judges of ``completion``: with ``on="summary"`` the text after the
-    last ``</think>`` (the whole completion when there is none), with ``on="full"`` all of it.
+def response_part(completion: str, part: str) -> str:
+    """What the reward model judges of ``completion``: with ``part="summary"`` the text after the
+    last ``</think>`` (the whole completion when there is none), with ``part="full"`` all of it.
 
     >>> response_part("<think>2+3=5</think> <answer>5</answer>", "summary")
     ' <answer>5</answer>'
@@ -39,19 +39,19 @@ def response_part(completion: str, on: str) -> str:
     >>> response_part("<think>x</think> 5", "full")
     '<think>x</think> 5'
     """
-    if on == "full":
+    if part == "full":
         return completion
-    if on != "summary":
-        raise ValueError(f"on must be 'summary' or 'full', not {on!r}")
+    if part != "summary":
+        raise ValueError(f"part must be 'summary' or 'full', not {part!r}")
     cut = completion.rfind(THINK_END)
     return completion if cut < 0 else completion[cut + len(THINK_END):]
 
 
-def encode_reward_input(tokenizer, prompt: str, completion: str, *, on: str, max_length: int) -> list[int]:
+def encode_reward_input(tokenizer, prompt: str, completion: str, *, part: str, max_length: int) -> list[int]:
     """Token ids of prompt + the judged part of the completion; a longer row keeps its last
     ``max_length`` tokens (the end of the response, where the reward is read)."""
     ids = tokenizer(prompt)["input_ids"]
-    ids = ids + tokenizer(response_part(completion, on), add_special_tokens=False)["input_ids"]
+    ids = ids + tokenizer(response_part(completion, part), add_special_tokens=False)["input_ids"]
     return ids[-max_length:]
 
 
@@ -67,10 +67,10 @@ def collate_reward_inputs(rows: list[list[int]], pad_id: int) -> dict[str, torch
     return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
 
 
-def reward_inputs(tokenizer, prompts: list[str], completions: list[str], *, on: str,
+def reward_inputs(tokenizer, prompts: list[str], completions: list[str], *, part: str,
                   max_length: int) -> dict[str, torch.Tensor]:
     """The reward model's batch for (prompt, completion) rows: the one way train and score build it."""
-    rows = [encode_reward_input(tokenizer, p, c, on=on, max_length=max_length) for p, c in zip(prompts, completions)]
+    rows = [encode_reward_input(tokenizer, p, c, part=part, max_length=max_length) for p, c in zip(prompts, completions)]
     return collate_reward_inputs(rows, tokenizer.pad_token_id)
 
 
@@ -100,11 +100,11 @@ class RewardModelScorer:
     (the shape of :class:`r1lab.rewards.Scorer`'s ``fn``), run under no_grad in eval mode,
     ``batch_size`` rows per forward."""
 
-    def __init__(self, path: str | Path, device: torch.device, on: On = "summary", batch_size: int = 64,
+    def __init__(self, path: str | Path, device: torch.device, part: On = "summary", batch_size: int = 64,
                  max_length: int = 1024):
         self.model, self.tokenizer = load_reward_model(path, device)
-        response_part("", on)                                                       # checks ``on``
-        self.on, self.batch_size, self.max_length = on, batch_size, max_length
+        response_part("", part)                                                     # checks ``part``
+        self.part, self.batch_size, self.max_length = part, batch_size, max_length
 
     @torch.no_grad()
     def __call__(self, prompts: list[str], completions: list[str], examples: list[dict]) -> list[float]:
@@ -112,6 +112,6 @@ class RewardModelScorer:
         out: list[float] = []
         for i in range(0, len(completions), self.batch_size):
             batch = reward_inputs(self.tokenizer, prompts[i:i + self.batch_size], completions[i:i + self.batch_size],
-                                  on=self.on, max_length=self.max_length)
+                                  part=self.part, max_length=self.max_length)
             out += sequence_rewards(self.model, batch).tolist()
         return out

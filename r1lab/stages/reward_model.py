@@ -6,8 +6,8 @@ architecture with a scalar head, one epoch over the pairs.
 The causal LM named by ``init`` gets a new ``score`` head (HF's ``*ForSequenceClassification``
 with one label); each pair's chosen and rejected response are read after its prompt, and the
 loss is -log sigmoid(r(chosen) - r(rejected)) (r1lab/losses/reward_model.py). With
-``on: summary`` (R1's helpfulness) the model sees only the text after the last ``</think>``; with
-``on: full`` (R1's harmlessness) the whole response. Inputs are built and rewards read by the
+``part: summary`` (R1's helpfulness) the model sees only the text after the last ``</think>``; with
+``part: full`` (R1's harmlessness) the whole response. Inputs are built and rewards read by the
 functions the scorer uses (r1lab/rewards/learned.py), so a trained model scores pairs in RL
 exactly as it did here. Pairs are shuffled per epoch from the seed (step ``s`` always trains the
 same pairs, so a resumed run equals an unbroken one); a held-out share gives validation accuracy,
@@ -21,7 +21,7 @@ file or an earlier stage (``{"prompt", "chosen", "rejected"}``, see r1lab.data.j
       name: rm
       init: sft                  # or a model path
       data: data/prefs.jsonl     # or an earlier stage that writes data.jsonl
-      on: summary
+      part: summary
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class RewardModelConfig(StageConfig):
     micro_batch_size: int = Field(0, ge=0, description="Pairs per forward/backward (0 = the whole batch); "
                                   "gradients accumulate to the full batch's.")
     max_length: int = Field(1024, gt=1, description="Prompt + response tokens at most; longer rows keep their end.")
-    on: Literal["summary", "full"] = Field("summary", description="What of a response is judged: the text after "
+    part: Literal["summary", "full"] = Field("summary", description="What of a response is judged: the text after "
                                            "the last </think> (R1's helpfulness), or all of it (harmlessness).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for validation accuracy.")
     eval_every: int = Field(50, gt=0, description="Steps between validation passes (and at the end).")
@@ -72,7 +72,7 @@ class RewardModelConfig(StageConfig):
 
 def encode_pairs(rows: list[dict], tokenizer, cfg: RewardModelConfig) -> list[Pair]:
     """(chosen ids, rejected ids) of each row, as the scorer would build them."""
-    enc = lambda row, key: encode_reward_input(tokenizer, row["prompt"], row[key], on=cfg.on, max_length=cfg.max_length)
+    enc = lambda row, key: encode_reward_input(tokenizer, row["prompt"], row[key], part=cfg.part, max_length=cfg.max_length)
     return [(enc(row, "chosen"), enc(row, "rejected")) for row in rows]
 
 
