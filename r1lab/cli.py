@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(config, run_dir: Path | None) -> int:
-    from r1lab.pipeline import eval_table, run
+    from r1lab.pipeline import run
+    from r1lab.report import eval_table
 
     out = run(config, run_dir)
     table = eval_table(out)
