@@ -13,6 +13,7 @@ r1lab trains reasoning language models the way DeepSeek-R1 was trained.
   r1lab run                      pre-train a tiny model and train it with R1-Zero GRPO (default config)
   r1lab run CONFIG --set k=v     any config (a YAML path or a shipped name) with overrides
   r1lab eval MODEL_DIR           evaluate a saved model on a config's held-out split
+  r1lab report RUN_DIR           write RUN_DIR/report.md and plots/*.png (run writes it at the end)
 """
 
 
@@ -41,18 +42,26 @@ def main(argv: list[str] | None = None) -> int:
     eval_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, as for run")
 
+    report_p = sub.add_parser("report", help="write a run's report.md and plots",
+                              description="Write RUN_DIR/report.md (stages, eval table, data stats, "
+                              "training curves) and its plots in RUN_DIR/plots/; prints the report's path.")
+    report_p.add_argument("run_dir", type=Path, help="a run directory (runs/<name>)")
+
     args = parser.parse_args(argv)
     from r1lab.config import ConfigError, load_config
     from r1lab.data.jsonl import DataError
     from r1lab.models.io import CheckpointError
     from r1lab.pipeline import RunDirError
+    from r1lab.report import ReportError
 
     try:
+        if args.command == "report":
+            return cmd_report(args.run_dir)
         config = load_config(args.config, args.overrides)
         if args.command == "run":
             return cmd_run(config, args.run_dir)
         return cmd_eval(config, args.model)
-    except (ConfigError, DataError, CheckpointError, RunDirError) as e:
+    except (ConfigError, DataError, CheckpointError, RunDirError, ReportError) as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -61,13 +70,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_run(config, run_dir: Path | None) -> int:
-    from r1lab.pipeline import eval_table, run
+    from r1lab.pipeline import run
+    from r1lab.report import eval_table, write_report
 
     out = run(config, run_dir)
     table = eval_table(out)
     print(f"\nrun directory: {out}")
     if table:
         print(table)
+    print(f"report: {write_report(out)}")
+    return 0
+
+
+def cmd_report(run_dir: Path) -> int:
+    from r1lab.report import write_report
+
+    print(write_report(run_dir))
     return 0
 
 

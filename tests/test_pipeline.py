@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from r1lab.config import load_config
-from r1lab.pipeline import eval_table, run
+from r1lab.pipeline import run
+from r1lab.report import eval_table
 from r1lab.train.metrics import read_metrics
 
 GRPO_METRICS = {"stage", "step", "time_s", "reward/mean", "reward/accuracy", "reward/format", "accuracy",
