@@ -22,8 +22,7 @@ CPU = RunContext(config=None, run_dir=None, device=torch.device("cpu"))
 
 
 def make_pairs(n: int, seed: int = 0) -> list[dict]:
-    """Learnable preferences: the same tokens in either order, the chosen one answer first (the
-    order the initial tiny model finds less likely: logp_accuracy starts at 0)."""
+    """Learnable preferences: the same tokens in either order, the chosen one answer first."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
@@ -96,9 +95,19 @@ stages:
 """
 
 
+def against_the_start(rows: list[dict], llama_dir) -> list[dict]:
+    """Each pair turned so that its chosen response is the one the initial model finds less
+    likely: then logp_accuracy starts at 0, whatever the tokenizer makes of the two orders."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model, tok = AutoModelForCausalLM.from_pretrained(llama_dir), AutoTokenizer.from_pretrained(llama_dir)
+    logps = reference_logprobs(model, encode_pairs(rows, tok, 512), tok.pad_token_id, CPU, micro=8)
+    return [r if c.sum() < j.sum() else {**r, "chosen": r["rejected"], "rejected": r["chosen"]}
+            for r, (c, j) in zip(rows, logps)]
+
+
 def write_run(tmp_path, llama_dir, epochs, loss="dpo", n=32):
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in make_pairs(n)))
+    data.write_text("".join(json.dumps(r) + "\n" for r in against_the_start(make_pairs(n), llama_dir)))
     path = tmp_path / f"dpo-{loss}.yaml"
     path.write_text(CONFIG % (llama_dir, data, loss, epochs))
     return path

@@ -55,7 +55,7 @@ def run_dir(tmp_path):
     (st / "3-sft-data/DONE").write_text(json.dumps({"seconds": 2.0}))
     # all-scenario RL, unfinished (no DONE, last line cut by a crash): RM score up, judge down
     _write(st / "4-all-rl/metrics.jsonl", [{"stage": "all-rl", "step": s, "time_s": s, "reward/mean": 0.1 * s,
-                                            "reward/reward_model": 0.2 * s, "judge/mean": 5 - 0.1 * s}
+                                            "reward/reward_model": 0.2 * s, "reward/judge": 5 - 0.1 * s}
                                            for s in range(1, 9)])
     with (st / "4-all-rl/metrics.jsonl").open("a") as f:
         f.write('{"stage": "all-rl", "step": 9, "rew')
@@ -95,7 +95,7 @@ def test_report_writes_markdown_and_plots(run_dir):
         assert status in md
     assert "peak RSS (MB)" in md and "| 812 |" in md and "| 12.5 |" in md
     for metric in ("step 20, loss 0.3, val_loss 0.325", "reward/mean 0.8", "accuracy 0.4", "completion_len/mean 38",
-                   "reward/reward_model 1.6", "judge/mean 4.2", "val/accuracy 1.1", "general/judge 0.3",
+                   "reward/reward_model 1.6", "reward/judge 4.2", "val/accuracy 1.1", "general/judge 0.3",
                    "kept 7", "drawn 32"):
         assert metric in md, metric
     assert "| base | 0.250 | 0.400 | - |" in md and "| all-rl | 0.500 | - |" in md     # the eval table

@@ -28,7 +28,7 @@ LOSS_PANELS = [("loss", ["loss", "val_loss", "val/*"], "log")]     # log: linear
 PANELS = {"grpo": RL_PANELS, "ppo": RL_PANELS, "pretrain": LOSS_PANELS, "sft": LOSS_PANELS,
           "distill": LOSS_PANELS, "dpo": LOSS_PANELS, "reward_model": LOSS_PANELS}
 # learned reward against the hidden judge: drawn together when a stage logged both
-HACKING = ("reward/reward_model", "judge/mean")
+HACKING = ("reward/reward_model", "reward/judge")
 # (bar chart title, eval.json key) of the model comparison
 BARS = [("pass@1", "pass@1"), ("cons@k", "cons@k"), ("language consistency", "language_consistency"),
         ("general/judge", "general/judge")]

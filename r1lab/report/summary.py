@@ -22,7 +22,7 @@ from r1lab.train.checkpoint import write_atomic
 # the final values shown in the stage table, per kind (fnmatch patterns over metrics.jsonl's
 # last values, eval.json and stats.json)
 RL_FINAL = ["step", "reward/mean", "accuracy", "format_rate", "reward/language", "completion_len/mean", "kl",
-            "reward/reward_model", "judge/mean"]
+            "reward/reward_model", "reward/judge"]
 LOSS_FINAL = ["step", "loss", "val_loss", "val/*"]
 FINAL = {"grpo": RL_FINAL, "ppo": RL_FINAL, "pretrain": LOSS_FINAL, "sft": LOSS_FINAL, "distill": LOSS_FINAL,
          "dpo": LOSS_FINAL, "reward_model": LOSS_FINAL, "eval": ["pass@1", "cons@k", "general/judge"],

@@ -9,7 +9,8 @@ from pathlib import Path
 EVAL_COLUMNS = [("pass@1", "pass@1", ".3f"), ("cons@k", "cons@k", ".3f"), ("greedy", "greedy_accuracy", ".3f"),
                 ("format", "format_rate", ".3f"), ("lang", "language_consistency", ".3f"),
                 ("lang=1", "language_consistent_rate", ".3f"), ("readable", "readability", ".3f"),
-                ("general", "general/accuracy", ".3f"), ("direct", "general/direct_rate", ".3f"),
+                ("general", "general/accuracy", ".3f"), ("judge", "general/judge", ".3f"),
+                ("win", "general/win_rate", ".3f"), ("direct", "general/direct_rate", ".3f"),
                 ("length", "completion_len/mean", ".1f")]
 
 
