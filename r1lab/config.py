@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from r1lab.data.tasks import Task
 from r1lab.stages import STAGES
 from r1lab.stages.common import PlainName
+from r1lab.stages.lineage import tokenizer_problem
 
 DEFAULT_CONFIG = "r1-zero-tiny"
 
@@ -46,9 +47,10 @@ class RunConfig(BaseModel):
     def first_problem(self) -> tuple[list, str] | None:
         """(location, message) of the first thing that would fail only once work has started: a
         reference (one of a stage's ``references()``) naming neither an earlier stage that
-        writes that kind of output nor an existing path, a task a stage cannot run on, or a
-        data file that is not there."""
-        return self._dangling_reference() or self._task_problem()
+        writes that kind of output nor an existing path, a task a stage cannot run on, a
+        data file that is not there, or models that must share a tokenizer and do not
+        (r1lab/stages/lineage.py)."""
+        return self._dangling_reference() or self._task_problem() or tokenizer_problem(self)
 
     def _dangling_reference(self) -> tuple[list, str] | None:
         names = [s.name for s in self.stages]

@@ -45,6 +45,9 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reads: ClassVar[dict[str, Artifact]] = {}     # field -> what it names: an earlier stage's output or a path
     writes: ClassVar[tuple[Artifact, ...]] = ()   # what later stages may read from this one
+    # model fields whose models must share one tokenizer, checked at load (r1lab/stages/lineage.py);
+    # a stage that writes a model is traced back through its ``init`` field
+    same_tokenizer: ClassVar[tuple[str, ...]] = ()
 
     kind: str
     name: PlainName = Field(description="Stage name: its folder, and how later stages refer to its output.")

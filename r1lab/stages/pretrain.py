@@ -77,10 +77,26 @@ def pack(docs: list[list[int]], seq_len: int) -> torch.Tensor:
     return stream[: rows * seq_len].view(rows, seq_len)
 
 
+def corpus_and_tokenizer(cfg: PretrainConfig, task, seed: int):
+    """The corpus documents and the BPE tokenizer trained on their first 3000. The tokenizer is
+    a function of exactly :func:`tokenizer_settings`; keep the two in step."""
+    docs = documents(seed, cfg.corpus.documents, cfg.corpus.mix(), task.template, **task.problem_kw())
+    return docs, train_tokenizer([p + c for p, c in docs[:3000]], cfg.model.vocab_size)
+
+
+def tokenizer_settings(cfg: PretrainConfig, task, seed: int) -> dict:
+    """What the stage's tokenizer depends on: two pretrain stages with equal settings train the
+    same tokenizer, whatever their model shape or steps (the config check of shared tokenizers
+    compares these)."""
+    return {"seed": seed, "task.template": task.template,
+            **{f"task.{k}": v for k, v in task.problem_kw().items()},
+            **{f"corpus.{k}": v for k, v in cfg.corpus.model_dump().items()},
+            "model.vocab_size": cfg.model.vocab_size}
+
+
 def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
     seed, task = ctx.seed, ctx.task(cfg)
-    docs = documents(seed, cfg.corpus.documents, cfg.corpus.mix(), task.template, **task.problem_kw())
-    tokenizer = train_tokenizer([p + c for p, c in docs[:3000]], cfg.model.vocab_size)
+    docs, tokenizer = corpus_and_tokenizer(cfg, task, seed)
     eos = tokenizer.eos_token_id
     prompt_ids = tokenizer([p for p, _ in docs])["input_ids"]
     completion_ids = tokenizer([c for _, c in docs])["input_ids"]

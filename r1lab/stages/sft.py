@@ -57,16 +57,21 @@ class SftConfig(StageConfig):
     checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
 
 
+def prompt_and_completion(row: dict, tokenizer) -> tuple[str, str]:
+    """A row's prompt text (chat rows rendered with the tokenizer's template, up to the
+    assistant's turn) and its completion text."""
+    if "messages" in row:
+        prompt = tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
+        return prompt, row["messages"][-1]["content"]
+    return row["prompt"], row["completion"]
+
+
 def encode(rows: list[dict], tokenizer, max_length: int) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, completion ids + EOS) per row, the completion cut to fit ``max_length``.
     Prompt and completion are tokenized apart, exactly as the RL stages see them."""
     out = []
     for row in rows:
-        if "messages" in row:
-            prompt = tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
-            completion = row["messages"][-1]["content"]
-        else:
-            prompt, completion = row["prompt"], row["completion"]
+        prompt, completion = prompt_and_completion(row, tokenizer)
         p = tokenizer(prompt)["input_ids"]
         c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         out.append((p, c[:max(1, max_length - len(p))]))
@@ -94,6 +99,18 @@ def batch_rows(step: int, n_rows: int, batch_size: int, seed: int) -> list[int]:
     return order[i * batch_size:(i + 1) * batch_size]
 
 
+def split_rows(rows: list, val_fraction: float, seed: int, path: Path) -> tuple[list, list]:
+    """(train, val): a seeded random ``val_fraction`` of ``rows`` held out (at least one row
+    is left to train on); train keeps the file's order."""
+    order = list(range(len(rows)))
+    random.Random(f"sft-val-{seed}").shuffle(order)
+    n_val = min(len(rows) - 1, math.ceil(val_fraction * len(rows))) if val_fraction > 0 else 0
+    train = [rows[i] for i in sorted(order[n_val:])]
+    if not train:
+        raise DataError(f"{path}: no rows left to train on after holding out {n_val} for validation")
+    return train, [rows[i] for i in order[:n_val]]
+
+
 def nll_batch(model, pairs, pad_id: int, cfg: SftConfig, ctx: RunContext, *, train: bool, micro: int) -> float:
     """Loss of ``pairs`` as one batch, computed ``micro`` rows at a time; with ``train`` the
     gradients accumulate to the whole batch's. Returns the loss."""
@@ -116,15 +133,8 @@ def nll_batch(model, pairs, pad_id: int, cfg: SftConfig, ctx: RunContext, *, tra
 def run(ctx: RunContext, cfg: SftConfig, out: Path) -> None:
     model, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
     path = ctx.data_path(cfg.data)
-    rows = read_sft_jsonl(path)
-    pairs = encode(rows, tokenizer, cfg.max_length)
-    order = list(range(len(pairs)))
-    random.Random(f"sft-val-{ctx.seed}").shuffle(order)
-    n_val = min(len(pairs) - 1, math.ceil(cfg.val_fraction * len(pairs))) if cfg.val_fraction > 0 else 0
-    val = [pairs[i] for i in order[:n_val]]
-    train = [pairs[i] for i in sorted(order[n_val:])]
-    if not train:
-        raise DataError(f"{path}: no rows left to train on after holding out {n_val} for validation")
+    pairs = encode(read_sft_jsonl(path), tokenizer, cfg.max_length)
+    train, val = split_rows(pairs, cfg.val_fraction, ctx.seed, path)
     total = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
     loop = TrainLoop(model, cfg.optim, out, cfg.name, "sft", total, cfg.checkpoint_every)
     pad = tokenizer.pad_token_id

@@ -41,17 +41,23 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: f
     applied chunk by chunk, so besides the model's own logits and their gradient no [N, L, V]
     float copy is made.
     """
+    logits, ids = completion_logits(model, batch)                              # [N, L, V], [N, L]
+    if with_entropy:
+        return chunked_token_logprobs_and_entropy(logits, ids, CHUNK_SIZE, temperature=temperature)
+    return chunked_token_logprobs(logits, ids, CHUNK_SIZE, temperature=temperature), None
+
+
+def completion_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits that predict each completion token, a [N, L, V] view of the model's output,
+    and the completion ids [N, L] on the model's device. Only the L + 1 logits after the prompt
+    are asked for where the model's forward takes HF's ``logits_to_keep``."""
     device = next(model.parameters()).device
     n_completion = batch["completion_mask"].shape[1]
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
     if _takes_logits_to_keep(type(model)):
         inputs["logits_to_keep"] = n_completion + 1
     logits = model(**inputs).logits                            # [N, L+1, V], or [N, P+L, V] without
-    logits = logits[:, -n_completion - 1:-1]                    # [N, L, V] view: predicts the completion
-    ids = inputs["input_ids"][:, -n_completion:]                               # [N, L]
-    if with_entropy:
-        return chunked_token_logprobs_and_entropy(logits, ids, CHUNK_SIZE, temperature=temperature)
-    return chunked_token_logprobs(logits, ids, CHUNK_SIZE, temperature=temperature), None
+    return logits[:, -n_completion - 1:-1], inputs["input_ids"][:, -n_completion:]
 
 
 @functools.cache
