@@ -8,8 +8,8 @@ block, not a duplicate. ``rewrite`` puts each kept completion into the readable 
 (reasoning, summary, answer; r1lab/rewards/readable.py), as for the cold-start data made from
 R1-Zero output; ``non_reasoning`` adds rows answered directly, with an empty CoT. Rows go to
 ``data.jsonl`` for an ``sft`` stage, counts to ``stats.json``. Questions are drawn and sampled
-``batch_size`` at a time, each chunk committed to ``data.partial.jsonl`` + ``progress.json``,
-so a crash loses at most one chunk and the resumed file equals an unbroken run's.
+``batch_size`` at a time, each chunk committed as it is made (r1lab/data/chunked.py), so a
+crash loses at most one chunk and the resumed file equals an unbroken run's.
 
 Departures from the paper: the filters are rules (the paper names what it drops, not how),
 and no DeepSeek-V3 judge scores answers a rule cannot check; the cold-start summary is a fixed
@@ -25,9 +25,7 @@ from was itself trained on the readable pattern. Sizes are a laptop's (R1: ~600k
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -35,15 +33,15 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, Field, model_validator
 
-from r1lab.rewards.readable import direct_completion, readable, repeat_ratio
+from r1lab.data.chunked import ChunkedJsonl
 from r1lab.models.io import load_model
+from r1lab.rewards.readable import direct_completion, readable, repeat_ratio
 from r1lab.rewards import REWARDS
 from r1lab.rewards.format import format_reward
 from r1lab.rewards.language import detect_language
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.train.checkpoint import write_atomic
 
 class Filters(BaseModel, extra="forbid"):
     """What a sampled completion must pass to be kept (the ``filters:`` block)."""
@@ -164,57 +162,27 @@ def general_rows(task, seed: int, cfg: RejectionSampleConfig) -> list[dict]:
             for i, e in enumerate(task.general_examples(seed, cfg.non_reasoning, split="train", requests=("words",)))]
 
 
-def resume(out: Path, cfg: RejectionSampleConfig) -> dict:
-    """Progress so far (chunks done, rows written, stats); ``data.partial.jsonl`` is cut back
-    to the rows it records, dropping any a crash appended after the last commit."""
-    partial, progress = out / "data.partial.jsonl", out / "progress.json"
-    if not progress.exists():
-        for name in ("data.partial.jsonl", "data.jsonl", "stats.json"):
-            (out / name).unlink(missing_ok=True)
-        return {"chunks": 0, "rows": 0, "stats": {
-            "prompts": 0, "drawn": 0, "kept": 0, "removed": dict.fromkeys((*FILTERS, "over_keep"), 0),
-            "kept_per_prompt": {str(k): 0 for k in range(min(cfg.keep, cfg.samples) + 1)}, "non_reasoning": 0}}
-    state = json.loads(progress.read_text())
-    if partial.exists():
-        data, end = partial.read_bytes(), 0
-        for _ in range(state["rows"]):
-            end = data.find(b"\n", end) + 1
-            if end == 0:
-                raise RuntimeError(f"{partial}: fewer rows than the {state['rows']} that {progress} records")
-        with open(partial, "r+b") as f:
-            f.truncate(end)
-            os.fsync(f.fileno())
-    elif not (out / "data.jsonl").exists():
-        raise RuntimeError(f"{progress} records {state['rows']} rows, but {partial} is missing")
-    return state
+def fresh_stats(cfg: RejectionSampleConfig) -> dict:
+    return {"prompts": 0, "drawn": 0, "kept": 0, "removed": dict.fromkeys((*FILTERS, "over_keep"), 0),
+            "kept_per_prompt": {str(k): 0 for k in range(min(cfg.keep, cfg.samples) + 1)}, "non_reasoning": 0}
 
 
 @torch.no_grad()
 def run(ctx: RunContext, cfg: RejectionSampleConfig, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    task, partial = ctx.task(cfg), out / "data.partial.jsonl"
-    state = resume(out, cfg)
+    task, writer = ctx.task(cfg), ChunkedJsonl(out, fresh_stats(cfg))
     n_chunks = math.ceil(cfg.prompts / cfg.batch_size)
     model = tokenizer = None
-    for b in range(state["chunks"], n_chunks + (cfg.non_reasoning > 0)):   # the general rows last
+    for b in range(writer.chunks, n_chunks + (cfg.non_reasoning > 0)):   # the general rows last
         if b == n_chunks:
             rows = general_rows(task, ctx.seed, cfg)
-            state["stats"]["non_reasoning"] = len(rows)
+            writer.stats["non_reasoning"] = len(rows)
         else:
             if model is None:
                 model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
                 model.eval()
-            rows = chunk_rows(model, tokenizer, task, b, ctx.seed, cfg, state["stats"])
-        with open(partial, "ab") as f:     # append, then commit: progress.json is the commit point
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        state["chunks"], state["rows"] = b + 1, state["rows"] + len(rows)
-        write_atomic(out / "progress.json", json.dumps(state, ensure_ascii=False) + "\n")
-    if partial.exists():          # absent only when a crash came after this rename
-        os.replace(partial, out / "data.jsonl")
-    write_atomic(out / "stats.json", json.dumps(state["stats"], indent=2) + "\n")
-    (out / "progress.json").unlink()
+            rows = chunk_rows(model, tokenizer, task, b, ctx.seed, cfg, writer.stats)
+        writer.commit(rows)
+    writer.finish()
 
 
 Config = RejectionSampleConfig
