@@ -5,7 +5,7 @@
 the CLI all derive from it. A new stage is one module plus one entry here.
 """
 
-from r1lab.stages import distill, dpo, eval, grpo, pretrain, rejection_sample, reward_model, sft
+from r1lab.stages import distill, dpo, eval, grpo, preference_pairs, pretrain, rejection_sample, reward_model, sft
 
 STAGES = {"pretrain": pretrain, "sft": sft, "grpo": grpo, "rejection_sample": rejection_sample,
-          "reward_model": reward_model, "dpo": dpo, "distill": distill, "eval": eval}
+          "preference_pairs": preference_pairs, "reward_model": reward_model, "dpo": dpo, "distill": distill, "eval": eval}

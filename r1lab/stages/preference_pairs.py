@@ -1,0 +1,106 @@
+"""Stage ``preference_pairs``: preference pairs on general requests, labelled by the hidden judge,
+for a reward model (``reward_model``) or DPO (``dpo``) to learn from.
+
+DeepSeek-R1's helpfulness reward model learns from preference pairs that DeepSeek-V3 labels
+(Guo et al. 2025, sec. 2.3.4); here the rule judge of r1lab/rewards/judge.py stands in for
+that labeller. The stage draws ``prompts`` of the task's general training requests, samples
+``samples`` replies to each from ``model``, scores them with the judge and keeps, per prompt,
+the best reply as ``chosen`` and the worst as ``rejected`` when their scores differ by at least
+``min_gap`` (the first in sample order wins a tie). Rows go to ``data.jsonl``
+(``{"prompt", "chosen", "rejected", "chosen_score", "rejected_score", ...}``), counts to
+``stats.json``; chunks of ``batch_size`` prompts are committed as they are made, so a crash
+loses at most one (r1lab/data/chunked.py).
+
+Departures from the paper: a rule judge, not a model, labels the pairs; one pair per prompt
+(best against worst), as in best-of-n preference data, not every ranked pair.
+
+    - {kind: preference_pairs, name: pairs, model: r1, prompts: 512, samples: 8}
+    - {kind: reward_model, name: rm, init: r1, data: pairs}
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from r1lab.data.chunked import ChunkedJsonl
+from r1lab.data.general import REQUESTS
+from r1lab.models.io import load_model
+from r1lab.rewards.judge import judge
+from r1lab.rollout import Sampling, sample
+from r1lab.stages.common import TaskStageConfig, block
+from r1lab.stages.context import RunContext
+
+
+class PreferencePairsConfig(TaskStageConfig):
+    """Judge-labelled preference pairs on general requests."""
+    reads = {"model": "model"}
+    writes = ("data",)
+    kind: Literal["preference_pairs"]
+    model: str = Field(description="Model whose replies are paired: an earlier stage's name or a model path.")
+    prompts: int = Field(256, gt=0, description="General training requests drawn.")
+    samples: int = Field(8, ge=2, description="Replies sampled per request.")
+    min_gap: float = Field(0.25, gt=0, description="Least judge-score gap between chosen and rejected.")
+    requests: list[Literal[REQUESTS]] = Field(list(REQUESTS), min_length=1, description="Kinds of general request drawn.")
+    batch_size: int = Field(64, gt=0, description="Requests per generation call and per resumable chunk.")
+    sampling: block(Sampling, "How replies are sampled.", temperature=1.0, top_p=1.0, max_new_tokens=48)
+
+    def task_problem(self, task) -> str | None:
+        if not task.general_examples(0, 1, split="train", requests=tuple(self.requests)):
+            return f"preference pairs need general requests, which a {task.kind} task does not have"
+        return None
+
+
+def best_and_worst(scores: list[float]) -> tuple[int, int]:
+    """Indices of the highest and the lowest score, the first of each in a tie.
+
+    >>> best_and_worst([0.5, 1.0, 0.0, 1.0, 0.0])
+    (1, 2)
+    """
+    return max(range(len(scores)), key=lambda i: (scores[i], -i)), min(range(len(scores)), key=lambda i: (scores[i], i))
+
+
+def chunk_pairs(model, tokenizer, task, b: int, seed: int, cfg: PreferencePairsConfig, stats: dict) -> list[dict]:
+    """Draw, sample, judge and pair chunk ``b``; the pairs (``stats`` is updated)."""
+    first = b * cfg.batch_size
+    examples = task.general_examples(f"{seed}-pairs-{b}", min(cfg.batch_size, cfg.prompts - first), split="train",
+                                     requests=tuple(cfg.requests))
+    prompts = [task.prompt(e) for e in examples]
+    _, rollout = sample(model, tokenizer, prompts, n=cfg.samples, sampling=cfg.sampling, seed=seed * 1_000_003 + b)
+    texts, k, rows = rollout.texts(tokenizer), cfg.samples, []
+    for i, (example, prompt) in enumerate(zip(examples, prompts)):
+        replies = texts[i * k:(i + 1) * k]
+        scores = [judge(t, example) for t in replies]
+        stats["judge_sum"] += sum(scores)
+        hi, lo = best_and_worst(scores)
+        if scores[hi] - scores[lo] < cfg.min_gap:
+            stats["no_gap"] += 1
+            continue
+        rows.append({"prompt": prompt, "chosen": replies[hi], "rejected": replies[lo],
+                     "chosen_score": scores[hi], "rejected_score": scores[lo], "question": example["question"],
+                     "lang": example["lang"], "category": example["category"], "request": example["request"],
+                     "source_model": cfg.model, "prompt_id": first + i})
+    stats["prompts"] += len(examples)
+    stats["pairs"] += len(rows)
+    return rows
+
+
+@torch.no_grad()
+def run(ctx: RunContext, cfg: PreferencePairsConfig, out: Path) -> None:
+    task = ctx.task(cfg)
+    writer = ChunkedJsonl(out, {"prompts": 0, "pairs": 0, "no_gap": 0, "judge_sum": 0.0})
+    model = tokenizer = None
+    for b in range(writer.chunks, math.ceil(cfg.prompts / cfg.batch_size)):
+        if model is None:
+            model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
+            model.eval()
+        writer.commit(chunk_pairs(model, tokenizer, task, b, ctx.seed, cfg, writer.stats))
+    writer.stats["judge_mean"] = writer.stats.pop("judge_sum") / max(1, writer.stats["prompts"] * cfg.samples)
+    writer.finish()
+
+
+Config = PreferencePairsConfig
