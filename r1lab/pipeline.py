@@ -2,7 +2,7 @@
 
     runs/<name>/config.yaml              the resolved config, as last run
     runs/<name>/stages/<i>-<name>/       model/, data.jsonl, metrics.jsonl, eval.json, checkpoint/,
-                                         FINGERPRINT, DONE
+                                         FINGERPRINT, DONE (seconds and peak RSS of the stage)
 
 Each stage records a fingerprint of what determines its output: its own config, the run's
 seed, the task it draws from, and the fingerprints of the stages it reads (a path input counts
@@ -33,6 +33,24 @@ from r1lab.train.checkpoint import write_atomic
 
 class RunDirError(ValueError):
     """The run directory holds a different run."""
+
+
+def reset_peak_rss() -> None:
+    """Start a new high-water mark of this process's resident memory (Linux: clear_refs 5),
+    so each stage's DONE records its own peak; elsewhere a no-op."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float | None:
+    """This process's resident-memory high-water mark (VmHWM) in MB since the last reset."""
+    try:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return None
+    return round(int(line.split()[1]) / 1024, 1)
 
 
 def stage_dir(run_dir: Path, index: int, name: str) -> Path:
@@ -90,7 +108,9 @@ def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         write_atomic(out / "FINGERPRINT", fp + "\n")
         t0 = time.time()
+        reset_peak_rss()
         STAGES[stage.kind].run(ctx, stage, out)
-        write_atomic(out / "DONE", json.dumps({"seconds": round(time.time() - t0, 1)}) + "\n")
+        done = {"seconds": round(time.time() - t0, 1), "peak_rss_mb": peak_rss_mb()}
+        write_atomic(out / "DONE", json.dumps(done) + "\n")
     return run_dir
 

@@ -303,3 +303,13 @@ def test_real_model_config_without_the_model_fails_clearly():
     from r1lab.config import ConfigError
     with pytest.raises(ConfigError, match=r"r1-zero-qwen2.5-0.5b-gsm8k.yaml:24: stages\[0\].model: 'models/Qwen2.5-0.5B'"):
         load_config("r1-zero-qwen2.5-0.5b-gsm8k")
+
+
+def test_peak_rss_is_per_stage():
+    """After a reset the high-water mark forgets an earlier, larger allocation."""
+    from r1lab.pipeline import peak_rss_mb, reset_peak_rss
+    big = torch.ones(64, 1024, 1024)                                # 256 MB, touched
+    high = peak_rss_mb()
+    del big
+    reset_peak_rss()
+    assert high - peak_rss_mb() > 200
