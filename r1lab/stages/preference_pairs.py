@@ -6,13 +6,13 @@ DeepSeek-R1's helpfulness reward model learns from preference pairs that DeepSee
 that labeller. The stage draws ``prompts`` of the task's general training requests, samples
 ``samples`` replies to each from ``model``, scores them with the judge and keeps, per prompt,
 the best reply as ``chosen`` and the worst as ``rejected`` when their scores differ by at least
-``min_gap`` (the first in sample order wins a tie). Rows go to ``data.jsonl``
+``min_gap`` (the first in sample order wins a tie), or with ``pairing: all`` every two distinct
+replies whose scores differ that much (InstructGPT's K-choose-2 comparisons). Rows go to ``data.jsonl``
 (``{"prompt", "chosen", "rejected", "chosen_score", "rejected_score", ...}``), counts to
 ``stats.json``; chunks of ``batch_size`` prompts are committed as they are made, so a crash
 loses at most one (r1lab/data/chunked.py).
 
-Departures from the paper: a rule judge, not a model, labels the pairs; one pair per prompt
-(best against worst), as in best-of-n preference data, not every ranked pair.
+Departures from the paper: a rule judge, not a model, labels the pairs.
 
     - {kind: preference_pairs, name: pairs, model: r1, prompts: 512, samples: 8}
     - {kind: reward_model, name: rm, init: r1, data: pairs}
@@ -45,6 +45,8 @@ class PreferencePairsConfig(TaskStageConfig):
     prompts: int = Field(256, gt=0, description="General training requests drawn.")
     samples: int = Field(8, ge=2, description="Replies sampled per request.")
     min_gap: float = Field(0.25, gt=0, description="Least judge-score gap between chosen and rejected.")
+    pairing: Literal["best_worst", "all"] = Field("best_worst", description="One pair per request (its best "
+                                                  "and worst reply), or every two replies min_gap apart.")
     requests: list[Literal[REQUESTS]] = Field(list(REQUESTS), min_length=1, description="Kinds of general request drawn.")
     batch_size: int = Field(64, gt=0, description="Requests per generation call and per resumable chunk.")
     sampling: block(Sampling, "How replies are sampled.", temperature=1.0, top_p=1.0, max_new_tokens=48)
@@ -64,6 +66,21 @@ def best_and_worst(scores: list[float]) -> tuple[int, int]:
     return max(range(len(scores)), key=lambda i: (scores[i], -i)), min(range(len(scores)), key=lambda i: (scores[i], i))
 
 
+def pair_indices(scores: list[float], texts: list[str], pairing: str, min_gap: float) -> list[tuple[int, int]]:
+    """(chosen, rejected) sample indices of one request's replies.
+
+    >>> pair_indices([0.5, 1.0, 0.0, 1.0], ["a", "b", "c", "b"], "all", 0.5)   # the repeated "b" once
+    [(0, 2), (1, 0), (1, 2)]
+    >>> pair_indices([0.5, 1.0, 0.0], ["a", "b", "c"], "best_worst", 0.5)
+    [(1, 2)]
+    """
+    if pairing == "best_worst":
+        hi, lo = best_and_worst(scores)
+        return [(hi, lo)] if scores[hi] - scores[lo] >= min_gap else []
+    distinct = list({t: i for i, t in reversed(list(enumerate(texts)))}.values())[::-1]   # first of each text
+    return [(i, j) for i in sorted(distinct) for j in sorted(distinct) if scores[i] - scores[j] >= min_gap]
+
+
 def chunk_pairs(model, tokenizer, task, b: int, seed: int, cfg: PreferencePairsConfig, stats: dict) -> list[dict]:
     """Draw, sample, judge and pair chunk ``b``; the pairs (``stats`` is updated)."""
     first = b * cfg.batch_size
@@ -76,14 +93,12 @@ def chunk_pairs(model, tokenizer, task, b: int, seed: int, cfg: PreferencePairsC
         replies = texts[i * k:(i + 1) * k]
         scores = [judge(t, example) for t in replies]
         stats["judge_sum"] += sum(scores)
-        hi, lo = best_and_worst(scores)
-        if scores[hi] - scores[lo] < cfg.min_gap:
-            stats["no_gap"] += 1
-            continue
-        rows.append({"prompt": prompt, "chosen": replies[hi], "rejected": replies[lo],
-                     "chosen_score": scores[hi], "rejected_score": scores[lo], "question": example["question"],
-                     "lang": example["lang"], "category": example["category"], "request": example["request"],
-                     "source_model": cfg.model, "prompt_id": first + i})
+        pairs = pair_indices(scores, replies, cfg.pairing, cfg.min_gap)
+        stats["no_gap"] += not pairs
+        rows += [{"prompt": prompt, "chosen": replies[hi], "rejected": replies[lo],
+                  "chosen_score": scores[hi], "rejected_score": scores[lo], "question": example["question"],
+                  "lang": example["lang"], "category": example["category"], "request": example["request"],
+                  "source_model": cfg.model, "prompt_id": first + i} for hi, lo in pairs]
     stats["prompts"] += len(examples)
     stats["pairs"] += len(rows)
     return rows
