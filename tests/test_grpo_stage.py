@@ -41,3 +41,41 @@ def test_micro_batches_give_the_full_batch_gradient(tokenizer, loss):
         assert part_stats[k] == pytest.approx(full_stats[k], abs=1e-6), k
     assert 0 < full_stats["clip_frac"] < 1                  # clipping bites on some tokens, not all
     assert any(g.abs().sum() > 0 for g in full.values())
+
+
+def test_all_scenario_step_routes_rewards_and_switches_the_reward_model_on_late(tmp_path, tokenizer):
+    """Half the prompts are general: accuracy scores the reasoning half, the reward model and the
+    judge the general half, format both; the reward model counts only in the last step."""
+    from r1lab.config import load_config
+    from r1lab.models.io import reward_model_from_lm
+    from r1lab.pipeline import run
+    from r1lab.train.metrics import read_metrics
+    tiny_llama(tokenizer, seed=1).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    rm, _ = reward_model_from_lm(tmp_path / "lm", torch.device("cpu"), seed=0)
+    torch.nn.init.normal_(rm.score.weight, std=1.0)                 # rewards far from 0
+    rm.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    (tmp_path / "c.yaml").write_text(f"""\
+name: t
+task: {{kind: arithmetic}}
+stages:
+  - kind: grpo
+    name: all
+    init: {tmp_path / "lm"}
+    steps: 2
+    prompts_per_step: 4
+    general_prompts: 2
+    group_size: 2
+    sampling: {{max_new_tokens: 8}}
+    rewards: {{accuracy: 1.0, format: 0.5, reward_model: {{weight: 2.0, model: {tmp_path / "rm"}, last_steps: 1}}}}
+""")
+    out = run(load_config(str(tmp_path / "c.yaml")), tmp_path / "run", log=lambda *_: None)
+    first, last = read_metrics(out / "stages" / "0-all" / "metrics.jsonl")
+    for m, rm_weight in ((first, 0.0), (last, 2.0)):
+        assert {"reward/accuracy", "reward/judge", "reward/reward_model", "reward/format"} <= set(m)
+        # equal halves: accuracy and the reward model each cover half the rows, format all of them
+        expected = 0.5 * m["reward/accuracy"] + 0.5 * m["reward/format"] + 0.5 * rm_weight * m["reward/reward_model"]
+        assert m["reward/mean"] == pytest.approx(expected, abs=1e-5)
+        assert m["accuracy"] == m["reward/accuracy"]
+    assert last["reward/reward_model"] != 0.0

@@ -32,6 +32,7 @@ import torch
 from pydantic import Field
 
 from r1lab.advantages import ADVANTAGE_ESTIMATORS
+from r1lab.data.general import REQUESTS
 from r1lab.losses.common import masked_mean
 from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
@@ -54,6 +55,8 @@ class GrpoConfig(TaskStageConfig):
     prompts_per_step: int = Field(16, gt=0, description="Questions per rollout batch.")
     general_prompts: int = Field(0, ge=0, description="Of those, how many are the task's general "
                                  "(non-reasoning) requests: all-scenario RL when > 0.")
+    general_requests: list[Literal[REQUESTS]] = Field(list(REQUESTS), min_length=1,
+                                                      description="Kinds of general request drawn.")
     group_size: int = Field(8, ge=2, description="Completions per question (G).")
     mu: int = Field(1, ge=1, description="Optimizer steps per rollout batch (GRPO iterations).")
     micro_batch_size: int = Field(0, ge=0, description="Completions per forward/backward; 0 = all at once.")
@@ -156,7 +159,8 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     for step in loop.steps():
         t0 = time.time()
         examples = task.sample_train(seed, step, cfg.prompts_per_step - n_general) + (
-            task.general_examples(f"{seed}-{step}", n_general, split="train") if n_general else [])
+            task.general_examples(f"{seed}-{step}", n_general, split="train",
+                                  requests=tuple(cfg.general_requests)) if n_general else [])
         policy.eval()
         prompt_texts = [task.prompt(e) for e in examples]
         prompts, rollout = sample(policy, tokenizer, prompt_texts, n=cfg.group_size,
