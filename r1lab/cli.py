@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
                            "Re-running the same command resumes: finished stages are skipped and an "
                            "interrupted one continues from its last checkpoint.")
     run_p.add_argument("config", nargs="?", default=None,
-                       help="a YAML file, or the name of a shipped config (default: r1-zero-tiny)")
+                       help="a YAML file, or the name of a shipped config (default: r1-tiny)")
     run_p.add_argument("--run-dir", type=Path, default=None, help="where to write (default: runs/<name>)")
     run_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set stages.r1-zero.steps=20 "
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                             "settings of the last eval stage of CONFIG; prints the metrics as JSON.")
     eval_p.add_argument("model", type=Path, help="a model directory (config.json, weights, tokenizer)")
     eval_p.add_argument("--config", default=None, help="config whose task and eval settings to use "
-                        "(default: r1-zero-tiny)")
+                        "(default: r1-tiny)")
     eval_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, as for run")
 

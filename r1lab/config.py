@@ -21,7 +21,7 @@ from r1lab.stages import STAGES
 from r1lab.stages.common import PlainName
 from r1lab.stages.lineage import tokenizer_problem
 
-DEFAULT_CONFIG = "r1-zero-tiny"
+DEFAULT_CONFIG = "r1-tiny"
 
 Stage = Annotated[Union[tuple(module.Config for module in STAGES.values())], Field(discriminator="kind")]
 

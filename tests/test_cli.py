@@ -6,7 +6,7 @@ from r1lab.cli import main
 
 
 def test_eval_prints_metrics_of_a_model_dir(qwen_dir, capsys):
-    rc = main(["eval", str(qwen_dir), "--set", "task.n_test=3", "--set", "stages.eval-r1-zero.samples=2",
+    rc = main(["eval", str(qwen_dir), "--config", "r1-zero-tiny", "--set", "task.n_test=3", "--set", "stages.eval-r1-zero.samples=2",
                "--set", "stages.eval-r1-zero.sampling.max_new_tokens=4"])
     assert rc == 0
     metrics = json.loads(capsys.readouterr().out)

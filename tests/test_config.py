@@ -34,20 +34,23 @@ def error_of(tmp_path, text, overrides=()):
     return str(e.value)
 
 
-def test_shipped_default_validates():
-    cfg = load_config(None)
-    assert cfg.name == "r1-zero-tiny"
+def test_shipped_quick_config_validates():
+    cfg = load_config("r1-zero-tiny")
     assert [s.kind for s in cfg.stages] == ["pretrain", "eval", "grpo", "eval"]
 
 
-def test_shipped_r1_recipe_validates():
-    cfg = load_config("r1-tiny")
-    kinds = [s.kind for s in cfg.stages]
-    assert kinds.count("grpo") == 3 and kinds.count("sft") == 2 and kinds.count("rejection_sample") == 2
-    final = next(s for s in cfg.stages if s.name == "r1")
-    assert final.init == "base"                    # R1 restarts SFT from the base, not the RL model
-    rl = {s.name: s for s in cfg.stages if s.kind == "grpo"}
-    assert "language" in rl["reasoning-rl"].rewards and "language" not in rl["reasoning-rl-no-lang"].rewards
+def test_the_default_is_the_whole_r1_recipe():
+    cfg = load_config(None)
+    assert cfg.name == "r1-tiny"
+    stages = {s.name: s for s in cfg.stages}
+    assert stages["r1"].init == "base"             # R1 restarts SFT from the base, not the RL model
+    assert "language" in stages["reasoning-rl"].rewards
+    scenario = stages["all-scenario"]
+    assert scenario.init == "r1" and scenario.general_prompts > 0 and scenario.sampling.temperature == 0.7
+    assert scenario.rewards["reward_model"].params["model"] == "rm" and scenario.rewards["reward_model"].last_steps > 0
+    assert stages["rm"].data == stages["dpo"].data == "prefs"
+    assert stages["student-distill"].init == stages["student-r1-zero"].init == "student-base"
+    assert stages["student-base"].model.hidden_size < stages["base"].model.hidden_size
 
 
 def test_good_config_and_typed_values(tmp_path):
