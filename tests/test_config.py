@@ -48,7 +48,7 @@ def test_the_default_is_the_whole_r1_recipe():
     scenario = stages["all-scenario"]
     assert scenario.init == "r1" and scenario.general_prompts > 0 and scenario.sampling.temperature == 0.7
     assert scenario.rewards["reward_model"].params["model"] == "rm" and scenario.rewards["reward_model"].last_steps > 0
-    assert stages["rm"].data == stages["dpo"].data == "prefs"
+    assert stages["rm"].data == "prefs" and stages["dpo"].data == "dpo-prefs"
     assert stages["student-distill"].init == stages["student-r1-zero"].init == "student-base"
     assert stages["student-base"].model.hidden_size < stages["base"].model.hidden_size
 
