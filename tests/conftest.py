@@ -77,3 +77,36 @@ def gsm8k_dir(tmp_path_factory):
                 f.write(json.dumps({"question": f"Tom has {a} apples and buys {b} more. How many?",
                                     "answer": f"{a}+{b}={a + b}\n#### {a + b}"}) + "\n")
     return path
+
+
+def broken_and_unbroken(config, tmp_path, monkeypatch, die_after: int = 3):
+    """Run ``config`` once unbroken, and once stopped (KeyboardInterrupt) right after step
+    ``die_after`` of its training stage, then resumed; returns the two run directories."""
+    from r1lab.pipeline import run
+    from r1lab.train.loop import TrainLoop
+    quiet = {"log": lambda *_: None}
+    unbroken = run(config, tmp_path / "unbroken", **quiet)
+    real_end_step = TrainLoop.end_step
+
+    def dies(self, values, show_keys=()):
+        real_end_step(self, values, show_keys)
+        if self.step == die_after:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(TrainLoop, "end_step", dies)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, tmp_path / "broken", **quiet)
+    monkeypatch.setattr(TrainLoop, "end_step", real_end_step)
+    return unbroken, run(config, tmp_path / "broken", **quiet)
+
+
+def assert_same_stage(a, b, stage: str, steps: int) -> list[dict]:
+    """Stage ``stage`` of run dirs ``a`` and ``b`` ended the same: metrics (but time) and weights
+    bit-equal, ``steps`` steps logged once each; returns ``b``'s metrics."""
+    from safetensors.torch import load_file
+    from r1lab.train.metrics import read_metrics
+    strip = lambda ms: [{k: v for k, v in m.items() if k != "time_s"} for m in ms]
+    ma, mb = (read_metrics(d / "stages" / stage / "metrics.jsonl") for d in (a, b))
+    assert [m["step"] for m in mb] == list(range(1, steps + 1)) and strip(ma) == strip(mb)
+    wa, wb = (load_file(d / "stages" / stage / "model" / "model.safetensors") for d in (a, b))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    return mb

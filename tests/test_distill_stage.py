@@ -20,7 +20,7 @@ from r1lab.stages.distill import DistillConfig, logit_batch
 from r1lab.stages.sft import collate, encode
 from r1lab.train.metrics import read_metrics
 
-from conftest import tiny_llama
+from conftest import assert_same_stage, broken_and_unbroken, tiny_llama
 from test_forward import LogitShapedTensors
 from test_sft_stage import ROWS
 
@@ -179,23 +179,9 @@ def test_on_policy_steps_train_on_the_students_samples(tmp_path, models, monkeyp
 
 def test_resume_mid_stage_equals_an_unbroken_run(tmp_path, models, monkeypatch):
     config = logit_stage(tmp_path, models, on_policy=0.5, epochs=3, loss="jsd")   # 6 steps, checkpoints at 2, 4
-    unbroken = run(config, tmp_path / "unbroken", **QUIET)
-    real_end_step = distill.TrainLoop.end_step
-
-    def dies_after_step_3(self, values, show_keys=()):
-        real_end_step(self, values, show_keys)
-        if self.step == 3:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(distill.TrainLoop, "end_step", dies_after_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path / "broken", **QUIET)
-    monkeypatch.setattr(distill.TrainLoop, "end_step", real_end_step)
-    broken = run(config, tmp_path / "broken", **QUIET)                        # resumes from step 2
-    metrics = read_metrics(broken / "stages/0-d/metrics.jsonl")
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    unbroken, broken = broken_and_unbroken(config, tmp_path, monkeypatch)          # the second resumes from step 2
+    metrics = assert_same_stage(unbroken, broken, "0-d", 6)
     assert {m["on_policy"] for m in metrics} == {0.0, 1.0}                  # both kinds of batch ran
-    a, b = weights(unbroken, "0-d"), weights(broken, "0-d")
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 # --- the shared-tokenizer check at config load ---------------------------------------------

@@ -6,7 +6,6 @@ import random
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from r1lab.config import ConfigError, load_config
 from r1lab.losses.registry import DPO_LOSSES
@@ -16,7 +15,7 @@ from r1lab.stages.context import RunContext
 from r1lab.stages.dpo import DpoConfig, dpo_batch, encode_pairs, reference_logprobs
 from r1lab.train.metrics import read_metrics
 
-from conftest import tiny_llama
+from conftest import assert_same_stage, broken_and_unbroken, tiny_llama
 
 CPU = RunContext(config=None, run_dir=None, device=torch.device("cpu"))
 
@@ -152,29 +151,9 @@ def test_each_loss_runs_a_step(tmp_path, llama_dir, loss):
 
 def test_resume_mid_stage_equals_an_unbroken_run(tmp_path, llama_dir, monkeypatch):
     config = load_config(str(write_run(tmp_path, llama_dir, 2)))             # 6 steps, checkpoints at 2, 4
-    unbroken = run(config, tmp_path / "unbroken", log=lambda *_: None)
-
-    real_end_step = dpo.TrainLoop.end_step
-
-    def dies_after_step_3(self, values, show_keys=()):
-        real_end_step(self, values, show_keys)
-        if self.step == 3:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(dpo.TrainLoop, "end_step", dies_after_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path / "broken", log=lambda *_: None)
-    monkeypatch.setattr(dpo.TrainLoop, "end_step", real_end_step)
-    broken = run(config, tmp_path / "broken", log=lambda *_: None)           # resumes from step 2
-
-    stage = "stages/0-dpo"
-    drop_time = lambda rows: [{k: v for k, v in m.items() if k != "time_s"} for m in rows]
-    a_metrics = read_metrics(unbroken / stage / "metrics.jsonl")
-    b_metrics = read_metrics(broken / stage / "metrics.jsonl")
-    assert [m["step"] for m in b_metrics] == [1, 2, 3, 4, 5, 6]
-    assert drop_time(a_metrics) == drop_time(b_metrics)
-    assert (unbroken / stage / "val.json").read_text() == (broken / stage / "val.json").read_text()
-    a, b = load_file(unbroken / stage / "model/model.safetensors"), load_file(broken / stage / "model/model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    unbroken, broken = broken_and_unbroken(config, tmp_path, monkeypatch)     # the second resumes from step 2
+    assert_same_stage(unbroken, broken, "0-dpo", 6)
+    assert (unbroken / "stages/0-dpo/val.json").read_text() == (broken / "stages/0-dpo/val.json").read_text()
 
 
 def test_a_dangling_data_reference_fails_at_config_load(tmp_path, llama_dir):

@@ -6,7 +6,6 @@ import random
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 from r1lab.config import load_config
@@ -19,7 +18,7 @@ from r1lab.stages.context import RunContext
 from r1lab.stages.reward_model import RewardModelConfig, encode_pairs, pair_rewards
 from r1lab.train.metrics import read_metrics
 
-from conftest import tiny_llama
+from conftest import assert_same_stage, broken_and_unbroken, tiny_llama
 
 CPU = RunContext(config=None, run_dir=None, device=torch.device("cpu"))
 STAGE = "stages/0-rm"
@@ -175,24 +174,8 @@ def test_summary_ignores_the_think_block_and_full_does_not(trained, tokenizer):
 
 def test_resume_mid_stage_equals_an_unbroken_run(tmp_path, llama_dir, monkeypatch):
     config = write_run(tmp_path, llama_dir, epochs=1)                    # 5 steps, checkpoints at 2, 4
-    unbroken = run(config, tmp_path / "unbroken", log=lambda *_: None)
-    real_end_step = reward_model.TrainLoop.end_step
-
-    def dies_after_step_3(self, values, show_keys=()):
-        real_end_step(self, values, show_keys)
-        if self.step == 3:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(reward_model.TrainLoop, "end_step", dies_after_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path / "broken", log=lambda *_: None)
-    monkeypatch.setattr(reward_model.TrainLoop, "end_step", real_end_step)
-    broken = run(config, tmp_path / "broken", log=lambda *_: None)       # resumes from step 2
-
-    strip = lambda ms: [{k: v for k, v in m.items() if k != "time_s"} for m in ms]
-    a, b = (strip(read_metrics(d / STAGE / "metrics.jsonl")) for d in (unbroken, broken))
-    assert [m["step"] for m in b] == [1, 2, 3, 4, 5] and a == b
-    wa, wb = (load_file(d / STAGE / "model/model.safetensors") for d in (unbroken, broken))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    unbroken, broken = broken_and_unbroken(config, tmp_path, monkeypatch)  # the second resumes from step 2
+    assert_same_stage(unbroken, broken, STAGE.split("/")[-1], 5)
     assert (unbroken / STAGE / "val.json").read_text() == (broken / STAGE / "val.json").read_text()
 
 

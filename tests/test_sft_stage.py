@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from r1lab.config import load_config
 from r1lab.pipeline import run
@@ -13,7 +12,7 @@ from r1lab.stages.context import RunContext
 from r1lab.stages.sft import SftConfig, batch_rows, collate, encode, nll_batch
 from r1lab.train.metrics import read_metrics
 
-from conftest import tiny_llama
+from conftest import assert_same_stage, broken_and_unbroken, tiny_llama
 
 CPU = RunContext(config=None, run_dir=None, device=torch.device("cpu"))
 ROWS = [{"prompt": "User: 1+2*3 mod 10\nAssistant:", "completion": " <think>1+2=3 2 left</think> <answer>7</answer>"},
@@ -118,21 +117,5 @@ def test_sft_on_a_few_rows_drives_their_loss_near_zero(tmp_path, llama_dir):
 
 def test_resume_mid_epoch_equals_an_unbroken_run(tmp_path, llama_dir, monkeypatch):
     config = load_config(str(write_run(tmp_path, llama_dir, 3)))             # 6 steps, checkpoints at 2, 4
-    unbroken = run(config, tmp_path / "unbroken", log=lambda *_: None)
-
-    real_end_step = sft.TrainLoop.end_step
-
-    def dies_after_step_3(self, values, show_keys=()):
-        real_end_step(self, values, show_keys)
-        if self.step == 3:
-            raise KeyboardInterrupt
-    monkeypatch.setattr(sft.TrainLoop, "end_step", dies_after_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        run(config, tmp_path / "broken", log=lambda *_: None)
-    monkeypatch.setattr(sft.TrainLoop, "end_step", real_end_step)
-    broken = run(config, tmp_path / "broken", log=lambda *_: None)           # resumes from step 2
-
-    stage = "stages/0-sft"
-    assert [m["step"] for m in read_metrics(broken / stage / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
-    a, b = load_file(unbroken / stage / "model/model.safetensors"), load_file(broken / stage / "model/model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    unbroken, broken = broken_and_unbroken(config, tmp_path, monkeypatch)     # the second resumes from step 2
+    assert_same_stage(unbroken, broken, "0-sft", 6)
