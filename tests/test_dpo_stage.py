@@ -10,7 +10,6 @@ import torch
 from r1lab.config import ConfigError, load_config
 from r1lab.losses.registry import DPO_LOSSES
 from r1lab.pipeline import run
-from r1lab.stages import dpo
 from r1lab.stages.context import RunContext
 from r1lab.stages.dpo import DpoConfig, dpo_batch, encode_pairs, reference_logprobs
 from r1lab.train.metrics import read_metrics

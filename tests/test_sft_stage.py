@@ -7,7 +7,6 @@ import torch
 
 from r1lab.config import load_config
 from r1lab.pipeline import run
-from r1lab.stages import sft
 from r1lab.stages.context import RunContext
 from r1lab.stages.sft import SftConfig, batch_rows, collate, encode, nll_batch
 from r1lab.train.metrics import read_metrics
