@@ -79,3 +79,32 @@ def test_language_and_non_reasoning_metrics(monkeypatch):
     assert metrics["general/judge"] == pytest.approx((2 * len(general) + list_half * n_list) / (4 * len(general)))
     assert metrics["general/n_questions"] == len(general) > 2
     assert sum(r["category"] == "general" for r in records) == 4 * len(general)
+
+
+def test_win_rate_over_a_baseline_eval(monkeypatch, tmp_path):
+    """The judge compares every sample of ours with every sample of the baseline's, per prompt."""
+    import json
+    from r1lab.stages.context import RunContext
+    task = ArithmeticTask(kind="arithmetic", n_test=1)
+    general = task.general_examples(0, None, split="test")
+    reply = lambda e, good: f"<think></think> <answer>{e['answer'] if good else 'x'}</answer>"
+    # the baseline answers each prompt right once in two samples; we answer right every time
+    base = tmp_path / "base"
+    base.mkdir()
+    base_records = [{"category": "general", "question": e["question"], "judge": float(j == 0)}
+                    for e in general for j in range(2)]
+    (base / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in base_records))
+
+    def stub_sample(model, tokenizer, prompts, *, n, sampling, seed, greedy=False):
+        if len(prompts) == 1:                                                    # the reasoning question
+            return None, StubRollout(["<answer>0</answer>"] * n)
+        return None, StubRollout([reply(e, True) for e in general for _ in range(n)])
+    monkeypatch.setattr(eval_stage, "sample", stub_sample)
+    monkeypatch.setattr(eval_stage, "load_model", lambda path, device: (torch.nn.Linear(1, 1), None))
+    ctx = RunContext(config=type("C", (), {"seed": 0, "task": task})(), run_dir=tmp_path,
+                     device=torch.device("cpu"), stage_dirs={"eval-base": base})
+    cfg = EvalConfig(kind="eval", name="e", model="m", samples=2, baseline="eval-base")
+    eval_stage.run(ctx, cfg, tmp_path / "out")
+    metrics = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert metrics["general/judge"] == 1.0
+    assert metrics["general/win_rate"] == pytest.approx(0.75)                    # a tie and a win per prompt
