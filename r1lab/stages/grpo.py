@@ -33,7 +33,7 @@ from r1lab.rewards import RewardsSpec, build_rewards, score
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.train.forward import completion_logprobs, prompt_completion_batch
+from r1lab.train.forward import completion_logprobs, logprobs_no_grad, prompt_completion_batch
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
 
@@ -110,21 +110,6 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
     return stats
 
 
-@torch.no_grad()
-def logprobs_no_grad(model, batch: dict, cfg: GrpoConfig, ctx: RunContext) -> torch.Tensor:
-    """Completion log-probs [N, L] of a frozen model (the reference, or the policy that sampled
-    the batch when mu > 1), in micro-batches, on the CPU in float32."""
-    n = batch["input_ids"].shape[0]
-    mb = cfg.micro_batch_size or n
-    parts = []
-    for i in range(0, n, mb):
-        with ctx.autocast():
-            logp, _ = completion_logprobs(model, {k: v[i:i + mb] for k, v in batch.items()},
-                                          temperature=cfg.sampling.temperature)
-        parts.append(logp.float().cpu())
-    return torch.cat(parts)                                                  # [N, L]
-
-
 def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     seed, task = ctx.seed, ctx.task(cfg)
     policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
@@ -152,11 +137,13 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
         advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](rewards, cfg.group_size)  # [N]
         batch = prompt_completion_batch([p for p in prompts for _ in range(cfg.group_size)],
                                         rollout.completion_ids, rollout.mask, tokenizer.pad_token_id)
-        ref_logp = logprobs_no_grad(ref, batch, cfg, ctx) if ref is not None else None
+        frozen = dict(temperature=cfg.sampling.temperature, micro_batch_size=cfg.micro_batch_size,
+                      autocast=ctx.autocast)
+        ref_logp = logprobs_no_grad(ref, batch, **frozen) if ref is not None else None
         policy.train()
         # The policy that sampled the batch. With mu = 1 it equals the policy being trained,
         # so grpo_batch uses its own detached log-probs (ratio exactly 1) and we skip a forward.
-        old_logp = logprobs_no_grad(policy, batch, cfg, ctx) if cfg.mu > 1 else None
+        old_logp = logprobs_no_grad(policy, batch, **frozen) if cfg.mu > 1 else None
         for _ in range(cfg.mu):
             stats = grpo_batch(policy, batch, advantages, old_logp, ref_logp, cfg, ctx)
             grad_norm = loop.optimizer_step()

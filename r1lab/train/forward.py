@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -52,6 +53,23 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: f
     if with_entropy:
         return chunked_token_logprobs_and_entropy(logits, ids, CHUNK_SIZE, temperature=temperature)
     return chunked_token_logprobs(logits, ids, CHUNK_SIZE, temperature=temperature), None
+
+
+@torch.no_grad()
+def logprobs_no_grad(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,
+                     micro_batch_size: int = 0, autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Completion log-probs [N, L] of a frozen model (a reference, or the policy that sampled
+    the batch), ``micro_batch_size`` rows at a time (0 = all), on the CPU in float32.
+    ``autocast`` makes the context each forward runs under (the stage's ``ctx.autocast``)."""
+    n = batch["input_ids"].shape[0]
+    mb = micro_batch_size or n
+    parts = []
+    for i in range(0, n, mb):
+        with autocast():
+            logp, _ = completion_logprobs(model, {k: v[i:i + mb] for k, v in batch.items()},
+                                          temperature=temperature)
+        parts.append(logp.float().cpu())
+    return torch.cat(parts)                                                  # [N, L]
 
 
 @functools.cache
