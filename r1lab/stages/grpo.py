@@ -19,6 +19,7 @@ REINFORCE++) are picked by name with ``loss:`` and ``advantages:`` (docs/algorit
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +30,7 @@ from r1lab.advantages import ADVANTAGE_ESTIMATORS
 from r1lab.losses.common import masked_mean
 from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
-from r1lab.rewards import RewardsSpec, build_rewards, score
+from r1lab.rewards import RewardsSpec, Scorer, build_rewards, score
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
@@ -110,33 +111,63 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
     return stats
 
 
+def monitor_scorers(task, rewards: RewardsSpec) -> list[Scorer]:
+    """The task's verifier, format and language consistency where ``rewards`` does not train
+    on them: always logged, trained on or not."""
+    return [s for s in build_rewards({task.verifier: 0.0, "format": 0.0, "language": 0.0}) if s.name not in rewards]
+
+
+@dataclass
+class ScoredRollout:
+    """A step's sampled completions, scored: where GRPO and PPO (r1lab/stages/ppo.py) start."""
+    batch: dict[str, torch.Tensor]  # prompts + completions as one model input (prompt_completion_batch)
+    rewards: torch.Tensor           # [N] weighted total of the trained rewards
+    metrics: dict[str, float]       # reward/mean, reward/<fn>, accuracy, format_rate, completion_len/mean, truncated_rate
+    n_tokens: int                   # completion tokens sampled
+    rollout_s: float                # seconds spent sampling
+
+
+def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampling: Sampling, seed: int,
+                   scorers: list[Scorer], monitors: list[Scorer]) -> ScoredRollout:
+    """Sample ``n`` completions of each example's prompt (rows prompt-major) and score them."""
+    t0 = time.time()
+    policy.eval()
+    prompt_texts = [task.prompt(e) for e in examples]
+    prompts, rollout = sample(policy, tokenizer, prompt_texts, n=n, sampling=sampling, seed=seed)
+    rollout_s = time.time() - t0
+    texts = rollout.texts(tokenizer)
+    rows = [e for e in examples for _ in range(n)]
+    row_prompts = [p for p in prompt_texts for _ in range(n)]
+    totals, per_fn = score(scorers, row_prompts, texts, rows)
+    per_fn.update(score(monitors, row_prompts, texts, rows)[1])
+    rewards = torch.tensor(totals)                                           # [N]
+    metrics = {
+        "reward/mean": rewards.mean().item(),
+        **{f"reward/{k}": sum(v) / len(v) for k, v in per_fn.items()},
+        "accuracy": sum(per_fn[task.verifier]) / len(texts),
+        "format_rate": sum(per_fn["format"]) / len(texts),
+        "completion_len/mean": rollout.lengths.float().mean().item(),
+        "truncated_rate": rollout.finish_reasons.count("length") / len(texts),
+    }
+    batch = prompt_completion_batch([p for p in prompts for _ in range(n)], rollout.completion_ids,
+                                    rollout.mask, tokenizer.pad_token_id)
+    return ScoredRollout(batch, rewards, metrics, int(rollout.mask.sum()), rollout_s)
+
+
 def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     seed, task = ctx.seed, ctx.task(cfg)
     policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
     ref = load_model(ctx.model_path(cfg.init), ctx.device)[0].eval() if cfg.beta > 0 else None
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
                      optimizer_steps=cfg.steps * cfg.mu)
-    scorers = build_rewards(cfg.rewards)
-    # accuracy, format and language consistency are always logged, trained on or not
-    monitors = [s for s in build_rewards({task.verifier: 0.0, "format": 0.0, "language": 0.0})
-                if s.name not in cfg.rewards]
+    scorers, monitors = build_rewards(cfg.rewards), monitor_scorers(task, cfg.rewards)
     for step in loop.steps():
         t0 = time.time()
         examples = task.sample_train(seed, step, cfg.prompts_per_step)
-        policy.eval()
-        prompt_texts = [task.prompt(e) for e in examples]
-        prompts, rollout = sample(policy, tokenizer, prompt_texts, n=cfg.group_size,
-                                  sampling=cfg.sampling, seed=seed * 1_000_003 + step)
-        rollout_s = time.time() - t0
-        texts = rollout.texts(tokenizer)
-        rows = [e for e in examples for _ in range(cfg.group_size)]
-        row_prompts = [p for p in prompt_texts for _ in range(cfg.group_size)]
-        totals, per_fn = score(scorers, row_prompts, texts, rows)
-        per_fn.update(score(monitors, row_prompts, texts, rows)[1])
-        rewards = torch.tensor(totals)                                       # [N]
-        advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](rewards, cfg.group_size)  # [N]
-        batch = prompt_completion_batch([p for p in prompts for _ in range(cfg.group_size)],
-                                        rollout.completion_ids, rollout.mask, tokenizer.pad_token_id)
+        scored = scored_rollout(policy, tokenizer, task, examples, cfg.group_size, cfg.sampling,
+                                seed * 1_000_003 + step, scorers, monitors)
+        batch = scored.batch
+        advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](scored.rewards, cfg.group_size)  # [N]
         frozen = dict(temperature=cfg.sampling.temperature, micro_batch_size=cfg.micro_batch_size,
                       autocast=ctx.autocast)
         ref_logp = logprobs_no_grad(ref, batch, **frozen) if ref is not None else None
@@ -147,17 +178,10 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
         for _ in range(cfg.mu):
             stats = grpo_batch(policy, batch, advantages, old_logp, ref_logp, cfg, ctx)
             grad_norm = loop.optimizer_step()
-        n_tokens = int(rollout.mask.sum())
         values = {
-            "reward/mean": rewards.mean().item(),
-            **{f"reward/{k}": sum(v) / len(v) for k, v in per_fn.items()},
-            "accuracy": sum(per_fn[task.verifier]) / len(texts),
-            "format_rate": sum(per_fn["format"]) / len(texts),
-            "completion_len/mean": rollout.lengths.float().mean().item(),
-            "truncated_rate": rollout.finish_reasons.count("length") / len(texts),
-            **stats, "lr": loop.lr, "grad_norm": grad_norm,
-            "tokens_per_s": n_tokens / (time.time() - t0),
-            "rollout_s": rollout_s,
+            **scored.metrics, **stats, "lr": loop.lr, "grad_norm": grad_norm,
+            "tokens_per_s": scored.n_tokens / (time.time() - t0),
+            "rollout_s": scored.rollout_s,
         }
         loop.end_step(values, show_keys=("reward/mean", "accuracy", "completion_len/mean", "tokens_per_s"))
     loop.finish(tokenizer)
