@@ -5,6 +5,6 @@
 the CLI all derive from it. A new stage is one module plus one entry here.
 """
 
-from r1lab.stages import eval, grpo, pretrain, rejection_sample, sft
+from r1lab.stages import eval, grpo, ppo, pretrain, rejection_sample, sft
 
-STAGES = {"pretrain": pretrain, "sft": sft, "grpo": grpo, "rejection_sample": rejection_sample, "eval": eval}
+STAGES = {"pretrain": pretrain, "sft": sft, "grpo": grpo, "ppo": ppo, "rejection_sample": rejection_sample, "eval": eval}
