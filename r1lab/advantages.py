@@ -8,7 +8,8 @@
   Basics"): each completion's baseline is the mean reward of the other G - 1 in its group.
 - ``reinforce_pp_advantages``: REINFORCE++ (Hu 2025): rewards normalized over the whole batch.
 - ``gae``: generalized advantage estimation for PPO (Schulman et al. 2016), per token, with
-  ``gae_reference`` the plain double loop it is tested against.
+  ``gae_reference`` the plain double loop it is tested against; ``masked_whiten`` normalizes
+  its output over a batch's tokens.
 
 Departures: REINFORCE++ folds a per-token KL penalty into the reward and whitens per-token
 returns; here ``reinforce_pp_advantages`` takes one reward per completion and the KL stays in
@@ -127,6 +128,18 @@ def gae_reference(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tenso
             advantages[b, t] = next_adv
             returns[b, t] = next_adv + v
     return advantages, returns
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / sqrt(var + eps) over the unmasked entries of ``x`` [B, T]; masked get 0.
+
+    var is Bessel-corrected (as TRL's ``masked_whiten``). Example: x [[1, 2], [3, 99]] with
+    mask [[1, 1], [1, 0]] -> mean 2, var 1 -> [[-1, 0], [1, 0]].
+    """
+    mask = mask.bool()
+    values = x.float()[mask]                                                     # [n]
+    out = (x.float() - values.mean()) * torch.rsqrt(values.var() + eps)          # [B, T]
+    return torch.where(mask, out, torch.zeros_like(out))
 
 
 ADVANTAGE_ESTIMATORS = {

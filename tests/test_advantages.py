@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1lab.advantages import (gae, gae_reference, group_advantages, reinforce_pp_advantages,
+from r1lab.advantages import (gae, gae_reference, group_advantages, masked_whiten, reinforce_pp_advantages,
                               rloo_advantages)
 
 # ---- group-relative, RLOO, REINFORCE++ --------------------------------------------------------
@@ -147,3 +147,10 @@ def test_gae_ignores_masked_entries(case, junk):
                        gamma, lam)
     assert torch.equal(adv_p, adv) and torch.equal(ret_p, ret)
     assert torch.all(adv[~mask] == 0) and torch.all(ret[~mask] == 0)
+
+
+def test_masked_whiten_hand_computed():
+    x = torch.tensor([[1.0, 2.0], [3.0, 99.0]])
+    mask = torch.tensor([[1, 1], [1, 0]]).bool()
+    # unmasked 1, 2, 3: mean 2, Bessel variance ((-1)^2 + 0 + 1^2) / 2 = 1; the 99 neither counts nor stays
+    assert torch.allclose(masked_whiten(x, mask), torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), atol=1e-6)

@@ -54,6 +54,27 @@ def test_resumed_training_equals_unbroken(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [STATE_FILE, "tensors-3.safetensors"]
 
 
+def test_companions_resume_with_the_main_model(tmp_path):
+    """A second model (PPO's critic) saved beside the first resumes to the unbroken run too, and
+    a checkpoint without it is refused by name."""
+    (model, opt, sched), (critic, c_opt, c_sched) = tiny_setup(0), tiny_setup(5)
+    for m, o, s in ((model, opt, sched), (critic, c_opt, c_sched)):
+        train(m, o, s, 3)
+    save_training(tmp_path, model, opt, sched, step=3, elapsed_s=1.5, companions={"critic": (critic, c_opt, c_sched)})
+    for m, o, s in ((model, opt, sched), (critic, c_opt, c_sched)):
+        train(m, o, s, 3)
+
+    (fresh, f_opt, f_sched), (f_critic, fc_opt, fc_sched) = tiny_setup(1), tiny_setup(6)
+    assert resume_training(tmp_path, fresh, f_opt, f_sched, {"critic": (f_critic, fc_opt, fc_sched)}) == (3, 1.5)
+    for m, o, s in ((fresh, f_opt, f_sched), (f_critic, fc_opt, fc_sched)):
+        train(m, o, s, 3)
+    for a, b in ((model.state_dict(), fresh.state_dict()), (critic.state_dict(), f_critic.state_dict())):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert fc_sched.get_last_lr() == c_sched.get_last_lr()
+    with pytest.raises(CheckpointStateError, match="'value'"):
+        resume_training(tmp_path, *tiny_setup(1), {"value": tiny_setup(6)})
+
+
 def test_fresh_start_when_there_is_no_checkpoint(tmp_path):
     model, opt, sched = tiny_setup(0)
     assert resume_training(tmp_path / "missing", model, opt, sched) == (0, 0.0)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                          AutoModelForTokenClassification, AutoTokenizer)
 
 
 def quiet_transformers() -> None:
@@ -73,3 +74,20 @@ def load_reward_model(path: str | Path, device: torch.device):
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.to(device).eval(), tokenizer
+
+
+def load_value_model(path: str | Path, device: torch.device):
+    """A value model in float32: the checkpoint's backbone under a linear head with one output
+    per token (HF's ``...ForTokenClassification``, num_labels = 1), without dropout. From a
+    causal LM the head starts at HF's random init; from a saved value model, as saved."""
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path}: not a model directory (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True, num_labels=1)
+        config.classifier_dropout = 0.0             # saved with the model; HF's default is 0.1
+        model = AutoModelForTokenClassification.from_pretrained(path, config=config, local_files_only=True,
+                                                                dtype=torch.float32)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: cannot load the checkpoint as a value model: {e}") from None
+    return model.to(device)

@@ -5,7 +5,8 @@
 the CLI all derive from it. A new stage is one module plus one entry here.
 """
 
-from r1lab.stages import distill, dpo, eval, grpo, preference_pairs, pretrain, rejection_sample, reward_model, sft
+from r1lab.stages import distill, dpo, eval, grpo, ppo, preference_pairs, pretrain, rejection_sample, reward_model, sft
 
-STAGES = {"pretrain": pretrain, "sft": sft, "grpo": grpo, "rejection_sample": rejection_sample,
-          "preference_pairs": preference_pairs, "reward_model": reward_model, "dpo": dpo, "distill": distill, "eval": eval}
+STAGES = {"pretrain": pretrain, "sft": sft, "grpo": grpo, "ppo": ppo, "rejection_sample": rejection_sample,
+          "preference_pairs": preference_pairs, "reward_model": reward_model, "dpo": dpo, "distill": distill,
+          "eval": eval}

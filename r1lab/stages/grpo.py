@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -36,11 +37,11 @@ from r1lab.data.general import REQUESTS
 from r1lab.losses.common import masked_mean
 from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
-from r1lab.rewards import RewardsSpec, build_rewards, learned_models, mean_where_scored, score
+from r1lab.rewards import RewardsSpec, Scorer, build_rewards, learned_models, mean_where_scored, score
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.train.forward import completion_logprobs, prompt_completion_batch
+from r1lab.train.forward import completion_logprobs, logprobs_no_grad, prompt_completion_batch
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
 
@@ -130,19 +131,49 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
     return stats
 
 
-@torch.no_grad()
-def logprobs_no_grad(model, batch: dict, cfg: GrpoConfig, ctx: RunContext) -> torch.Tensor:
-    """Completion log-probs [N, L] of a frozen model (the reference, or the policy that sampled
-    the batch when mu > 1), in micro-batches, on the CPU in float32."""
-    n = batch["input_ids"].shape[0]
-    mb = cfg.micro_batch_size or n
-    parts = []
-    for i in range(0, n, mb):
-        with ctx.autocast():
-            logp, _ = completion_logprobs(model, {k: v[i:i + mb] for k, v in batch.items()},
-                                          temperature=cfg.sampling.temperature)
-        parts.append(logp.float().cpu())
-    return torch.cat(parts)                                                  # [N, L]
+def monitor_scorers(task, rewards: RewardsSpec) -> list[Scorer]:
+    """The task's verifier, format, language consistency and the judge of general replies where
+    ``rewards`` does not train on them: always logged (where they apply), trained on or not."""
+    monitored = {task.verifier: 0.0, "format": 0.0, "language": 0.0, "judge": 0.0}
+    return [s for s in build_rewards(monitored) if s.name not in rewards]
+
+
+@dataclass
+class ScoredRollout:
+    """A step's sampled completions, scored: where GRPO and PPO (r1lab/stages/ppo.py) start."""
+    batch: dict[str, torch.Tensor]  # prompts + completions as one model input (prompt_completion_batch)
+    rewards: torch.Tensor           # [N] weighted total of the trained rewards
+    metrics: dict[str, float]       # reward/mean, reward/<fn>, accuracy, format_rate, completion_len/mean, truncated_rate
+    n_tokens: int                   # completion tokens sampled
+    rollout_s: float                # seconds spent sampling
+
+
+def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampling: Sampling, seed: int,
+                   scorers: list[Scorer], monitors: list[Scorer]) -> ScoredRollout:
+    """Sample ``n`` completions of each example's prompt (rows prompt-major) and score them."""
+    t0 = time.time()
+    policy.eval()
+    prompt_texts = [task.prompt(e) for e in examples]
+    prompts, rollout = sample(policy, tokenizer, prompt_texts, n=n, sampling=sampling, seed=seed)
+    rollout_s = time.time() - t0
+    texts = rollout.texts(tokenizer)
+    rows = [e for e in examples for _ in range(n)]
+    row_prompts = [p for p in prompt_texts for _ in range(n)]
+    totals, per_fn = score(scorers, row_prompts, texts, rows)
+    per_fn.update(score(monitors, row_prompts, texts, rows)[1])
+    means = {k: m for k, v in per_fn.items() if (m := mean_where_scored(v)) is not None}
+    rewards = torch.tensor(totals)                                           # [N]
+    metrics = {
+        "reward/mean": rewards.mean().item(),
+        **{f"reward/{k}": m for k, m in means.items()},
+        "accuracy": means.get(task.verifier, 0.0),
+        "format_rate": means["format"],
+        "completion_len/mean": rollout.lengths.float().mean().item(),
+        "truncated_rate": rollout.finish_reasons.count("length") / len(texts),
+    }
+    batch = prompt_completion_batch([p for p in prompts for _ in range(n)], rollout.completion_ids,
+                                    rollout.mask, tokenizer.pad_token_id)
+    return ScoredRollout(batch, rewards, metrics, int(rollout.mask.sum()), rollout_s)
 
 
 def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
@@ -151,51 +182,32 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     ref = load_model(ctx.model_path(cfg.init), ctx.device)[0].eval() if cfg.beta > 0 else None
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
                      optimizer_steps=cfg.steps * cfg.mu)
-    scorers = build_rewards(cfg.rewards, ctx.model_path, ctx.device)
-    # accuracy, format, language consistency and the judge are always logged, trained on or not
-    monitors = [s for s in build_rewards({task.verifier: 0.0, "format": 0.0, "language": 0.0, "judge": 0.0})
-                if s.name not in cfg.rewards]
+    scorers, monitors = build_rewards(cfg.rewards, ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
     n_general = cfg.general_prompts
     for step in loop.steps():
         t0 = time.time()
         examples = task.sample_train(seed, step, cfg.prompts_per_step - n_general) + (
             task.general_examples(f"{seed}-{step}", n_general, split="train",
                                   requests=tuple(cfg.general_requests)) if n_general else [])
-        policy.eval()
-        prompt_texts = [task.prompt(e) for e in examples]
-        prompts, rollout = sample(policy, tokenizer, prompt_texts, n=cfg.group_size,
-                                  sampling=cfg.sampling, seed=seed * 1_000_003 + step)
-        rollout_s = time.time() - t0
-        texts = rollout.texts(tokenizer)
-        rows = [e for e in examples for _ in range(cfg.group_size)]
-        row_prompts = [p for p in prompt_texts for _ in range(cfg.group_size)]
         active = [s if s.on_at(step, cfg.steps) else dataclasses.replace(s, weight=0.0) for s in scorers]
-        totals, per_fn = score(active, row_prompts, texts, rows)
-        per_fn.update(score(monitors, row_prompts, texts, rows)[1])
-        means = {k: m for k, v in per_fn.items() if (m := mean_where_scored(v)) is not None}
-        rewards = torch.tensor(totals)                                       # [N]
-        advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](rewards, cfg.group_size)  # [N]
-        batch = prompt_completion_batch([p for p in prompts for _ in range(cfg.group_size)],
-                                        rollout.completion_ids, rollout.mask, tokenizer.pad_token_id)
-        ref_logp = logprobs_no_grad(ref, batch, cfg, ctx) if ref is not None else None
+        scored = scored_rollout(policy, tokenizer, task, examples, cfg.group_size, cfg.sampling,
+                                seed * 1_000_003 + step, active, monitors)
+        batch = scored.batch
+        advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](scored.rewards, cfg.group_size)  # [N]
+        frozen = dict(temperature=cfg.sampling.temperature, micro_batch_size=cfg.micro_batch_size,
+                      autocast=ctx.autocast)
+        ref_logp = logprobs_no_grad(ref, batch, **frozen) if ref is not None else None
         policy.train()
         # The policy that sampled the batch. With mu = 1 it equals the policy being trained,
         # so grpo_batch uses its own detached log-probs (ratio exactly 1) and we skip a forward.
-        old_logp = logprobs_no_grad(policy, batch, cfg, ctx) if cfg.mu > 1 else None
+        old_logp = logprobs_no_grad(policy, batch, **frozen) if cfg.mu > 1 else None
         for _ in range(cfg.mu):
             stats = grpo_batch(policy, batch, advantages, old_logp, ref_logp, cfg, ctx)
             grad_norm = loop.optimizer_step()
-        n_tokens = int(rollout.mask.sum())
         values = {
-            "reward/mean": rewards.mean().item(),
-            **{f"reward/{k}": m for k, m in means.items()},
-            "accuracy": means.get(task.verifier, 0.0),
-            "format_rate": means["format"],
-            "completion_len/mean": rollout.lengths.float().mean().item(),
-            "truncated_rate": rollout.finish_reasons.count("length") / len(texts),
-            **stats, "lr": loop.lr, "grad_norm": grad_norm,
-            "tokens_per_s": n_tokens / (time.time() - t0),
-            "rollout_s": rollout_s,
+            **scored.metrics, **stats, "lr": loop.lr, "grad_norm": grad_norm,
+            "tokens_per_s": scored.n_tokens / (time.time() - t0),
+            "rollout_s": scored.rollout_s,
         }
         loop.end_step(values, show_keys=("reward/mean", "accuracy", "completion_len/mean", "tokens_per_s"))
     loop.finish(tokenizer)

@@ -149,24 +149,41 @@ def load_checkpoint(ckpt_dir: Path) -> dict | None:
     return state
 
 
-def resume_training(ckpt_dir: Path, model, optimizer, scheduler) -> tuple[int, float]:
-    """Restore model, optimizer, scheduler and RNG from ``ckpt_dir`` if it holds a state.
+def resume_training(ckpt_dir: Path, model, optimizer, scheduler,
+                    companions: dict[str, tuple] | None = None) -> tuple[int, float]:
+    """Restore model, optimizer, scheduler and RNG from ``ckpt_dir`` if it holds a state, and
+    each of ``companions`` (name -> (model, optimizer, scheduler)) saved beside them.
 
     Returns (steps done, seconds spent before), (0, 0.0) for a fresh start.
     """
     state = load_checkpoint(ckpt_dir)
     if state is None:
         return 0, 0.0
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    saved = state.get("companions", {})
+    for name, parts in (companions or {}).items():
+        if name not in saved:
+            raise CheckpointStateError(f"{Path(ckpt_dir) / STATE_FILE}: holds no state of {name!r}")
+        _load_states(parts, saved[name])
+    _load_states((model, optimizer, scheduler), state)
     return state["step"], state["elapsed_s"]
 
 
-def save_training(ckpt_dir: Path, model, optimizer, scheduler, step: int, elapsed_s: float) -> None:
+def save_training(ckpt_dir: Path, model, optimizer, scheduler, step: int, elapsed_s: float,
+                  companions: dict[str, tuple] | None = None) -> None:
     """The state :func:`resume_training` reads back, written atomically."""
-    save_checkpoint(ckpt_dir, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scheduler": scheduler.state_dict(), "step": step, "elapsed_s": elapsed_s})
+    state = dict(_states(model, optimizer, scheduler), step=step, elapsed_s=elapsed_s)
+    if companions:
+        state["companions"] = {name: _states(*parts) for name, parts in companions.items()}
+    save_checkpoint(ckpt_dir, state)
+
+
+def _states(model, optimizer, scheduler) -> dict:
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+
+
+def _load_states(parts: tuple, state: dict) -> None:
+    for obj, key in zip(parts, ("model", "optimizer", "scheduler")):
+        obj.load_state_dict(state[key])
 
 
 def rng_state() -> dict:

@@ -1,7 +1,9 @@
-"""The forward rung shared by RL stages: per-token log-probs of completions after prompts."""
+"""The forward rung shared by RL stages: per-token log-probs of completions after prompts, and
+a value model's per-token values at the same positions."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 
@@ -58,6 +60,47 @@ def completion_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tens
         inputs["logits_to_keep"] = n_completion + 1
     logits = model(**inputs).logits                            # [N, L+1, V], or [N, P+L, V] without
     return logits[:, -n_completion - 1:-1], inputs["input_ids"][:, -n_completion:]
+
+
+def completion_values(critic, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The value model's V(state before completion token t) for each completion position: [N, L].
+
+    ``critic`` emits one number per position (HF's ``...ForTokenClassification`` with one label).
+    The value of the state that emits token t is read where the logits predicting t are read:
+    at the position before t (the last prompt token for t = 0), as TRL's PPO trainer does.
+    """
+    device = next(critic.parameters()).device
+    n_completion = batch["completion_mask"].shape[1]
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
+    values = critic(**inputs, use_cache=False).logits                        # [N, P+L, 1]
+    return values[:, -n_completion - 1:-1, 0].float()                         # [N, L]
+
+
+@torch.no_grad()
+def logprobs_no_grad(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,
+                     micro_batch_size: int = 0, autocast=contextlib.nullcontext) -> torch.Tensor:
+    """Completion log-probs [N, L] of a frozen model (a reference, or the policy that sampled
+    the batch), ``micro_batch_size`` rows at a time (0 = all), on the CPU in float32.
+    ``autocast`` makes the context each forward runs under (the stage's ``ctx.autocast``)."""
+    forward = lambda part: completion_logprobs(model, part, temperature=temperature)[0]
+    return _in_parts(forward, batch, micro_batch_size, autocast)
+
+
+@torch.no_grad()
+def values_no_grad(critic, batch: dict[str, torch.Tensor], *, micro_batch_size: int = 0,
+                   autocast=contextlib.nullcontext) -> torch.Tensor:
+    """``completion_values`` [N, L] without a graph, in parts as ``logprobs_no_grad``."""
+    return _in_parts(lambda part: completion_values(critic, part), batch, micro_batch_size, autocast)
+
+
+def _in_parts(forward, batch: dict[str, torch.Tensor], micro_batch_size: int, autocast) -> torch.Tensor:
+    n = batch["input_ids"].shape[0]
+    mb = micro_batch_size or n
+    parts = []
+    for i in range(0, n, mb):
+        with autocast():
+            parts.append(forward({k: v[i:i + mb] for k, v in batch.items()}).float().cpu())
+    return torch.cat(parts)                                                  # [N, L]
 
 
 @functools.cache

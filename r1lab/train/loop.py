@@ -9,12 +9,17 @@ The loop body (what a step computes) stays written out in each stage (STYLE rule
         grad_norm = loop.optimizer_step()
         loop.end_step({"loss": loss.item(), "grad_norm": grad_norm}, show=("loss",))
     loop.finish(tokenizer)                       # writes out/model/
+
+A stage that trains a second model beside the first (PPO's critic) names it in ``companions``;
+it gets its own optimizer and schedule, ``loop.optimizer_step("critic")`` steps it, checkpoints
+hold both, and ``finish`` saves it to ``out/critic/``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.metrics import MetricsLogger
@@ -22,18 +27,34 @@ from r1lab.train.optim import Optim, build_optimizer, build_scheduler, optimizer
 from r1lab.train.progress import progress_bar, show
 
 
+class Companion(NamedTuple):
+    """A model trained beside the loop's main one, with its own optimizer and schedule."""
+    model: object
+    optim: Optim
+    opt: object
+    sched: object
+
+
+def _optimizer_and_schedule(model, optim: Optim, steps: int):
+    opt = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay)
+    return opt, build_scheduler(opt, warmup_steps=optim.warmup_steps, total_steps=steps, min_ratio=optim.min_lr_ratio)
+
+
 class TrainLoop:
     """State shared by every training stage's loop; see the module docstring."""
 
     def __init__(self, model, optim: Optim, out: Path, stage: str, kind: str, total_steps: int,
-                 checkpoint_every: int, optimizer_steps: int | None = None):
-        """``total_steps`` loop steps; ``optimizer_steps`` (default: the same) sizes the schedule."""
+                 checkpoint_every: int, optimizer_steps: int | None = None, companions: dict | None = None):
+        """``total_steps`` loop steps; ``optimizer_steps`` (default: the same) sizes the schedule(s).
+        ``companions``: name -> (model, Optim) of further models to train (module docstring)."""
         self.model, self.optim, self.out = model, optim, Path(out)
         self.total, self.checkpoint_every = total_steps, checkpoint_every
-        self.opt = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay)
-        self.sched = build_scheduler(self.opt, warmup_steps=optim.warmup_steps,
-                                     total_steps=optimizer_steps or total_steps, min_ratio=optim.min_lr_ratio)
-        self.step, self.resumed_elapsed = resume_training(self.out / "checkpoint", model, self.opt, self.sched)
+        steps = optimizer_steps or total_steps
+        self.opt, self.sched = _optimizer_and_schedule(model, optim, steps)
+        self.companions = {name: Companion(m, o, *_optimizer_and_schedule(m, o, steps))
+                           for name, (m, o) in (companions or {}).items()}
+        self.step, self.resumed_elapsed = resume_training(self.out / "checkpoint", model, self.opt, self.sched,
+                                                          self._companion_states())
         self.log = MetricsLogger(self.out / "metrics.jsonl", stage, resume_step=self.step,
                                  elapsed_s=self.resumed_elapsed)
         self.bar = progress_bar(f"{stage} ({kind})", total_steps, self.step)
@@ -43,9 +64,16 @@ class TrainLoop:
         while self.step < self.total:
             yield self.step
 
-    def optimizer_step(self) -> float:
-        """Clip, step, advance the schedule, zero the grads; returns the norm before clipping."""
-        return optimizer_step(self.model, self.opt, self.sched, self.optim.grad_clip)
+    def optimizer_step(self, companion: str | None = None) -> float:
+        """Clip, step, advance the schedule, zero the grads of the main model (or of the named
+        companion); returns the norm before clipping."""
+        if companion is None:
+            return optimizer_step(self.model, self.opt, self.sched, self.optim.grad_clip)
+        c = self.companions[companion]
+        return optimizer_step(c.model, c.opt, c.sched, c.optim.grad_clip)
+
+    def _companion_states(self) -> dict:
+        return {name: (c.model, c.opt, c.sched) for name, c in self.companions.items()}
 
     @property
     def lr(self) -> float:
@@ -58,9 +86,13 @@ class TrainLoop:
         show(self.bar, {k: values[k] for k in show_keys})
         self.bar.update(1)
         if self.step % self.checkpoint_every == 0 and self.step < self.total:
-            save_training(self.out / "checkpoint", self.model, self.opt, self.sched, self.step, self.log.elapsed())
+            save_training(self.out / "checkpoint", self.model, self.opt, self.sched, self.step, self.log.elapsed(),
+                          self._companion_states())
 
     def finish(self, tokenizer) -> None:
-        """Close the bar and save the trained model (HF format) to ``out/model``."""
+        """Close the bar and save the trained model (HF format) to ``out/model``, each companion
+        to ``out/<name>``."""
         self.bar.close()
         save_pretrained_atomic(self.model, tokenizer, self.out / "model")
+        for name, c in self.companions.items():
+            save_pretrained_atomic(c.model, tokenizer, self.out / name)

@@ -1,0 +1,180 @@
+"""Stage ``ppo``: Proximal Policy Optimization (Schulman et al. 2017) with a learned critic, as
+RLHF runs it (InstructGPT, Ouyang et al. 2022): the policy is rewarded per token with
+-kl_coef * (log pi - log pi_ref), plus the sequence's score on its last token; a value model
+trained beside it gives per-token baselines, and GAE (Schulman et al. 2016) turns rewards and
+values into advantages. This is what GRPO (r1lab/stages/grpo.py) drops: the critic, its
+optimizer and its forward/backward passes, replaced by the mean of a group of samples.
+
+Each step samples ``samples_per_prompt`` completions of ``prompts_per_step`` questions exactly
+as GRPO does (same questions, same sampler, same rule rewards), computes the rollout policy's,
+the reference's and the critic's numbers once, then runs ``ppo_epochs`` passes over shuffled
+mini-batches: one clipped policy step (r1lab/losses/ppo.py) and one clipped value step each.
+
+The critic is a separate model, ``AutoModelForTokenClassification`` with one label: the
+``init`` checkpoint's backbone under a fresh linear head, saved in HF format to ``out/critic``.
+A separate model rather than a value head on the policy's backbone, as InstructGPT and
+OpenRLHF do it: the policy's output stays a plain causal LM, value regression cannot pull on
+the policy's features, and the memory it costs is what a GRPO-vs-PPO comparison should show.
+
+Where we depart: the score is a rule reward (accuracy + format, as R1-Zero), not a reward
+model, and the critic starts from the policy's checkpoint (``critic_init``), not from a reward
+model. Actor and critic have their own AdamW, schedule and gradient clipping (as OpenRLHF and
+verl), so there is no ``vf_coef``: on separate weights with separate Adam steps it would only
+rescale the critic's gradient, which Adam undoes; ``critic_lr`` is the knob. No PPO-ptx term;
+the KL is the plain k1 per token, with a fixed coefficient (no adaptive controller).
+
+    r1lab run ppo-vs-grpo-tiny.yaml     # pretrain a base, then GRPO and PPO from it, each evaluated
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from r1lab.advantages import gae, masked_whiten
+from r1lab.losses.common import masked_mean
+from r1lab.losses.ppo import kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
+from r1lab.models.io import load_model, load_value_model
+from r1lab.rewards import RewardsSpec, build_rewards, learned_models
+from r1lab.rollout import Sampling
+from r1lab.stages.common import TaskStageConfig, block
+from r1lab.stages.context import RunContext
+from r1lab.stages.grpo import monitor_scorers, scored_rollout
+from r1lab.train.forward import completion_logprobs, completion_values, logprobs_no_grad, values_no_grad
+from r1lab.train.loop import TrainLoop
+from r1lab.train.optim import Optim
+
+
+class PpoConfig(TaskStageConfig):
+    """PPO with a learned critic, on the same rollouts and rewards as GRPO."""
+    reads = {"init": "model", "critic_init": "model"}
+    writes = ("model",)
+    kind: Literal["ppo"]
+    init: str = Field(description="Starting policy (and reference): an earlier stage's name or a model path.")
+    critic_init: str | None = Field(None, description="Checkpoint the critic's backbone starts from "
+                                    "(a causal LM or a saved critic); default: init.")
+    steps: int = Field(50, gt=0, description="Rollout batches (each followed by ppo_epochs passes over it).")
+    prompts_per_step: int = Field(16, gt=0, description="Questions per rollout batch.")
+    samples_per_prompt: int = Field(8, gt=0, description="Completions per question (GRPO's group_size).")
+    ppo_epochs: int = Field(2, ge=1, description="Passes over each rollout batch.")
+    mini_batch_size: int = Field(64, gt=0, description="Completions per optimizer step (of actor and of "
+                                 "critic); also the rows per no-grad forward.")
+    sampling: block(Sampling, "How rollouts are sampled (as grpo).", max_new_tokens=96, temperature=1.0, top_p=1.0)
+    optim: block(Optim, "Actor's optimizer and schedule (in optimizer steps: steps * ppo_epochs * "
+                 "mini-batches); the critic's copies it with lr = critic_lr.", lr=2e-4, warmup_steps=5)
+    critic_lr: float = Field(1e-3, gt=0, description="Critic's peak learning rate.")
+    clip_eps: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    value_clip: float = Field(0.2, gt=0, description="How far a value may move from the rollout's before "
+                              "its error stops counting (ppo2's cliprange_value).")
+    kl_coef: float = Field(0.05, ge=0, description="Weight of the per-token k1 KL to the reference in the "
+                           "reward (0 = no reference).")
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount per token.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    whiten_advantages: bool = Field(True, description="Normalize advantages over the batch's tokens.")
+    rewards: RewardsSpec = Field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5},
+                                 description="Reward name -> weight, or -> {weight, **params}; names from "
+                                 "r1lab.rewards.REWARDS (as grpo).")
+    checkpoint_every: int = Field(10, gt=0, description="Steps between resumable checkpoints.")
+
+    def references(self):
+        return super().references() + [(("rewards", *where), ref, "model") for where, ref in learned_models(self.rewards)]
+
+
+def policy_batch(policy, part: dict, old_logp: torch.Tensor, advantages: torch.Tensor, cfg: PpoConfig,
+                 ctx: RunContext) -> dict[str, float]:
+    """Clipped policy loss of one mini-batch, backward; returns its stats and entropy."""
+    with ctx.autocast():
+        logp, entropy = completion_logprobs(policy, part, temperature=cfg.sampling.temperature,
+                                            with_entropy=True)                # [n, L]
+    mask = part["completion_mask"].to(logp.device)
+    loss, stats = ppo_policy_loss(logp.float(), old_logp.to(logp.device), advantages.to(logp.device), mask,
+                                  clip_eps=cfg.clip_eps)
+    loss.backward()
+    return {**stats, "entropy": masked_mean(entropy.float(), mask).item()}
+
+
+def value_batch(critic, part: dict, old_values: torch.Tensor, returns: torch.Tensor, cfg: PpoConfig,
+                ctx: RunContext) -> dict[str, float]:
+    """Clipped value loss of one mini-batch, backward; returns its stats."""
+    with ctx.autocast():
+        values = completion_values(critic, part)                              # [n, L]
+    mask = part["completion_mask"].to(values.device)
+    loss, stats = ppo_value_loss(values, old_values.to(values.device), returns.to(values.device), mask,
+                                 clip_range=cfg.value_clip)
+    loss.backward()
+    return {"value_loss": stats["loss"], "vf_clip_frac": stats["clip_frac"]}
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var(returns - values) / Var(returns) over unmasked tokens: 1 is a perfect critic, 0 one
+    no better than a constant, below 0 worse (cleanrl's definition)."""
+    mask = mask.bool()
+    var = returns[mask].var()
+    return (1 - (returns - values)[mask].var() / var).item() if var > 0 else float("nan")
+
+
+def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
+    seed, task = ctx.seed, ctx.task(cfg)
+    policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
+    critic = load_value_model(ctx.model_path(cfg.critic_init or cfg.init), ctx.device)
+    ref = load_model(ctx.model_path(cfg.init), ctx.device)[0].eval() if cfg.kl_coef > 0 else None
+    n = cfg.prompts_per_step * cfg.samples_per_prompt
+    mini_batches = math.ceil(n / cfg.mini_batch_size)
+    loop = TrainLoop(policy, cfg.optim, out, cfg.name, "ppo", cfg.steps, cfg.checkpoint_every,
+                     optimizer_steps=cfg.steps * cfg.ppo_epochs * mini_batches,
+                     companions={"critic": (critic, cfg.optim.model_copy(update={"lr": cfg.critic_lr}))})
+    scorers, monitors = build_rewards(cfg.rewards, ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
+    frozen = dict(micro_batch_size=cfg.mini_batch_size, autocast=ctx.autocast)
+    for step in loop.steps():
+        t0 = time.time()
+        examples = task.sample_train(seed, step, cfg.prompts_per_step)
+        scored = scored_rollout(policy, tokenizer, task, examples, cfg.samples_per_prompt, cfg.sampling,
+                                seed * 1_000_003 + step, scorers, monitors)
+        batch, mask = scored.batch, scored.batch["completion_mask"]           # mask: [N, L]
+        # the rollout's numbers, fixed for the whole step: log-probs, reference, values
+        old_logp = logprobs_no_grad(policy, batch, temperature=cfg.sampling.temperature, **frozen)  # [N, L]
+        ref_logp = (logprobs_no_grad(ref, batch, temperature=cfg.sampling.temperature, **frozen)
+                    if ref is not None else old_logp)                          # [N, L]
+        critic.eval()
+        old_values = values_no_grad(critic, batch, **frozen)                   # [N, L]
+        token_rewards = kl_penalized_rewards(scored.rewards, old_logp, ref_logp, mask,
+                                             kl_coef=cfg.kl_coef)              # [N, L]
+        advantages, returns = gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)  # [N, L] each
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)                       # [N, L]
+
+        policy.train()
+        critic.train()
+        order = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        stats = []
+        for _ in range(cfg.ppo_epochs):
+            for rows in torch.randperm(n, generator=order).split(cfg.mini_batch_size):
+                part = {k: v[rows] for k, v in batch.items()}
+                p = policy_batch(policy, part, old_logp[rows], advantages[rows], cfg, ctx)
+                p["grad_norm"] = loop.optimizer_step()
+                v = value_batch(critic, part, old_values[rows], returns[rows], cfg, ctx)
+                v["critic_grad_norm"] = loop.optimizer_step("critic")
+                stats.append({**p, **v})
+        mean = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+        values = {
+            **scored.metrics,
+            "kl": masked_mean(old_logp - ref_logp, mask).item(),
+            "loss": mean["loss"], "clip_frac": mean["clip_frac"], "ratio": mean["ratio"],
+            "approx_kl": mean["approx_kl"], "entropy": mean["entropy"],
+            "value_loss": mean["value_loss"], "vf_clip_frac": mean["vf_clip_frac"],
+            "explained_variance": explained_variance(old_values, returns, mask),
+            "values/mean": masked_mean(old_values, mask).item(),
+            "returns/mean": masked_mean(returns, mask).item(),
+            "lr": loop.lr, "grad_norm": mean["grad_norm"], "critic_grad_norm": mean["critic_grad_norm"],
+            "tokens_per_s": scored.n_tokens / (time.time() - t0),
+            "rollout_s": scored.rollout_s,
+        }
+        loop.end_step(values, show_keys=("reward/mean", "accuracy", "value_loss", "tokens_per_s"))
+    loop.finish(tokenizer)                                                     # out/model and out/critic
+
+Config = PpoConfig
