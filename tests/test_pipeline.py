@@ -33,7 +33,7 @@ REDUCED = ["stages.base.steps=600", "stages.base.corpus.documents=20000", "stage
 
 @pytest.fixture(scope="module")
 def reduced_run(tmp_path_factory):
-    return run(load_config(None, REDUCED), tmp_path_factory.mktemp("reduced") / "run", log=lambda *_: None)
+    return run(load_config("r1-zero-tiny", REDUCED), tmp_path_factory.mktemp("reduced") / "run", log=lambda *_: None)
 
 
 @pytest.mark.slow
@@ -217,7 +217,7 @@ def test_run_dir_of_another_run_is_refused(tmp_path):
     from r1lab.pipeline import RunDirError
     (tmp_path / "config.yaml").write_text("name: something-else\n")
     with pytest.raises(RunDirError, match="holds the run 'something-else'"):
-        run(load_config(None), tmp_path, log=lambda *_: None)
+        run(load_config("r1-zero-tiny"), tmp_path, log=lambda *_: None)
     assert (tmp_path / "config.yaml").read_text() == "name: something-else\n"   # nothing overwritten
 
 
