@@ -10,7 +10,7 @@ loss is -log sigmoid(r(chosen) - r(rejected)) (r1lab/losses/reward_model.py). Wi
 ``part: full`` (R1's harmlessness) the whole response. Inputs are built and rewards read by the
 functions the scorer uses (r1lab/rewards/learned.py), so a trained model scores pairs in RL
 exactly as it did here. Pairs are shuffled per epoch from the seed (step ``s`` always trains the
-same pairs, so a resumed run equals an unbroken one); a held-out share gives validation accuracy,
+same pairs, so a resumed run equals an unbroken one); a held-out share of the prompts (all their pairs) gives validation accuracy,
 and ``val.json`` holds it for the untrained head and for the trained model.
 
 Departures from the paper: R1 gives no batch size, learning rate or length; InstructGPT's
@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -64,7 +65,7 @@ class RewardModelConfig(StageConfig):
     max_length: int = Field(1024, gt=1, description="Prompt + response tokens at most; longer rows keep their end.")
     part: Literal["summary", "full"] = Field("summary", description="What of a response is judged: the text after "
                                            "the last </think> (R1's helpfulness), or all of it (harmlessness).")
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for validation accuracy.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for validation accuracy, whole prompts at a time.")
     eval_every: int = Field(50, gt=0, description="Steps between validation passes (and at the end).")
     optim: block(Optim, "Optimizer and schedule.", lr=1e-5, warmup_steps=10, min_lr_ratio=0.1)
     checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
@@ -107,21 +108,30 @@ def validate(model, val: list[Pair], pad_id: int, cfg: RewardModelConfig, ctx: R
     return {f"val/{k}": v for k, v in stats.items()}
 
 
-def split(pairs: list[Pair], fraction: float, seed: int, path: Path) -> tuple[list[Pair], list[Pair]]:
-    """(train, val): a seeded share of the pairs held out, at least one left to train on."""
-    order = list(range(len(pairs)))
-    random.Random(f"rm-val-{seed}").shuffle(order)
-    n_val = min(len(pairs) - 1, math.ceil(fraction * len(pairs))) if fraction > 0 else 0
-    train = [pairs[i] for i in sorted(order[n_val:])]
+def split(rows: list[dict], fraction: float, seed: int, path: Path) -> tuple[list[dict], list[dict]]:
+    """(train, val) rows: a seeded share of the *prompts* held out with all their pairs, so no
+    held-out prompt is seen in training (pairs of one prompt share replies); at least one
+    prompt is left to train on."""
+    prompts = list(dict.fromkeys(row["prompt"] for row in rows))
+    random.Random(f"rm-val-{seed}").shuffle(prompts)
+    held: set[str] = set()
+    n_val, want = 0, math.ceil(fraction * len(rows)) if fraction > 0 else 0
+    per_prompt = Counter(row["prompt"] for row in rows)
+    for prompt in prompts[:-1]:
+        if n_val >= want:
+            break
+        held.add(prompt)
+        n_val += per_prompt[prompt]
+    train = [row for row in rows if row["prompt"] not in held]
     if not train:
         raise DataError(f"{path}: no pairs left to train on after holding out {n_val} for validation")
-    return train, [pairs[i] for i in order[:n_val]]
+    return train, [row for row in rows if row["prompt"] in held]
 
 
 def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
     model, tokenizer = reward_model_from_lm(ctx.model_path(cfg.init), ctx.device, ctx.seed)
     path = ctx.data_path(cfg.data)
-    train, val = split(encode_pairs(read_pairs(path), tokenizer, cfg), cfg.val_fraction, ctx.seed, path)
+    train, val = (encode_pairs(rows, tokenizer, cfg) for rows in split(read_pairs(path), cfg.val_fraction, ctx.seed, path))
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * per_epoch
     loop = TrainLoop(model, cfg.optim, out, cfg.name, "reward_model", total, cfg.checkpoint_every)
