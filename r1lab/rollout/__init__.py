@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from r1lab.models.adapters import merged_for_decoding
 from r1lab.rollout import hf, native
 from r1lab.rollout.types import Rollout
 
@@ -35,10 +36,12 @@ class Sampling(BaseModel):
 
 def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw) -> Rollout:
     """Sample completions of ``prompts`` (see :func:`r1lab.rollout.hf.generate` for the
-    arguments). ``auto`` takes ``native`` when it supports the model, else ``hf``."""
-    if backend == "native" or (backend == "auto" and native.supports(model)):
-        return native.generate(model, prompts, **kw)
-    return hf.generate(model, prompts, **kw)
+    arguments). ``auto`` takes ``native`` when it supports the model, else ``hf``. A PEFT
+    model decodes with its adapters merged (r1lab/models/adapters.py)."""
+    with merged_for_decoding(model) as plain:
+        if backend == "native" or (backend == "auto" and native.supports(plain)):
+            return native.generate(plain, prompts, **kw)
+        return hf.generate(plain, prompts, **kw)
 
 
 def sample(model, tokenizer, prompts: list[str], *, n: int, sampling: Sampling, seed: int,

@@ -43,6 +43,7 @@ from pydantic import Field, model_validator
 from r1lab.data.jsonl import read_sft_jsonl
 from r1lab.losses.distill import DIVERGENCES, chunked_distill_loss
 from r1lab.models.io import CheckpointError, load_model
+from r1lab.models.adapters import LoraBlock, with_adapters
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
@@ -83,6 +84,7 @@ class DistillConfig(StageConfig):
                                                     "completion tokens of a batch, or per completion then over completions.")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of rows held out for validation loss.")
     eval_every: int = Field(50, gt=0, description="Steps between validation losses (and at the end).")
+    lora: LoraBlock = None
     optim: block(Optim, "Optimizer and schedule (R1: cosine to a tenth of the initial rate).",
                  lr=1e-4, warmup_steps=10, min_lr_ratio=0.1)
     checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
@@ -155,6 +157,7 @@ def shared_vocab(student, teacher, tokenizer, cfg: DistillConfig) -> int:
 
 def run(ctx: RunContext, cfg: DistillConfig, out: Path) -> None:
     student, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
+    student = with_adapters(student, cfg.lora, ctx.seed)
     teacher, vocab = None, 0
     if cfg.method == "logit":
         teacher = load_model(ctx.model_path(cfg.teacher), ctx.device)[0].eval().requires_grad_(False)

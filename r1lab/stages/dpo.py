@@ -45,6 +45,7 @@ from r1lab.data.jsonl import DataError, read_pairs
 from r1lab.losses.dpo import sequence_logp
 from r1lab.losses.registry import DPO_EXTRA_KEYWORDS, DPO_LOSSES
 from r1lab.models.io import load_model
+from r1lab.models.adapters import LoraBlock, with_adapters
 from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.stages.sft import batch_rows, collate, encode
@@ -78,6 +79,7 @@ class DpoConfig(StageConfig):
     max_length: int = Field(512, gt=1, description="Prompt + response tokens at most; longer responses are cut.")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of pairs held out for validation.")
     eval_every: int = Field(50, gt=0, description="Steps between validations (and at the end).")
+    lora: LoraBlock = None
     optim: block(Optim, "Optimizer and schedule (the paper: LR 1e-6, warmup, then constant).",
                  lr=1e-6, warmup_steps=10, min_lr_ratio=1.0)
     checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
@@ -176,6 +178,7 @@ def run(ctx: RunContext, cfg: DpoConfig, out: Path) -> None:
     pad_id, eval_micro = tokenizer.pad_token_id, cfg.micro_batch_size or cfg.batch_size
     model.eval()     # still the initial model (TrainLoop restores a checkpoint after this): the reference
     ref = reference_logprobs(model, pairs, pad_id, ctx, eval_micro)
+    model = with_adapters(model, cfg.lora, ctx.seed)                         # B = 0: ref unchanged
     order = list(range(len(pairs)))
     random.Random(f"dpo-val-{ctx.seed}").shuffle(order)
     n_val = min(len(pairs) - 1, math.ceil(cfg.val_fraction * len(pairs))) if cfg.val_fraction > 0 else 0

@@ -37,6 +37,7 @@ from r1lab.data.general import REQUESTS
 from r1lab.losses.common import masked_mean
 from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
+from r1lab.models.adapters import LoraBlock, frozen_reference, with_adapters
 from r1lab.rewards import RewardsSpec, Scorer, build_rewards, learned_models, mean_where_scored, score
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
@@ -63,6 +64,7 @@ class GrpoConfig(TaskStageConfig):
     micro_batch_size: int = Field(0, ge=0, description="Completions per forward/backward; 0 = all at once.")
     sampling: block(Sampling, "How rollouts are sampled (T = 1 as in R1-Zero).", max_new_tokens=96,
                     temperature=1.0, top_p=1.0)
+    lora: LoraBlock = None
     optim: block(Optim, "Optimizer and schedule (in optimizer steps: steps * mu).", lr=2e-4, warmup_steps=5)
     loss: Literal[tuple(GRPO_LOSSES)] = Field("grpo", description="Policy loss: grpo (R1), dapo, dr_grpo, gspo, dual_clip.")
     advantages: Literal[tuple(ADVANTAGE_ESTIMATORS)] = Field(
@@ -179,7 +181,8 @@ def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampli
 def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     seed, task = ctx.seed, ctx.task(cfg)
     policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
-    ref = load_model(ctx.model_path(cfg.init), ctx.device)[0].eval() if cfg.beta > 0 else None
+    policy = with_adapters(policy, cfg.lora, seed)
+    ref = frozen_reference(policy, lambda: load_model(ctx.model_path(cfg.init), ctx.device)[0]) if cfg.beta > 0 else None
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
                      optimizer_steps=cfg.steps * cfg.mu)
     scorers, monitors = build_rewards(cfg.rewards, ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)

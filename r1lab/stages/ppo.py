@@ -40,6 +40,7 @@ from r1lab.advantages import gae, masked_whiten
 from r1lab.losses.common import masked_mean
 from r1lab.losses.ppo import kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
 from r1lab.models.io import load_model, load_value_model
+from r1lab.models.adapters import LoraBlock, frozen_reference, with_adapters
 from r1lab.rewards import RewardsSpec, build_rewards, learned_models
 from r1lab.rollout import Sampling
 from r1lab.stages.common import TaskStageConfig, block
@@ -65,6 +66,7 @@ class PpoConfig(TaskStageConfig):
     mini_batch_size: int = Field(64, gt=0, description="Completions per optimizer step (of actor and of "
                                  "critic); also the rows per no-grad forward.")
     sampling: block(Sampling, "How rollouts are sampled (as grpo).", max_new_tokens=96, temperature=1.0, top_p=1.0)
+    lora: LoraBlock = None
     optim: block(Optim, "Actor's optimizer and schedule (in optimizer steps: steps * ppo_epochs * "
                  "mini-batches); the critic's copies it with lr = critic_lr.", lr=2e-4, warmup_steps=5)
     critic_lr: float = Field(1e-3, gt=0, description="Critic's peak learning rate.")
@@ -121,8 +123,9 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
     seed, task = ctx.seed, ctx.task(cfg)
     policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
+    policy = with_adapters(policy, cfg.lora, seed)                             # the critic trains every weight
     critic = load_value_model(ctx.model_path(cfg.critic_init or cfg.init), ctx.device)
-    ref = load_model(ctx.model_path(cfg.init), ctx.device)[0].eval() if cfg.kl_coef > 0 else None
+    ref = frozen_reference(policy, lambda: load_model(ctx.model_path(cfg.init), ctx.device)[0]) if cfg.kl_coef > 0 else None
     n = cfg.prompts_per_step * cfg.samples_per_prompt
     mini_batches = math.ceil(n / cfg.mini_batch_size)
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "ppo", cfg.steps, cfg.checkpoint_every,

@@ -39,6 +39,7 @@ from pydantic import Field
 from r1lab.data.jsonl import DataError, read_pairs
 from r1lab.losses.reward_model import bradley_terry_loss
 from r1lab.models.io import reward_model_from_lm
+from r1lab.models.adapters import LoraBlock, with_adapters
 from r1lab.rewards.learned import collate_reward_inputs, encode_reward_input, sequence_rewards
 from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
@@ -67,6 +68,7 @@ class RewardModelConfig(StageConfig):
                                            "the last </think> (R1's helpfulness), or all of it (harmlessness).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for validation accuracy, whole prompts at a time.")
     eval_every: int = Field(50, gt=0, description="Steps between validation passes (and at the end).")
+    lora: LoraBlock = None
     optim: block(Optim, "Optimizer and schedule.", lr=1e-5, warmup_steps=10, min_lr_ratio=0.1)
     checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
 
@@ -130,6 +132,7 @@ def split(rows: list[dict], fraction: float, seed: int, path: Path) -> tuple[lis
 
 def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
     model, tokenizer = reward_model_from_lm(ctx.model_path(cfg.init), ctx.device, ctx.seed)
+    model = with_adapters(model, cfg.lora, ctx.seed, task_type="SEQ_CLS")   # the new head trains too
     path = ctx.data_path(cfg.data)
     train, val = (encode_pairs(rows, tokenizer, cfg) for rows in split(read_pairs(path), cfg.val_fraction, ctx.seed, path))
     per_epoch = math.ceil(len(train) / cfg.batch_size)

@@ -29,6 +29,7 @@ from pydantic import Field
 from r1lab.data.jsonl import DataError, read_sft_jsonl
 from r1lab.losses.sft import sft_nll
 from r1lab.models.io import load_model
+from r1lab.models.adapters import LoraBlock, with_adapters
 from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.forward import completion_logprobs, prompt_completion_batch
@@ -52,6 +53,7 @@ class SftConfig(StageConfig):
                                                     "tokens of a batch, or per completion then over completions.")
     val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of rows held out for validation loss.")
     eval_every: int = Field(50, gt=0, description="Steps between validation losses (and at the end).")
+    lora: LoraBlock = None
     optim: block(Optim, "Optimizer and schedule (cosine to a tenth, as for R1's distilled models).",
                  lr=1e-4, warmup_steps=10, min_lr_ratio=0.1)
     checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
@@ -132,6 +134,7 @@ def nll_batch(model, pairs, pad_id: int, cfg: SftConfig, ctx: RunContext, *, tra
 
 def run(ctx: RunContext, cfg: SftConfig, out: Path) -> None:
     model, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
+    model = with_adapters(model, cfg.lora, ctx.seed)
     path = ctx.data_path(cfg.data)
     pairs = encode(read_sft_jsonl(path), tokenizer, cfg.max_length)
     train, val = split_rows(pairs, cfg.val_fraction, ctx.seed, path)

@@ -52,11 +52,12 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: f
 def completion_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits that predict each completion token, a [N, L, V] view of the model's output,
     and the completion ids [N, L] on the model's device. Only the L + 1 logits after the prompt
-    are asked for where the model's forward takes HF's ``logits_to_keep``."""
+    are asked for where the model's forward takes HF's ``logits_to_keep`` (a PEFT model passes
+    it on to the model it wraps)."""
     device = next(model.parameters()).device
     n_completion = batch["completion_mask"].shape[1]
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
-    if _takes_logits_to_keep(type(model)):
+    if _takes_logits_to_keep(type(model.get_base_model() if hasattr(model, "get_base_model") else model)):
         inputs["logits_to_keep"] = n_completion + 1
     logits = model(**inputs).logits                            # [N, L+1, V], or [N, P+L, V] without
     return logits[:, -n_completion - 1:-1], inputs["input_ids"][:, -n_completion:]

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from r1lab.models.adapters import save_adapted
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.metrics import MetricsLogger
 from r1lab.train.optim import Optim, build_optimizer, build_scheduler, optimizer_step
@@ -91,8 +92,8 @@ class TrainLoop:
 
     def finish(self, tokenizer) -> None:
         """Close the bar and save the trained model (HF format) to ``out/model``, each companion
-        to ``out/<name>``."""
+        to ``out/<name>``. A model with adapters is saved merged, its adapter to ``out/adapter``."""
         self.bar.close()
-        save_pretrained_atomic(self.model, tokenizer, self.out / "model")
+        save_adapted(self.model, tokenizer, self.out / "model", save_pretrained_atomic)
         for name, c in self.companions.items():
             save_pretrained_atomic(c.model, tokenizer, self.out / name)
