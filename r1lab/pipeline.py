@@ -58,11 +58,13 @@ def stage_dir(run_dir: Path, index: int, name: str) -> Path:
 
 
 def fingerprint(config: RunConfig, stage, upstream: dict[str, str]) -> str:
-    """Hash of a stage's config, the seed, its task, and its inputs (earlier stages' fingerprints)."""
+    """Hash of a stage's config, the seed, its task, and its inputs (earlier stages' fingerprints).
+    Settings left unset (None) do not count, so an optional setting added in a later version of
+    r1lab does not make finished stages run again."""
     inputs = {".".join(map(str, where)): upstream.get(ref, f"path:{ref}") for where, ref, _ in stage.references()}
     task = getattr(stage, "task", None) or config.task
-    payload = {"stage": stage.model_dump(mode="json"), "seed": config.seed,
-               "task": task.model_dump(mode="json"), "inputs": inputs}
+    payload = {"stage": stage.model_dump(mode="json", exclude_none=True), "seed": config.seed,
+               "task": task.model_dump(mode="json", exclude_none=True), "inputs": inputs}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

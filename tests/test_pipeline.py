@@ -313,3 +313,23 @@ def test_peak_rss_is_per_stage():
     del big
     reset_peak_rss()
     assert high - peak_rss_mb() > 200
+
+
+def test_an_unset_optional_setting_leaves_the_fingerprint_as_it_was():
+    """A stage config without ``lora:`` hashes as one from before the field existed, so finished
+    stages are not run again after an upgrade; setting it changes the hash."""
+    from r1lab.config import RunConfig
+    from r1lab.pipeline import fingerprint
+    config = RunConfig.model_validate({"name": "x", "task": {"kind": "arithmetic"},
+                                       "stages": [{"kind": "sft", "name": "s", "init": "/m", "data": "/d"}]})
+    stage = config.stages[0]
+    old = type(stage).model_dump
+    without = lambda self, **kw: {k: v for k, v in old(self, **kw).items() if k != "lora"}
+    try:
+        type(stage).model_dump = without
+        before = fingerprint(config, stage, {})
+    finally:
+        type(stage).model_dump = old
+    assert fingerprint(config, stage, {}) == before
+    with_lora = stage.model_copy(update={"lora": {"r": 4}})
+    assert fingerprint(config, with_lora, {}) != before
