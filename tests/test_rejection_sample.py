@@ -303,3 +303,23 @@ def test_stage_on_a_tiny_model_keeps_what_the_filters_let_through(tmp_path, toke
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     assert (stats["prompts"], stats["drawn"], stats["kept"], stats["removed"]["over_keep"]) == (3, 9, 6, 3)
     assert stats["kept_per_prompt"] == {"0": 0, "1": 0, "2": 3}
+
+
+def test_non_reasoning_list_rows_carry_corpus_replies_of_mixed_quality():
+    """List requests have no reference to copy: their rows answer as the pre-training corpus
+    does, some replies fitting the request and some not; words rows keep the reference."""
+    from r1lab.data.tasks import ArithmeticTask
+    from r1lab.rewards.judge import judge
+    from r1lab.stages.rejection_sample import general_rows
+    task = ArithmeticTask(kind="arithmetic", languages=["en", "zh"])
+    cfg = RejectionSampleConfig(kind="rejection_sample", name="rs", model="m", prompts=10, non_reasoning=200,
+                                general_requests=["words", "list"])
+    rows = general_rows(task, 0, cfg)
+    assert rows == general_rows(task, 0, cfg)                                  # seeded
+    lists = [r for r in rows if r["source_model"] == "corpus"]
+    words = [r for r in rows if r["source_model"] == "reference"]
+    assert len(lists) > 50 and len(words) > 50 and [r["prompt_id"] for r in rows] == list(range(10, 210))
+    assert all(r["completion"] == f" <think></think> <answer>{r['answer']}</answer>" for r in words)
+    examples = task.general_examples(0, 200, split="train", requests=("words", "list"))
+    scores = [judge(r["completion"], e) for r, e in zip(rows, examples) if r["source_model"] == "corpus"]
+    assert 0.2 < sum(scores) / len(scores) < 0.9 and min(scores) < 0.5 and max(scores) == 1.0

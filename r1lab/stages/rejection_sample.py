@@ -26,6 +26,7 @@ from was itself trained on the readable pattern. Sizes are a laptop's (R1: ~600k
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -34,8 +35,9 @@ import torch
 from pydantic import BaseModel, Field, model_validator
 
 from r1lab.data.chunked import ChunkedJsonl
+from r1lab.data.general import corpus_reply
 from r1lab.models.io import load_model
-from r1lab.rewards.readable import direct_completion, readable, repeat_ratio
+from r1lab.rewards.readable import readable, repeat_ratio
 from r1lab.rewards import REWARDS
 from r1lab.rewards.format import format_reward
 from r1lab.rewards.language import detect_language
@@ -72,6 +74,10 @@ class RejectionSampleConfig(TaskStageConfig):
     rewrite: bool = Field(False, description="Rewrite kept completions into the readable pattern "
                           "<think>..</think> summary <answer>..</answer> (cold-start data).")
     non_reasoning: int = Field(0, ge=0, description="Rows of the task's general questions answered directly, no CoT.")
+    general_requests: list[Literal["words", "list"]] = Field(
+        ["words"], min_length=1, description="Kinds of general question in the non_reasoning rows: words are "
+        "answered with the reference; lists (no single answer) with a reply of the pre-training corpus's mixed "
+        "quality, standing in for the DeepSeek-V3 answers R1 reuses.")
 
     @model_validator(mode="after")
     def _rewrite_needs_format(self):
@@ -153,13 +159,19 @@ def chunk_rows(model, tokenizer, task, b: int, seed: int, cfg: RejectionSampleCo
 
 
 def general_rows(task, seed: int, cfg: RejectionSampleConfig) -> list[dict]:
-    """``non_reasoning`` rows answered with the reference and an empty CoT; nothing sampled.
-    Only requests with one right answer (``words``) have a reference to copy: the open-ended
-    ones (``list``) are left to the judge, the reward model and all-scenario RL."""
-    return [{"prompt": task.prompt(e), "completion": direct_completion(e), "question": e["question"],
-             "answer": e["answer"], "lang": _lang(e), "category": "general", "source_model": "reference",
+    """``non_reasoning`` rows answered directly, with an empty CoT; nothing sampled. A request
+    with one right answer (``words``) gets the reference; an open-ended one (``list``) a reply
+    as the pre-training corpus gives it, of mixed quality (r1lab/data/general.py), so SFT keeps
+    the skill the base had and leaves its refinement to the judge, the reward model and
+    all-scenario RL."""
+    rng = random.Random(f"non-reasoning-{seed}")
+    examples = task.general_examples(seed, cfg.non_reasoning, split="train", requests=tuple(cfg.general_requests))
+    reply = lambda e: corpus_reply(e, rng) if e.get("request") == "list" else e["answer"]
+    return [{"prompt": task.prompt(e), "completion": f" <think></think> <answer>{reply(e)}</answer>",
+             "question": e["question"], "answer": e["answer"], "lang": _lang(e), "category": "general",
+             "source_model": "corpus" if e.get("request") == "list" else "reference",
              "prompt_id": cfg.prompts + i, "sample": 0, "rewards": {}, "n_tokens": None}
-            for i, e in enumerate(task.general_examples(seed, cfg.non_reasoning, split="train", requests=("words",)))]
+            for i, e in enumerate(examples)]
 
 
 def fresh_stats(cfg: RejectionSampleConfig) -> dict:
