@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 USAGE = """\
 r1lab trains reasoning language models the way DeepSeek-R1 was trained.
 
-  r1lab run                      pre-train a tiny model and train it with R1-Zero GRPO (default config)
+  r1lab run                      the whole R1 recipe on a tiny model it builds itself (config r1-tiny)
   r1lab run CONFIG --set k=v     any config (a YAML path or a shipped name) with overrides
   r1lab eval MODEL_DIR           evaluate a saved model on a config's held-out split
   r1lab report RUN_DIR           write RUN_DIR/report.md and plots/*.png (run writes it at the end)
 """
+
+
+# glibc's malloc returns PyTorch's mid-size activation buffers to the kernel after each step and
+# faults them in again on the next one: ~17M minor page faults in a default run. These limits
+# keep them mapped (docs/log.md, "Page faults after pre-training"). glibc reads them only when a
+# process starts, so the console script starts Python again with them, unless the user set either.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "134217728"}
+
+
+def entry() -> None:
+    """The ``r1lab`` console script: :func:`main` in a process started with ``MALLOC_ENV``."""
+    if sys.platform.startswith("linux") and not MALLOC_ENV.keys() & os.environ.keys():
+        os.execve(sys.executable, [sys.executable, "-m", "r1lab", *sys.argv[1:]], {**os.environ, **MALLOC_ENV})
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:

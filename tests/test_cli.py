@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from r1lab.cli import main
 
 
@@ -25,3 +27,23 @@ def test_bad_config_value_exits_2_naming_the_field(capsys, tmp_path):
 def test_missing_model_dir_exits_2(capsys, tmp_path):
     assert main(["eval", str(tmp_path / "nope")]) == 2
     assert "not a model directory (no config.json)" in capsys.readouterr().err
+
+
+def test_the_console_script_restarts_once_with_the_malloc_limits(monkeypatch):
+    """glibc reads the limits only at start: without them the script starts Python again with
+    them (and ``python -m r1lab`` then runs main); with either set by the user it runs as is."""
+    import r1lab.cli as cli
+    calls = []
+    monkeypatch.setattr(cli.os, "execve", lambda exe, args, env: calls.append((args, env)))
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    monkeypatch.setattr(cli.sys, "argv", ["r1lab", "run", "x.yaml"])
+    for key in cli.MALLOC_ENV:
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(SystemExit):
+        cli.entry()
+    (args, env), = calls
+    assert args[1:] == ["-m", "r1lab", "run", "x.yaml"] and cli.MALLOC_ENV.items() <= env.items()
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
+    with pytest.raises(SystemExit):
+        cli.entry()
+    assert len(calls) == 1
