@@ -12,6 +12,7 @@ they sample with a :class:`Sampling` block and call :func:`sample` with prompt t
 
 from __future__ import annotations
 
+import sys
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -21,6 +22,7 @@ from r1lab.rollout import hf, native
 from r1lab.rollout.types import Rollout
 
 Backend = Literal["auto", "native", "hf"]
+_TOLD: set[str] = set()          # model types already told to fall back to hf
 
 
 class Sampling(BaseModel):
@@ -36,11 +38,19 @@ class Sampling(BaseModel):
 
 def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw) -> Rollout:
     """Sample completions of ``prompts`` (see :func:`r1lab.rollout.hf.generate` for the
-    arguments). ``auto`` takes ``native`` when it supports the model, else ``hf``. A PEFT
+    arguments). ``auto`` takes ``native`` when it supports the model, else ``hf`` (saying so
+    once per model type); ``native`` refuses a model it does not decode exactly. A PEFT
     model decodes with its adapters merged (r1lab/models/adapters.py)."""
     with merged_for_decoding(model) as plain:
-        if backend == "native" or (backend == "auto" and native.supports(plain)):
+        if native.supports(plain) and backend in ("auto", "native"):
             return native.generate(plain, prompts, **kw)
+        kind = getattr(plain.config, "model_type", type(plain).__name__)
+        if backend == "native":
+            raise ValueError(f"backend native does not decode {kind} models exactly; use backend hf or auto")
+        if backend == "auto" and kind not in _TOLD:
+            _TOLD.add(kind)
+            print(f"r1lab: the native decoder does not cover {kind} models (e.g. mixtures of experts); "
+                  f"generating with hf", file=sys.stderr)
         return hf.generate(plain, prompts, **kw)
 
 

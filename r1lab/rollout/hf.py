@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from r1lab.models.moe import is_moe
 from r1lab.rollout.sampling import sample_next
 from r1lab.rollout.types import Rollout, left_pad
 
@@ -27,8 +28,10 @@ def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int
     pos = (attn.cumsum(-1) - 1).clamp(min=0)                                # [N, P]
     generator = torch.Generator(device).manual_seed(seed)
     stops = [torch.tensor(s, device=device) for s in stop if len(s) > 0]
+    # an MoE model's router loss is for training; HF's fails on a one-token step with a cache
+    extra = {"output_router_logits": False} if is_moe(model) else {}
 
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **extra)
     cache, logits = out.past_key_values, out.logits[:, -1]                  # [N, V]
     pos = pos[:, -1:]                                                       # [N, 1]
     n_rows = ids.shape[0]
@@ -57,7 +60,7 @@ def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)      # [N, P+t+1]
         pos = pos + 1
         out = model(input_ids=tok[:, None], attention_mask=attn, position_ids=pos,
-                    past_key_values=cache, use_cache=True)
+                    past_key_values=cache, use_cache=True, **extra)
         cache, logits = out.past_key_values, out.logits[:, -1]
 
     names = ("length", "eos", "stop")

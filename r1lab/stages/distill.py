@@ -108,7 +108,9 @@ def logit_batch(student, teacher, pairs, pad_id: int, vocab: int, cfg: DistillCo
     out = {"loss": 0.0, "top1_agreement": 0.0}
     for i in range(0, len(pairs), mb):
         with torch.set_grad_enabled(train):
-            loss, stats = micro_loss(student, teacher, collate(pairs[i:i + mb], pad_id), vocab, tokens, cfg, ctx)
+            part = pairs[i:i + mb]
+            loss, stats = micro_loss(student, teacher, collate(part, pad_id), vocab, tokens, cfg, ctx,
+                                     share=len(part) / len(pairs))
         if train:
             loss.backward()            # the logits live on only in the graph, freed as it runs
         out["loss"] += stats["loss"]
@@ -117,12 +119,13 @@ def logit_batch(student, teacher, pairs, pad_id: int, vocab: int, cfg: DistillCo
 
 
 def micro_loss(student, teacher, batch: dict, vocab: int, normalizer: int, cfg: DistillConfig,
-               ctx: RunContext) -> tuple[torch.Tensor, dict[str, float]]:
-    """The chunked divergence of one micro-batch over ``normalizer`` tokens; teacher under no_grad."""
+               ctx: RunContext, share: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """The chunked divergence of one micro-batch (``share`` of the batch's rows) over
+    ``normalizer`` tokens; teacher under no_grad."""
     with ctx.autocast():
         with torch.no_grad():
             t_logits, _ = completion_logits(teacher, batch)                           # [b, L, V_t]
-        s_logits, _ = completion_logits(student, batch)                               # [b, L, V_s]
+        s_logits, _ = completion_logits(student, batch, aux_weight=share)             # [b, L, V_s]
         return chunked_distill_loss(s_logits[..., :vocab], t_logits[..., :vocab], batch["completion_mask"],
                                     divergence=cfg.loss, beta=cfg.beta, temperature=cfg.temperature,
                                     chunk_size=CHUNK_SIZE, normalizer=normalizer)

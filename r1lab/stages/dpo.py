@@ -92,13 +92,14 @@ def encode_pairs(rows: list[dict], tokenizer, max_length: int) -> list[Pair]:
     return [(p, c, r) for (p, c), (_, r) in zip(chosen, rejected)]
 
 
-def pair_logprobs(model, pairs: list[Pair], pad_id: int, ctx: RunContext):
+def pair_logprobs(model, pairs: list[Pair], pad_id: int, ctx: RunContext, share: float = 1.0):
     """Token log-probs of the chosen and the rejected responses of ``pairs``, all in one forward
-    (TRL's concatenated forward): chosen [b, L], rejected [b, L], and their masks [b, L]."""
+    (TRL's concatenated forward): chosen [b, L], rejected [b, L], and their masks [b, L]. ``share``:
+    the pairs' part of the optimizer batch (it weighs an MoE model's router loss)."""
     b = len(pairs)
     batch = collate([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], pad_id)  # [2b, P+L]
     with ctx.autocast():
-        logp, _ = completion_logprobs(model, batch)                                 # [2b, L]
+        logp, _ = completion_logprobs(model, batch, aux_weight=share)               # [2b, L]
     mask = batch["completion_mask"].to(logp.device)                                  # [2b, L]
     return logp[:b], logp[b:], mask[:b], mask[b:]
 
@@ -161,7 +162,8 @@ def dpo_batch(model, pairs: list[Pair], ref: TokenLogps, pad_id: int, cfg: DpoCo
     policy = []
     for i in range(0, n, mb):
         with torch.set_grad_enabled(train):
-            chosen, rejected, mask_c, mask_r = pair_logprobs(model, pairs[i:i + mb], pad_id, ctx)  # [b, L]
+            part = pairs[i:i + mb]
+            chosen, rejected, mask_c, mask_r = pair_logprobs(model, part, pad_id, ctx, len(part) / n)  # [b, L]
             ref_c = pad([c for c, _ in ref[i:i + mb]], chosen.shape[1])[0].to(chosen.device)      # [b, L]
             ref_r = pad([r for _, r in ref[i:i + mb]], rejected.shape[1])[0].to(chosen.device)    # [b, L]
             loss, _ = loss_fn(chosen, rejected, ref_c, ref_r, mask_c, mask_r, **keywords)

@@ -116,7 +116,7 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
         part = {k: v[i:i + mb] for k, v in batch.items()}
         with ctx.autocast():
             logp, entropy = completion_logprobs(policy, part, temperature=cfg.sampling.temperature,
-                                                with_entropy=True)
+                                                with_entropy=True, aux_weight=len(part["input_ids"]) / n)
         dev = lambda x: None if x is None else x.to(logp.device)
         mask = part["completion_mask"].to(logp.device)
         old = logp.detach() if old_logp is None else dev(part_of(old_logp, i))

@@ -21,6 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from r1lab.data.corpus import CorpusMix, documents
+from r1lab.models.moe import is_moe, record
 from r1lab.models.tiny import TinyModelConfig, build_tiny_model
 from r1lab.models.tokenizer import train_tokenizer
 from r1lab.stages.common import TaskStageConfig, block
@@ -115,8 +116,10 @@ def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
         idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
         batch = train[idx].to(ctx.device)                                    # [B, S]
         with ctx.autocast():
-            loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
+            output = model(input_ids=batch, labels=batch)    # an MoE model's loss includes its router loss
+        output.loss.backward()
+        record(model, output)
+        loss = output.loss
         grad_norm = loop.optimizer_step()
         tokens_seen += batch.numel()
         values = {"loss": loss.item(), "grad_norm": grad_norm, "lr": loop.lr,
@@ -130,13 +133,14 @@ def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
 
 @torch.no_grad()
 def validation_loss(model, rows: torch.Tensor, ctx: RunContext, batch_size: int = 32) -> float:
-    """Mean next-token loss over the held-back rows."""
+    """Mean next-token loss over the held-back rows (an MoE model's without its router loss)."""
     model.eval()
     total = 0.0
+    no_router = {"output_router_logits": False} if is_moe(model) else {}
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size].to(ctx.device)
         with ctx.autocast():
-            total += model(input_ids=chunk, labels=chunk).loss.item() * len(chunk)
+            total += model(input_ids=chunk, labels=chunk, **no_router).loss.item() * len(chunk)
     value = total / len(rows)
     return value if math.isfinite(value) else float("inf")
 

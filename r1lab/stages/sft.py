@@ -123,7 +123,7 @@ def nll_batch(model, pairs, pad_id: int, cfg: SftConfig, ctx: RunContext, *, tra
     for i in range(0, len(pairs), mb):
         batch = collate(pairs[i:i + mb], pad_id)
         with ctx.autocast(), torch.set_grad_enabled(train):
-            logp, _ = completion_logprobs(model, batch)                              # [b, L]
+            logp, _ = completion_logprobs(model, batch, aux_weight=len(batch["input_ids"]) / len(pairs))  # [b, L]
             loss, _ = sft_nll(logp, batch["completion_mask"].to(logp.device), reduction=cfg.reduction,
                               normalizer=normalizer)
         if train:

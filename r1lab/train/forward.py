@@ -9,6 +9,7 @@ import inspect
 
 import torch
 
+from r1lab.models.moe import with_router_loss
 from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy
 from r1lab.rollout.types import left_pad
 
@@ -34,32 +35,34 @@ def prompt_completion_batch(prompts: list[list[int]], completion_ids: torch.Tens
 
 
 def completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,
-                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                        with_entropy: bool = False, aux_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(completion token) for each completion position: [N, L], and optionally entropy [N, L].
 
     Log-probs and entropy are of softmax(logits / temperature), so the numbers match the
     sampler's. The model is asked only for the L + 1 logits after the prompt (HF's
     ``logits_to_keep``) where its forward takes that argument; temperature and entropy are
     applied chunk by chunk, so besides the model's own logits and their gradient no [N, L, V]
-    float copy is made.
+    float copy is made. ``aux_weight``: see :func:`completion_logits`.
     """
-    logits, ids = completion_logits(model, batch)                              # [N, L, V], [N, L]
+    logits, ids = completion_logits(model, batch, aux_weight)                  # [N, L, V], [N, L]
     if with_entropy:
         return chunked_token_logprobs_and_entropy(logits, ids, CHUNK_SIZE, temperature=temperature)
     return chunked_token_logprobs(logits, ids, CHUNK_SIZE, temperature=temperature), None
 
 
-def completion_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logits(model, batch: dict[str, torch.Tensor], aux_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The logits that predict each completion token, a [N, L, V] view of the model's output,
     and the completion ids [N, L] on the model's device. Only the L + 1 logits after the prompt
     are asked for where the model's forward takes HF's ``logits_to_keep`` (a PEFT model passes
-    it on to the model it wraps)."""
+    it on to the model it wraps). An MoE model's router loss rides along into the backward pass,
+    at ``aux_weight`` (this forward's share of the batch) times its coefficient (r1lab/models/moe.py)."""
     device = next(model.parameters()).device
     n_completion = batch["completion_mask"].shape[1]
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
     if _takes_logits_to_keep(type(model.get_base_model() if hasattr(model, "get_base_model") else model)):
         inputs["logits_to_keep"] = n_completion + 1
-    logits = model(**inputs).logits                            # [N, L+1, V], or [N, P+L, V] without
+    output = model(**inputs)
+    logits = with_router_loss(output.logits, output, model, aux_weight)  # [N, L+1, V], or [N, P+L, V] without
     return logits[:, -n_completion - 1:-1], inputs["input_ids"][:, -n_completion:]
 
 

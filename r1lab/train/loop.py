@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from r1lab.models.adapters import save_adapted
+from r1lab.models.moe import pop_logged
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.metrics import MetricsLogger
 from r1lab.train.optim import Optim, build_optimizer, build_scheduler, optimizer_step
@@ -83,6 +84,7 @@ class TrainLoop:
     def end_step(self, values: dict[str, float], show_keys: Iterable[str] = ()) -> None:
         """Count the step, log ``values`` under its 1-based number, update the bar, checkpoint."""
         self.step += 1
+        values = {**values, **pop_logged(self.model)}                      # an MoE model's router loss
         self.log.log(self.step, values)
         show(self.bar, {k: values[k] for k in show_keys})
         self.bar.update(1)
