@@ -319,6 +319,7 @@ def test_an_unset_optional_setting_leaves_the_fingerprint_as_it_was():
     """A stage config without ``lora:`` hashes as one from before the field existed, so finished
     stages are not run again after an upgrade; setting it changes the hash."""
     from r1lab.config import RunConfig
+    from r1lab.models.adapters import Lora
     from r1lab.pipeline import fingerprint
     config = RunConfig.model_validate({"name": "x", "task": {"kind": "arithmetic"},
                                        "stages": [{"kind": "sft", "name": "s", "init": "/m", "data": "/d"}]})
@@ -331,5 +332,5 @@ def test_an_unset_optional_setting_leaves_the_fingerprint_as_it_was():
     finally:
         type(stage).model_dump = old
     assert fingerprint(config, stage, {}) == before
-    with_lora = stage.model_copy(update={"lora": {"r": 4}})
+    with_lora = stage.model_copy(update={"lora": Lora(r=4)})
     assert fingerprint(config, with_lora, {}) != before
