@@ -33,6 +33,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from r1lab.models.adapters import Lora, frozen_reference, merged_for_decoding, with_adapters
+from r1lab.pipeline import peak_rss_mb, reset_peak_rss
 from r1lab.stages.context import RunContext
 from r1lab.stages.grpo import GrpoConfig, grpo_batch
 from r1lab.train.forward import logprobs_no_grad
@@ -62,18 +63,17 @@ def a_batch(vocab: int) -> dict[str, torch.Tensor]:
             "completion_mask": torch.ones(ROWS, COMPLETION, dtype=torch.bool)}
 
 
-def _status_mb(field: str) -> float:
+def rss_mb() -> float:
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":"))
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
 def one_mode(shape: str, mode: str, steps: int) -> dict:
     """In a fresh process: peak RSS rise and best step time of ``mode`` on ``shape``."""
     model = build(shape)
     batch = a_batch(model.config.vocab_size)
-    with open("/proc/self/clear_refs", "w") as f:                           # Linux: resets VmHWM
-        f.write("5")
-    base_rss = _status_mb("VmRSS")
+    reset_peak_rss()
+    base_rss = rss_mb()
     policy = with_adapters(model, MODES[mode], seed=0)
     ref = frozen_reference(policy, lambda: copy.deepcopy(model))
     opt = build_optimizer(policy, lr=1e-4, weight_decay=0.0)
@@ -94,7 +94,7 @@ def one_mode(shape: str, mode: str, steps: int) -> dict:
     with merged_for_decoding(policy):
         pass
     trainable = sum(p.numel() for p in policy.parameters() if p.requires_grad)
-    return {"step_s": round(best, 3), "peak_rss_rise_mb": round(_status_mb("VmHWM") - base_rss, 1),
+    return {"step_s": round(best, 3), "peak_rss_rise_mb": round(peak_rss_mb() - base_rss, 1),
             "trainable_params": trainable, "merge_s": round(time.perf_counter() - t0, 4)}
 
 

@@ -83,11 +83,11 @@ def test_held_out_pairs_come_from_prompts_never_trained_on():
     """With every two replies paired, one prompt gives many pairs: splitting pairs would put the
     same replies on both sides and overstate held-out accuracy."""
     rows = [{"prompt": f"p{i % 7}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(70)]
-    train, val = split(rows, 0.25, seed=0, path="pairs.jsonl")
+    train, val = split(rows, 0.25, seed=0)
     assert {r["prompt"] for r in train}.isdisjoint({r["prompt"] for r in val})
     assert len(train) + len(val) == 70 and 0.25 * 70 <= len(val) < 0.25 * 70 + 10
-    assert split(rows, 0.25, seed=0, path="pairs.jsonl") == (train, val)
-    assert split(rows, 0.99, seed=0, path="pairs.jsonl")[0]            # one prompt is always left to train on
+    assert split(rows, 0.25, seed=0) == (train, val)
+    assert split(rows, 0.99, seed=0)[0]            # one prompt is always left to train on
 
 
 def test_reward_is_read_at_the_last_real_token_as_hf_pools_an_unpadded_row(llama_dir, tokenizer):

@@ -60,8 +60,9 @@ def is_adapted(model) -> bool:
 
 
 def plain_model(model):
-    """The transformers model under any PEFT wrapper (its linear layers may hold adapters)."""
-    return model.get_base_model() if is_adapted(model) else model
+    """The transformers model under a PEFT wrapper or :class:`AdaptersOff` (its linear layers may
+    hold adapters); any other model as it is."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 @contextlib.contextmanager

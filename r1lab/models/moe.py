@@ -1,7 +1,7 @@
 """Mixture-of-experts models: the router's load-balancing loss in every policy loss, and its log.
 
-A tiny MoE base is a ``transformers`` Mixtral (r1lab/models/tiny.py: ``experts: 4`` in a
-pretrain stage's ``model:`` block), top-k routing per token. Its config asks the forward for
+A tiny MoE base is a ``transformers`` Mixtral (r1lab/models/tiny.py: ``moe: {experts: 4}`` in
+a pretrain stage's ``model:`` block), top-k routing per token. Its config asks the forward for
 the router logits, so HF computes the load-balancing loss (Switch Transformer, eq. 4) with every
 forward and, given labels (pre-training), adds ``router_aux_loss_coef`` times it to the loss.
 
@@ -62,3 +62,9 @@ def pop_logged(model) -> dict[str, float]:
 def is_moe(model) -> bool:
     """Whether ``model``'s forward computes a router loss (its config asks for router logits)."""
     return getattr(getattr(model, "config", None), "output_router_logits", False) is True
+
+
+def router_loss_off(model) -> dict:
+    """Forward keywords that skip an MoE model's router loss (evaluation, generation: HF's fails on
+    a one-token step with a cache); none for any other model."""
+    return {"output_router_logits": False} if is_moe(model) else {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from r1lab.models.moe import is_moe
+from r1lab.models.moe import router_loss_off
 from r1lab.rollout.sampling import sample_next
 from r1lab.rollout.types import Rollout, left_pad
 
@@ -28,8 +28,7 @@ def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int
     pos = (attn.cumsum(-1) - 1).clamp(min=0)                                # [N, P]
     generator = torch.Generator(device).manual_seed(seed)
     stops = [torch.tensor(s, device=device) for s in stop if len(s) > 0]
-    # an MoE model's router loss is for training; HF's fails on a one-token step with a cache
-    extra = {"output_router_logits": False} if is_moe(model) else {}
+    extra = router_loss_off(model)
 
     out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **extra)
     cache, logits = out.past_key_values, out.logits[:, -1]                  # [N, V]

@@ -21,7 +21,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from r1lab.data.corpus import CorpusMix, documents
-from r1lab.models.moe import is_moe, record
+from r1lab.models.moe import record, router_loss_off
 from r1lab.models.tiny import TinyModelConfig, build_tiny_model
 from r1lab.models.tokenizer import train_tokenizer
 from r1lab.stages.common import TaskStageConfig, block
@@ -117,9 +117,9 @@ def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
         batch = train[idx].to(ctx.device)                                    # [B, S]
         with ctx.autocast():
             output = model(input_ids=batch, labels=batch)    # an MoE model's loss includes its router loss
-        output.loss.backward()
-        record(model, output)
         loss = output.loss
+        loss.backward()
+        record(model, output)
         grad_norm = loop.optimizer_step()
         tokens_seen += batch.numel()
         values = {"loss": loss.item(), "grad_norm": grad_norm, "lr": loop.lr,
@@ -136,7 +136,7 @@ def validation_loss(model, rows: torch.Tensor, ctx: RunContext, batch_size: int 
     """Mean next-token loss over the held-back rows (an MoE model's without its router loss)."""
     model.eval()
     total = 0.0
-    no_router = {"output_router_logits": False} if is_moe(model) else {}
+    no_router = router_loss_off(model)
     for i in range(0, len(rows), batch_size):
         chunk = rows[i:i + batch_size].to(ctx.device)
         with ctx.autocast():

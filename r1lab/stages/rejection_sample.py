@@ -166,12 +166,13 @@ def general_rows(task, seed: int, cfg: RejectionSampleConfig) -> list[dict]:
     all-scenario RL."""
     rng = random.Random(f"non-reasoning-{seed}")
     examples = task.general_examples(seed, cfg.non_reasoning, split="train", requests=tuple(cfg.general_requests))
-    reply = lambda e: corpus_reply(e, rng) if e.get("request") == "list" else e["answer"]
-    return [{"prompt": task.prompt(e), "completion": f" <think></think> <answer>{reply(e)}</answer>",
+    # (reply, where it comes from) of each example
+    replies = [(corpus_reply(e, rng), "corpus") if e.get("request") == "list" else (e["answer"], "reference")
+               for e in examples]
+    return [{"prompt": task.prompt(e), "completion": f" <think></think> <answer>{reply}</answer>",
              "question": e["question"], "answer": e["answer"], "lang": _lang(e), "category": "general",
-             "source_model": "corpus" if e.get("request") == "list" else "reference",
-             "prompt_id": cfg.prompts + i, "sample": 0, "rewards": {}, "n_tokens": None}
-            for i, e in enumerate(examples)]
+             "source_model": source, "prompt_id": cfg.prompts + i, "sample": 0, "rewards": {}, "n_tokens": None}
+            for i, (e, (reply, source)) in enumerate(zip(examples, replies))]
 
 
 def fresh_stats(cfg: RejectionSampleConfig) -> dict:

@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from r1lab.data.jsonl import DataError, read_pairs
+from r1lab.data.jsonl import read_pairs
 from r1lab.losses.reward_model import bradley_terry_loss
 from r1lab.models.io import reward_model_from_lm
 from r1lab.models.adapters import LoraBlock, with_adapters
@@ -110,7 +110,7 @@ def validate(model, val: list[Pair], pad_id: int, cfg: RewardModelConfig, ctx: R
     return {f"val/{k}": v for k, v in stats.items()}
 
 
-def split(rows: list[dict], fraction: float, seed: int, path: Path) -> tuple[list[dict], list[dict]]:
+def split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """(train, val) rows: a seeded share of the *prompts* held out with all their pairs, so no
     held-out prompt is seen in training (pairs of one prompt share replies); at least one
     prompt is left to train on."""
@@ -124,17 +124,15 @@ def split(rows: list[dict], fraction: float, seed: int, path: Path) -> tuple[lis
             break
         held.add(prompt)
         n_val += per_prompt[prompt]
-    train = [row for row in rows if row["prompt"] not in held]
-    if not train:
-        raise DataError(f"{path}: no pairs left to train on after holding out {n_val} for validation")
-    return train, [row for row in rows if row["prompt"] in held]
+    return ([row for row in rows if row["prompt"] not in held],
+            [row for row in rows if row["prompt"] in held])
 
 
 def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
     model, tokenizer = reward_model_from_lm(ctx.model_path(cfg.init), ctx.device, ctx.seed)
     model = with_adapters(model, cfg.lora, ctx.seed, task_type="SEQ_CLS")   # the new head trains too
     path = ctx.data_path(cfg.data)
-    train, val = (encode_pairs(rows, tokenizer, cfg) for rows in split(read_pairs(path), cfg.val_fraction, ctx.seed, path))
+    train, val = (encode_pairs(rows, tokenizer, cfg) for rows in split(read_pairs(path), cfg.val_fraction, ctx.seed))
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * per_epoch
     loop = TrainLoop(model, cfg.optim, out, cfg.name, "reward_model", total, cfg.checkpoint_every)

@@ -9,6 +9,7 @@ import inspect
 
 import torch
 
+from r1lab.models.adapters import plain_model
 from r1lab.models.moe import with_router_loss
 from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy
 from r1lab.rollout.types import left_pad
@@ -59,7 +60,7 @@ def completion_logits(model, batch: dict[str, torch.Tensor], aux_weight: float =
     device = next(model.parameters()).device
     n_completion = batch["completion_mask"].shape[1]
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
-    if _takes_logits_to_keep(type(model.get_base_model() if hasattr(model, "get_base_model") else model)):
+    if _takes_logits_to_keep(type(plain_model(model))):
         inputs["logits_to_keep"] = n_completion + 1
     output = model(**inputs)
     logits = with_router_loss(output.logits, output, model, aux_weight)  # [N, L+1, V], or [N, P+L, V] without
