@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from r1lab.models.io import CheckpointError
     from r1lab.pipeline import RunDirError
     from r1lab.report import ReportError
+    from r1lab.train.distributed import ShareError
 
     try:
         if args.command == "report":
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(config, args.run_dir)
         return cmd_eval(config, args.model)
-    except (ConfigError, DataError, CheckpointError, RunDirError, ReportError) as e:
+    except (ConfigError, DataError, CheckpointError, RunDirError, ReportError, ShareError) as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -87,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(config, run_dir: Path | None) -> int:
     from r1lab.pipeline import run
     from r1lab.report import eval_table, write_report
+    from r1lab.train.distributed import from_env
 
     out = run(config, run_dir)
+    if not from_env().is_main:                   # under torchrun, rank 0 reports
+        return 0
     table = eval_table(out)
     print(f"\nrun directory: {out}")
     if table:

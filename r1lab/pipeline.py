@@ -11,10 +11,16 @@ unchanged, resumes an interrupted one from its last checkpoint, and re-executes,
 the first stage whose fingerprint differs and every stage after it. So fixing a typo in the
 last stage keeps the finished ones; a crash or Ctrl-C loses at most the steps since the last
 checkpoint. DONE is written last, atomically.
+
+Under torchrun every rank walks the stages together (r1lab/train/distributed.py): all read the
+run directory's state, then rank 0 alone changes it; training stages run on every rank, the
+others (and the training stages not yet written data-parallel: ppo, dpo, reward_model,
+distill) on rank 0 alone while the rest wait.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -29,6 +35,7 @@ from r1lab.models.io import quiet_transformers
 from r1lab.stages import STAGES
 from r1lab.stages.context import RunContext, pick_device
 from r1lab.train.checkpoint import write_atomic
+from r1lab.train.distributed import SINGLE, from_env
 
 
 class RunDirError(ValueError):
@@ -81,11 +88,15 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> None:
 def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
     """Run (or resume) every stage of ``config``; returns the run directory."""
     quiet_transformers()
+    dist = from_env()
+    log = log if dist.is_main else (lambda *_: None)
     run_dir = Path(run_dir or Path("runs") / config.name)
     check_run_dir(config, run_dir)
-    write_atomic(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    dist.barrier()                               # every rank has read the run dir before rank 0 writes
+    if dist.is_main:
+        write_atomic(run_dir / "config.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     torch.manual_seed(config.seed)
-    ctx = RunContext(config=config, run_dir=run_dir, device=pick_device(config.device))
+    ctx = RunContext(config=config, run_dir=run_dir, device=pick_device(config.device, dist), dist=dist)
     prints: dict[str, str] = {}
     rerun_from: str | None = None      # the first stage that (re-)ran: every later one runs too
     for i, stage in enumerate(config.stages):
@@ -95,24 +106,33 @@ def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
         recorded = (out / "FINGERPRINT").read_text().strip() if (out / "FINGERPRINT").exists() else None
         done = (out / "DONE").exists()
         head = f"[{i}] {stage.name} ({stage.kind})"
+        dist.barrier()                           # every rank has decided before rank 0 changes ``out``
         if done and recorded == fp and rerun_from is None:
             log(f"{head}: done, skipped (config and inputs unchanged)")
             continue
         if out.exists() and (recorded != fp or done or rerun_from):
             why = "its config or inputs changed" if recorded != fp else f"an earlier stage ({rerun_from}) ran again"
             log(f"{head}: {why}; running it again from scratch")
-            shutil.rmtree(out)
+            if dist.is_main:
+                shutil.rmtree(out)
         elif out.exists():
             log(f"{head}: resuming")
         else:
             log(head)
         rerun_from = rerun_from or stage.name
-        out.mkdir(parents=True, exist_ok=True)
-        write_atomic(out / "FINGERPRINT", fp + "\n")
+        if dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_atomic(out / "FINGERPRINT", fp + "\n")
+        dist.barrier()
         t0 = time.time()
         reset_peak_rss()
-        STAGES[stage.kind].run(ctx, stage, out)
+        if stage.data_parallel:
+            STAGES[stage.kind].run(ctx, stage, out)
+        elif dist.is_main:                       # alone: its collectives must not wait for the others
+            STAGES[stage.kind].run(dataclasses.replace(ctx, dist=SINGLE), stage, out)
+        dist.barrier()                           # rank 0 has finished a stage the others skipped
         done = {"seconds": round(time.time() - t0, 1), "peak_rss_mb": peak_rss_mb()}
-        write_atomic(out / "DONE", json.dumps(done) + "\n")
+        if dist.is_main:
+            write_atomic(out / "DONE", json.dumps(done) + "\n")
     return run_dir
 

@@ -88,8 +88,8 @@ def broken_and_unbroken(config, tmp_path, monkeypatch, die_after: int = 3):
     unbroken = run(config, tmp_path / "unbroken", **quiet)
     real_end_step = TrainLoop.end_step
 
-    def dies(self, values, show_keys=()):
-        real_end_step(self, values, show_keys)
+    def dies(self, values, *args, **kwargs):
+        real_end_step(self, values, *args, **kwargs)
         if self.step == die_after:
             raise KeyboardInterrupt
     monkeypatch.setattr(TrainLoop, "end_step", dies)

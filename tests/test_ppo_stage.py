@@ -142,8 +142,8 @@ def test_resume_mid_stage_equals_an_unbroken_run(tmp_path, llama_dir, letters_re
 
     real_end_step = ppo.TrainLoop.end_step
 
-    def dies_after_step_3(self, values, show_keys=()):
-        real_end_step(self, values, show_keys)
+    def dies_after_step_3(self, values, *args, **kwargs):
+        real_end_step(self, values, *args, **kwargs)
         if self.step == 3:
             raise KeyboardInterrupt
     monkeypatch.setattr(ppo.TrainLoop, "end_step", dies_after_step_3)

@@ -55,16 +55,18 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
 
 
 def sample(model, tokenizer, prompts: list[str], *, n: int, sampling: Sampling, seed: int,
-           greedy: bool = False) -> tuple[list[list[int]], Rollout]:
+           greedy: bool = False, rows_in: tuple[int, int] | None = None) -> tuple[list[list[int]], Rollout]:
     """Tokenize ``prompts`` and sample ``n`` completions of each (rows prompt-major: row
-    ``i * n + j`` is sample ``j`` of prompt ``i``); ``greedy`` takes the argmax instead.
+    ``i * n + j`` is sample ``j`` of prompt ``i``); ``greedy`` takes the argmax instead;
+    ``rows_in`` places the rows in a batch split among ranks (:func:`r1lab.rollout.hf.generate`).
     Returns the prompts' token ids and the :class:`Rollout`."""
     prompt_ids = [tokenizer(p)["input_ids"] for p in prompts]
     stop_ids = [tokenizer(s, add_special_tokens=False)["input_ids"] for s in sampling.stop]
     rollout = generate(model, prompt_ids, n=n, max_new_tokens=sampling.max_new_tokens,
                        temperature=0.0 if greedy else sampling.temperature, top_p=sampling.top_p,
                        top_k=sampling.top_k, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, stop=stop_ids, seed=seed, backend=sampling.backend)
+                       pad_token_id=tokenizer.pad_token_id, stop=stop_ids, seed=seed, backend=sampling.backend,
+                       rows_in=rows_in)
     return prompt_ids, rollout
 
 

@@ -19,14 +19,20 @@ from r1lab.rollout.types import Rollout, left_pad
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int,
              eos_token_id: int, pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
-             top_k: int = 0, stop: list[list[int]] = (), seed: int = 0) -> Rollout:
-    """Sample ``n`` completions of each prompt (token ids in, token ids out)."""
+             top_k: int = 0, stop: list[list[int]] = (), seed: int = 0,
+             rows_in: tuple[int, int] | None = None) -> Rollout:
+    """Sample ``n`` completions of each prompt (token ids in, token ids out).
+
+    rows_in: (first, total) when these rows are rows ``first ..`` of a larger batch of ``total``
+    split among ranks: the uniform draws are made for all ``total`` rows and this call uses its
+    own, so each row gets the tokens it would get in the whole batch sampled at once."""
     device = next(model.parameters()).device
     rows = [p for p in prompts for _ in range(n)]
     ids, attn = left_pad(rows, pad_token_id)                                # [N, P]
     ids, attn = ids.to(device), attn.to(device)
     pos = (attn.cumsum(-1) - 1).clamp(min=0)                                # [N, P]
     generator = torch.Generator(device).manual_seed(seed)
+    first, total = rows_in or (0, len(rows))
     stops = [torch.tensor(s, device=device) for s in stop if len(s) > 0]
     extra = router_loss_off(model)
 
@@ -38,7 +44,7 @@ def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int
     reason = torch.zeros(n_rows, dtype=torch.long, device=device)           # 0 length, 1 eos, 2 stop
     tokens, logprobs, alive = [], [], []
     for _ in range(max_new_tokens):
-        uniform = torch.rand(n_rows, generator=generator, device=device, dtype=torch.float64)
+        uniform = torch.rand(total, generator=generator, device=device, dtype=torch.float64)[first:first + n_rows]
         tok, lp = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                               uniform=uniform)                              # [N], [N]
         tok = tok.masked_fill(done, pad_token_id)

@@ -224,24 +224,25 @@ def cache_shapes(config, n_prompts: int, prompt_len: int, n: int, max_new_tokens
 def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int,
              eos_token_id: int, pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0,
              top_k: int = 0, stop: list[list[int]] = (), seed: int = 0,
-             window: int | None = None) -> Rollout:
+             window: int | None = None, rows_in: tuple[int, int] | None = None) -> Rollout:
     """Sample ``n`` completions of each prompt; see :func:`r1lab.rollout.hf.generate`.
 
     window: attend only to the last ``window`` positions (the completion cache is then a ring of
     ``min(window, max_new_tokens)`` slots); None uses the model's own sliding window if all its layers have one, else full attention.
+    rows_in: these rows' place in a batch split among ranks, as :func:`r1lab.rollout.hf.generate` takes it.
     """
     if not supports(model):
         raise ValueError(f"the native backend does not support {type(model).__name__}; use the hf backend")
     with torch.inference_mode():
         out = _generate(model, prompts, n=n, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                         pad_token_id=pad_token_id, temperature=temperature, top_p=top_p, top_k=top_k,
-                        stop=stop, seed=seed, window=window)
+                        stop=stop, seed=seed, window=window, rows_in=rows_in)
     # Clone outside inference mode so callers may use the tensors in autograd (e.g. gather indices).
     return Rollout(out.completion_ids.clone(), out.mask.clone(), out.logprobs.clone(), out.finish_reasons)
 
 
 def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, temperature,
-              top_p, top_k, stop, seed, window) -> Rollout:
+              top_p, top_k, stop, seed, window, rows_in) -> Rollout:
     device = next(model.parameters()).device
     dtype = model.model.embed_tokens.weight.dtype
     own = _config_window(model.config)
@@ -270,6 +271,7 @@ def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, 
     pos = (P - pad_len).repeat_interleave(n)                                # [N] position of the next token
 
     generator = torch.Generator(device).manual_seed(seed)
+    first, total = rows_in or (0, N)
     stops = [torch.tensor(s, device=device) for s in stop if len(s) > 0]
     tokens = torch.full((N, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logps = torch.zeros(N, max_new_tokens, dtype=torch.float32, device=device)
@@ -278,7 +280,7 @@ def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, 
     active = torch.arange(N, device=device)                                 # [R] sample index of each live row
     steps = max_new_tokens
     for t in range(max_new_tokens):
-        uniform = torch.rand(N, generator=generator, device=device, dtype=torch.float64)
+        uniform = torch.rand(total, generator=generator, device=device, dtype=torch.float64)[first:first + N]
         R = active.shape[0]
         tok, lp = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,
                               uniform=uniform if R == N else uniform[active])  # [R], [R]

@@ -48,6 +48,9 @@ class StageConfig(BaseModel):
     # model fields whose models must share one tokenizer, checked at load (r1lab/stages/lineage.py);
     # a stage that writes a model is traced back through its ``init`` field
     same_tokenizer: ClassVar[tuple[str, ...]] = ()
+    # runs on every rank under torchrun, each on its share of the batch (r1lab/train/distributed.py);
+    # False: rank 0 runs it alone while the other ranks wait
+    data_parallel: ClassVar[bool] = False
 
     kind: str
     name: PlainName = Field(description="Stage name: its folder, and how later stages refer to its output.")

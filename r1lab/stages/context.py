@@ -9,13 +9,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from r1lab.train.distributed import SINGLE, Dist
+
 if TYPE_CHECKING:
     from r1lab.config import RunConfig
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, dist: Dist = SINGLE) -> torch.device:
+    """The device named in the config; ``auto``: this rank's GPU if there is one, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda", dist.local_rank) if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(name)
 
 
@@ -26,6 +29,7 @@ class RunContext:
     run_dir: Path
     device: torch.device
     stage_dirs: dict[str, Path] = field(default_factory=dict)   # stage name -> its folder, filled in order
+    dist: Dist = SINGLE                                         # the ranks under torchrun (r1lab/train/distributed.py)
 
     @property
     def seed(self) -> int:

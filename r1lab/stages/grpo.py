@@ -51,6 +51,7 @@ class GrpoConfig(TaskStageConfig):
     """R1-Zero style GRPO."""
     reads = {"init": "model"}
     writes = ("model",)
+    data_parallel = True
     kind: Literal["grpo"]
     init: str = Field(description="Starting policy (and reference): an earlier stage's name or a model path.")
     steps: int = Field(50, gt=0, description="Rollout batches (each followed by mu optimizer steps).")
@@ -99,30 +100,35 @@ def loss_keywords(cfg: GrpoConfig, n_tokens: int) -> tuple[dict, bool]:
 
 
 def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Tensor | None,
-               ref_logp: torch.Tensor | None, cfg: GrpoConfig, ctx: RunContext) -> dict[str, float]:
+               ref_logp: torch.Tensor | None, cfg: GrpoConfig, ctx: RunContext,
+               n_global: int | None = None) -> dict[str, float]:
     """One optimizer step's forward/backward over ``batch`` in micro-batches (gradients
     accumulate to exactly the full-batch gradient); returns the full batch's loss stats.
 
     ``old_logp`` None means the batch was sampled by the current weights (mu = 1). The stats
     are computed once, on the whole batch's detached log-probs, so they do not depend on
-    ``micro_batch_size`` (variants average over tokens or over completions)."""
-    n = batch["input_ids"].shape[0]
-    mb = cfg.micro_batch_size or n
+    ``micro_batch_size`` (variants average over tokens or over completions). Under torchrun
+    ``batch`` is this rank's share of the ``n_global`` rows (default: all there are) and its
+    loss is weighted so that the ranks' gradients add up to the whole batch's
+    (r1lab/train/distributed.py); the stats are this rank's."""
+    n, dist = batch["input_ids"].shape[0], ctx.dist
+    n_global = n_global or n
     loss_fn = GRPO_LOSSES[cfg.loss]
-    extra, batch_normalized = loss_keywords(cfg, int(batch["completion_mask"].sum()))
-    part_of = lambda x, i: None if x is None else x[i:i + mb]
+    n_tokens = int(batch["completion_mask"].sum())
+    extra, batch_normalized = loss_keywords(cfg, n_tokens)
+    token_share = n_tokens / dist.sum(n_tokens) if batch_normalized else None  # this rank's part of dapo's normaliser
     logps, entropies = [], []
-    for i in range(0, n, mb):
-        part = {k: v[i:i + mb] for k, v in batch.items()}
+    for rows in dist.micro_batches(policy, n, cfg.micro_batch_size):
+        part = {k: v[rows] for k, v in batch.items()}
         with ctx.autocast():
             logp, entropy = completion_logprobs(policy, part, temperature=cfg.sampling.temperature,
                                                 with_entropy=True, aux_weight=len(part["input_ids"]) / n)
-        dev = lambda x: None if x is None else x.to(logp.device)
+        dev = lambda x: None if x is None else x[rows].to(logp.device)
         mask = part["completion_mask"].to(logp.device)
-        old = logp.detach() if old_logp is None else dev(part_of(old_logp, i))
-        loss, _ = loss_fn(logp, old, dev(part_of(ref_logp, i)), dev(advantages[i:i + mb]), mask,
+        old = logp.detach() if old_logp is None else dev(old_logp)
+        loss, _ = loss_fn(logp, old, dev(ref_logp), dev(advantages), mask,
                           clip_eps=cfg.clip_eps, beta=cfg.beta, **extra)
-        (loss if batch_normalized else loss * (len(mask) / n)).backward()
+        dist.backward(loss * token_share if batch_normalized else loss * (len(mask) / n_global))
         logps.append(logp.detach().float().cpu())
         entropies.append(entropy.float().cpu())
     logp, mask = torch.cat(logps), batch["completion_mask"]                  # [N, L]
@@ -151,12 +157,13 @@ class ScoredRollout:
 
 
 def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampling: Sampling, seed: int,
-                   scorers: list[Scorer], monitors: list[Scorer]) -> ScoredRollout:
-    """Sample ``n`` completions of each example's prompt (rows prompt-major) and score them."""
+                   scorers: list[Scorer], monitors: list[Scorer], rows_in: tuple[int, int] | None = None) -> ScoredRollout:
+    """Sample ``n`` completions of each example's prompt (rows prompt-major) and score them;
+    ``rows_in``: their place in a batch split among ranks (r1lab/rollout/hf.py)."""
     t0 = time.time()
     policy.eval()
     prompt_texts = [task.prompt(e) for e in examples]
-    prompts, rollout = sample(policy, tokenizer, prompt_texts, n=n, sampling=sampling, seed=seed)
+    prompts, rollout = sample(policy, tokenizer, prompt_texts, n=n, sampling=sampling, seed=seed, rows_in=rows_in)
     rollout_s = time.time() - t0
     texts = rollout.texts(tokenizer)
     rows = [e for e in examples for _ in range(n)]
@@ -179,12 +186,14 @@ def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampli
 
 
 def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
-    seed, task = ctx.seed, ctx.task(cfg)
+    seed, task, dist, G = ctx.seed, ctx.task(cfg), ctx.dist, cfg.group_size
+    dist.check_share(cfg.prompts_per_step, f"stage {cfg.name!r}: prompts_per_step")
+    mine = dist.shard(cfg.prompts_per_step)           # this rank's questions of every step
     policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
     policy = with_adapters(policy, cfg.lora, seed)
     ref = frozen_reference(policy, lambda: load_model(ctx.model_path(cfg.init), ctx.device)[0]) if cfg.beta > 0 else None
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
-                     optimizer_steps=cfg.steps * cfg.mu)
+                     optimizer_steps=cfg.steps * cfg.mu, dist=dist)
     scorers, monitors = build_rewards(cfg.rewards, ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
     n_general = cfg.general_prompts
     for step in loop.steps():
@@ -193,10 +202,12 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
             task.general_examples(f"{seed}-{step}", n_general, split="train",
                                   requests=tuple(cfg.general_requests)) if n_general else [])
         active = [s if s.on_at(step, cfg.steps) else dataclasses.replace(s, weight=0.0) for s in scorers]
-        scored = scored_rollout(policy, tokenizer, task, examples, cfg.group_size, cfg.sampling,
-                                seed * 1_000_003 + step, active, monitors)
+        scored = scored_rollout(policy, tokenizer, task, examples[mine], G, cfg.sampling, seed * 1_000_003 + step,
+                                active, monitors, rows_in=(mine.start * G, cfg.prompts_per_step * G))
         batch = scored.batch
-        advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](scored.rewards, cfg.group_size)  # [N]
+        # advantages from the whole batch's rewards (estimators such as batch-std see every rank's)
+        rewards = dist.gather(scored.rewards.view(-1, G), cfg.prompts_per_step).flatten()  # [P * G]
+        advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](rewards, G)[mine.start * G:mine.stop * G]  # [N]
         frozen = dict(temperature=cfg.sampling.temperature, micro_batch_size=cfg.micro_batch_size,
                       autocast=ctx.autocast)
         ref_logp = logprobs_no_grad(ref, batch, **frozen) if ref is not None else None
@@ -205,14 +216,15 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
         # so grpo_batch uses its own detached log-probs (ratio exactly 1) and we skip a forward.
         old_logp = logprobs_no_grad(policy, batch, **frozen) if cfg.mu > 1 else None
         for _ in range(cfg.mu):
-            stats = grpo_batch(policy, batch, advantages, old_logp, ref_logp, cfg, ctx)
+            stats = grpo_batch(loop.wrapped, batch, advantages, old_logp, ref_logp, cfg, ctx, len(rewards))
             grad_norm = loop.optimizer_step()
         values = {
             **scored.metrics, **stats, "lr": loop.lr, "grad_norm": grad_norm,
             "tokens_per_s": scored.n_tokens / (time.time() - t0),
             "rollout_s": scored.rollout_s,
         }
-        loop.end_step(values, show_keys=("reward/mean", "accuracy", "completion_len/mean", "tokens_per_s"))
+        loop.end_step(values, show_keys=("reward/mean", "accuracy", "completion_len/mean", "tokens_per_s"),
+                      rows=len(advantages))
     loop.finish(tokenizer)
 
 Config = GrpoConfig

@@ -52,6 +52,7 @@ class CorpusConfig(BaseModel):
 class PretrainConfig(TaskStageConfig):
     """Pre-training of the tiny base model."""
     writes = ("model",)
+    data_parallel = True
     kind: Literal["pretrain"]
     model: TinyModelConfig = Field(default_factory=TinyModelConfig, description="Model shape.")
     corpus: CorpusConfig = Field(default_factory=CorpusConfig, description="Synthetic corpus.")
@@ -108,17 +109,19 @@ def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
     val, train = rows[: cfg.val_rows], rows[cfg.val_rows:]
 
     model = build_tiny_model(cfg.model, tokenizer, seed).to(ctx.device)
-    loop = TrainLoop(model, cfg.optim, out, cfg.name, "pretrain", cfg.steps, cfg.checkpoint_every)
+    dist = ctx.dist
+    dist.check_share(cfg.batch_size, f"stage {cfg.name!r}: batch_size")
+    loop = TrainLoop(model, cfg.optim, out, cfg.name, "pretrain", cfg.steps, cfg.checkpoint_every, dist=dist)
     tokens_seen = 0
     model.train()
     for step in loop.steps():
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)
-        batch = train[idx].to(ctx.device)                                    # [B, S]
+        idx = torch.randint(len(train), (cfg.batch_size,), generator=gen)[dist.shard(cfg.batch_size)]
+        batch = train[idx].to(ctx.device)                                    # [B, S], this rank's rows
         with ctx.autocast():
-            output = model(input_ids=batch, labels=batch)    # an MoE model's loss includes its router loss
-        loss = output.loss
-        loss.backward()
+            output = loop.wrapped(input_ids=batch, labels=batch)  # an MoE model's loss includes its router loss
+        loss = output.loss           # rows are equally long: the batch's loss is the mean of the ranks' shares
+        dist.backward(loss * (len(batch) / cfg.batch_size))
         record(model, output)
         grad_norm = loop.optimizer_step()
         tokens_seen += batch.numel()
@@ -127,7 +130,7 @@ def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             values["val_loss"] = validation_loss(model, val, ctx)
             model.train()
-        loop.end_step(values, show_keys=("loss", "lr", "tokens_per_s"))
+        loop.end_step(values, show_keys=("loss", "lr", "tokens_per_s"), rows=len(batch))
     loop.finish(tokenizer)
 
 

@@ -41,6 +41,7 @@ class SftConfig(StageConfig):
     """Supervised fine-tuning."""
     reads = {"init": "model", "data": "data"}
     writes = ("model",)
+    data_parallel = True
     kind: Literal["sft"]
     init: str = Field(description="Model to fine-tune: an earlier stage's name or a model path.")
     data: str = Field(description="Rows: an earlier stage that writes data.jsonl, or a JSONL path.")
@@ -113,23 +114,37 @@ def split_rows(rows: list, val_fraction: float, seed: int, path: Path) -> tuple[
     return train, [rows[i] for i in order[:n_val]]
 
 
-def nll_batch(model, pairs, pad_id: int, cfg: SftConfig, ctx: RunContext, *, train: bool, micro: int) -> float:
+def nll_batch(model, pairs, pad_id: int, cfg: SftConfig, ctx: RunContext, *, train: bool, micro: int,
+              normalizer: float | None = None) -> float:
     """Loss of ``pairs`` as one batch, computed ``micro`` rows at a time; with ``train`` the
-    gradients accumulate to the whole batch's. Returns the loss."""
-    mb = micro or len(pairs)
+    gradients accumulate to the whole batch's. Returns the loss. Under torchrun ``pairs`` is this
+    rank's share of a batch whose ``normalizer`` (tokens or rows) is given: the loss returned is
+    then this rank's part of the batch's, and the ranks' gradients add up to the batch's."""
     tokens = sum(len(c) for _, c in pairs)
-    normalizer = tokens if cfg.reduction == "token" else len(pairs)
+    normalizer = normalizer or (tokens if cfg.reduction == "token" else len(pairs))
     total = 0.0
-    for i in range(0, len(pairs), mb):
-        batch = collate(pairs[i:i + mb], pad_id)
+    for rows in ctx.dist.micro_batches(model, len(pairs), micro):
+        batch = collate(pairs[rows], pad_id)
         with ctx.autocast(), torch.set_grad_enabled(train):
             logp, _ = completion_logprobs(model, batch, aux_weight=len(batch["input_ids"]) / len(pairs))  # [b, L]
             loss, _ = sft_nll(logp, batch["completion_mask"].to(logp.device), reduction=cfg.reduction,
                               normalizer=normalizer)
         if train:
-            loss.backward()
+            ctx.dist.backward(loss)
         total += loss.item()
     return total
+
+
+def shard_batch(chosen: list, cfg, dist) -> tuple[list, float]:
+    """This rank's share of a batch of (prompt, completion) pairs, and the whole batch's normaliser."""
+    normalizer = sum(len(c) for _, c in chosen) if cfg.reduction == "token" else len(chosen)
+    return chosen[dist.shard(len(chosen))], normalizer
+
+
+def check_shares(n_rows: int, batch_size: int, dist, stage: str) -> None:
+    """Every batch, the short last one of an epoch included, must give each rank a row."""
+    smallest = min(batch_size, n_rows - (math.ceil(n_rows / batch_size) - 1) * batch_size)
+    dist.check_share(smallest, f"stage {stage!r}: the smallest batch (batch_size {batch_size}, {n_rows} training rows)")
 
 
 def run(ctx: RunContext, cfg: SftConfig, out: Path) -> None:
@@ -139,22 +154,25 @@ def run(ctx: RunContext, cfg: SftConfig, out: Path) -> None:
     pairs = encode(read_sft_jsonl(path), tokenizer, cfg.max_length)
     train, val = split_rows(pairs, cfg.val_fraction, ctx.seed, path)
     total = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-    loop = TrainLoop(model, cfg.optim, out, cfg.name, "sft", total, cfg.checkpoint_every)
+    check_shares(len(train), cfg.batch_size, ctx.dist, cfg.name)
+    loop = TrainLoop(model, cfg.optim, out, cfg.name, "sft", total, cfg.checkpoint_every, dist=ctx.dist)
     pad = tokenizer.pad_token_id
     model.train()
     for step in loop.steps():
         chosen = [train[i] for i in batch_rows(step, len(train), cfg.batch_size, ctx.seed)]
-        loss = nll_batch(model, chosen, pad, cfg, ctx, train=True, micro=cfg.micro_batch_size)
+        mine, normalizer = shard_batch(chosen, cfg, ctx.dist)
+        loss = ctx.dist.sum(nll_batch(loop.wrapped, mine, pad, cfg, ctx, train=True, micro=cfg.micro_batch_size,
+                                      normalizer=normalizer))
         grad_norm = loop.optimizer_step()
         values = {"loss": loss, "grad_norm": grad_norm, "lr": loop.lr,
                   "epoch": (step + 1) / math.ceil(len(train) / cfg.batch_size),
-                  "tokens": float(sum(len(c) for _, c in chosen))}
+                  "tokens": float(sum(len(c) for _, c in mine))}
         if val and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
             model.eval()
             values["val_loss"] = nll_batch(model, val, pad, cfg, ctx, train=False,
                                            micro=cfg.micro_batch_size or cfg.batch_size)
             model.train()
-        loop.end_step(values, show_keys=("loss", "lr"))
+        loop.end_step(values, show_keys=("loss", "lr"), rows=len(mine))
     loop.finish(tokenizer)
 
 

@@ -13,6 +13,7 @@ from r1lab.models.adapters import plain_model
 from r1lab.models.moe import with_router_loss
 from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy
 from r1lab.rollout.types import left_pad
+from r1lab.train.distributed import local_module
 
 # Sequence positions whose logits are upcast to float32 at once: [N, 64, V] is 0.6 GB for
 # Qwen's 151,936-token vocabulary at N = 16, against 5.0 GB for all 512 positions.
@@ -60,10 +61,10 @@ def completion_logits(model, batch: dict[str, torch.Tensor], aux_weight: float =
     device = next(model.parameters()).device
     n_completion = batch["completion_mask"].shape[1]
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
-    if _takes_logits_to_keep(type(plain_model(model))):
+    if _takes_logits_to_keep(type(plain_model(local_module(model)))):
         inputs["logits_to_keep"] = n_completion + 1
-    output = model(**inputs)
-    logits = with_router_loss(output.logits, output, model, aux_weight)  # [N, L+1, V], or [N, P+L, V] without
+    output = model(**inputs)                                           # through DDP's wrapper under torchrun
+    logits = with_router_loss(output.logits, output, local_module(model), aux_weight)  # [N, L+1, V], or [N, P+L, V] without
     return logits[:, -n_completion - 1:-1], inputs["input_ids"][:, -n_completion:]
 
 

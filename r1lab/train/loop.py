@@ -10,6 +10,10 @@ The loop body (what a step computes) stays written out in each stage (STYLE rule
         loop.end_step({"loss": loss.item(), "grad_norm": grad_norm}, show=("loss",))
     loop.finish(tokenizer)                       # writes out/model/
 
+Under torchrun (r1lab/train/distributed.py) the training forward goes through ``loop.wrapped``,
+the model under DistributedDataParallel; rank 0 alone writes metrics, checkpoints and the model.
+Logged values are averaged over ranks, except the work counters in ``SUMMED``, which add up.
+
 A stage that trains a second model beside the first (PPO's critic) names it in ``companions``;
 it gets its own optimizer and schedule, ``loop.optimizer_step("critic")`` steps it, checkpoints
 hold both, and ``finish`` saves it to ``out/critic/``.
@@ -22,11 +26,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from r1lab.models.adapters import save_adapted
-from r1lab.models.moe import pop_logged
+from r1lab.models.moe import is_moe, pop_logged
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
+from r1lab.train.distributed import SINGLE, Dist
 from r1lab.train.metrics import MetricsLogger
 from r1lab.train.optim import Optim, build_optimizer, build_scheduler, optimizer_step
 from r1lab.train.progress import progress_bar, show
+
+
+SUMMED = ("tokens_per_s", "tokens")     # logged values that count work: summed over ranks, not averaged
 
 
 class Companion(NamedTuple):
@@ -46,9 +54,11 @@ class TrainLoop:
     """State shared by every training stage's loop; see the module docstring."""
 
     def __init__(self, model, optim: Optim, out: Path, stage: str, kind: str, total_steps: int,
-                 checkpoint_every: int, optimizer_steps: int | None = None, companions: dict | None = None):
+                 checkpoint_every: int, optimizer_steps: int | None = None, companions: dict | None = None,
+                 dist: Dist = SINGLE):
         """``total_steps`` loop steps; ``optimizer_steps`` (default: the same) sizes the schedule(s).
-        ``companions``: name -> (model, Optim) of further models to train (module docstring)."""
+        ``companions``: name -> (model, Optim) of further models to train (module docstring);
+        ``dist``: the ranks the stage runs on."""
         self.model, self.optim, self.out = model, optim, Path(out)
         self.total, self.checkpoint_every = total_steps, checkpoint_every
         steps = optimizer_steps or total_steps
@@ -57,9 +67,11 @@ class TrainLoop:
                            for name, (m, o) in (companions or {}).items()}
         self.step, self.resumed_elapsed = resume_training(self.out / "checkpoint", model, self.opt, self.sched,
                                                           self._companion_states())
+        self.dist = dist
+        self.wrapped = dist.wrap(model, find_unused=is_moe(model))     # unrouted experts get no gradient
         self.log = MetricsLogger(self.out / "metrics.jsonl", stage, resume_step=self.step,
-                                 elapsed_s=self.resumed_elapsed)
-        self.bar = progress_bar(f"{stage} ({kind})", total_steps, self.step)
+                                 elapsed_s=self.resumed_elapsed, write=dist.is_main)
+        self.bar = progress_bar(f"{stage} ({kind})", total_steps, self.step, disable=not dist.is_main)
 
     def steps(self) -> Iterator[int]:
         """0-based index of each step still to run (after a resume, from where it stopped)."""
@@ -81,14 +93,15 @@ class TrainLoop:
     def lr(self) -> float:
         return self.sched.get_last_lr()[0]
 
-    def end_step(self, values: dict[str, float], show_keys: Iterable[str] = ()) -> None:
-        """Count the step, log ``values`` under its 1-based number, update the bar, checkpoint."""
+    def end_step(self, values: dict[str, float], show_keys: Iterable[str] = (), rows: int = 1) -> None:
+        """Count the step, log ``values`` under its 1-based number, update the bar, checkpoint.
+        Under torchrun the values are averaged over ranks, each weighted by its ``rows`` of the batch."""
         self.step += 1
-        values = {**values, **pop_logged(self.model)}                      # an MoE model's router loss
+        values = self.dist.mean({**values, **pop_logged(self.model)}, rows, SUMMED)  # + an MoE model's router loss
         self.log.log(self.step, values)
         show(self.bar, {k: values[k] for k in show_keys})
         self.bar.update(1)
-        if self.step % self.checkpoint_every == 0 and self.step < self.total:
+        if self.step % self.checkpoint_every == 0 and self.step < self.total and self.dist.is_main:
             save_training(self.out / "checkpoint", self.model, self.opt, self.sched, self.step, self.log.elapsed(),
                           self._companion_states())
 
@@ -96,6 +109,8 @@ class TrainLoop:
         """Close the bar and save the trained model (HF format) to ``out/model``, each companion
         to ``out/<name>``. A model with adapters is saved merged, its adapter to ``out/adapter``."""
         self.bar.close()
-        save_adapted(self.model, tokenizer, self.out / "model", save_pretrained_atomic)
-        for name, c in self.companions.items():
-            save_pretrained_atomic(c.model, tokenizer, self.out / name)
+        if self.dist.is_main:
+            save_adapted(self.model, tokenizer, self.out / "model", save_pretrained_atomic)
+            for name, c in self.companions.items():
+                save_pretrained_atomic(c.model, tokenizer, self.out / name)
+        self.dist.barrier()                                # the model is on disk before any rank reads it

@@ -7,10 +7,10 @@ import sys
 from tqdm import tqdm
 
 
-def progress_bar(desc: str, total: int, initial: int = 0) -> tqdm:
+def progress_bar(desc: str, total: int, initial: int = 0, disable: bool = False) -> tqdm:
     """A tqdm bar on stderr; in a non-interactive log it prints a line at most every 10 s."""
     interactive = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True,
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, leave=True, disable=disable,
                 mininterval=0.5 if interactive else 10.0, file=sys.stderr)
 
 

@@ -1,0 +1,160 @@
+"""Data parallelism under torchrun: a 2-process gloo run equals the 1-process run with the same
+global batch, for pre-training, SFT and GRPO (r1lab/train/distributed.py), and it resumes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r1lab.models.io import reward_model_from_lm
+from r1lab.rollout import hf, native
+from r1lab.train.distributed import Dist, ShareError
+
+from conftest import tiny_llama
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
+def test_shards_cover_a_batch_in_order_and_differ_by_at_most_one(world):
+    for n in range(world, 12):
+        shares = [range(n)[Dist(rank=r, world=world).shard(n)] for r in range(world)]
+        assert [i for s in shares for i in s] == list(range(n))
+        assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    if world > 1:
+        with pytest.raises(ShareError, match="prompts_per_step"):
+            Dist(rank=0, world=world).check_share(world - 1, "prompts_per_step")
+
+
+@pytest.mark.parametrize("backend", [native, hf])
+def test_a_share_of_a_batch_samples_the_tokens_the_whole_batch_gives_those_rows(tokenizer, backend):
+    """What lets ranks split rollouts and still sample what one process would: each row's
+    uniform draws depend on its place in the whole batch (``rows_in``), not on the batch it is in."""
+    model = tiny_llama(tokenizer, seed=3)
+    prompts = [tokenizer(t)["input_ids"] for t in ["User: 1+2", "User: 3+4*5 mod 10\nAssistant:", "7", "a b"]]
+    kw = dict(n=3, max_new_tokens=10, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+              temperature=1.0, seed=11)
+    whole = backend.generate(model, prompts, **kw)
+    part = backend.generate(model, prompts[1:3], rows_in=(3, 12), **kw)         # rows 3..8 of 12
+    L = part.completion_ids.shape[1]
+    assert torch.equal(part.completion_ids, whole.completion_ids[3:9, :L])
+    assert torch.equal(part.mask, whole.mask[3:9, :L])
+    assert not torch.equal(part.completion_ids, backend.generate(model, prompts[1:3], **kw).completion_ids)
+
+
+CONFIG = """\
+name: ddp
+task: {{kind: arithmetic}}
+stages:
+  - kind: pretrain
+    name: base
+    steps: 4
+    batch_size: 6
+    seq_len: 32
+    val_rows: 4
+    eval_every: 2
+    corpus: {{documents: 300}}
+    model: {{hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}}
+  - kind: sft
+    name: sft
+    init: base
+    data: {sft}
+    batch_size: 5                  # 3 + 2 rows; micro-batches of 2: two on one rank, one on the other
+    micro_batch_size: 2
+    val_fraction: 0.1
+  - kind: grpo
+    name: rl
+    init: {lm}
+    steps: 3
+    checkpoint_every: 2
+    prompts_per_step: 4            # 2 + 2 questions
+    general_prompts: 4
+    group_size: 4
+    micro_batch_size: 3            # 3 + 3 + 2 rows on each rank
+    sampling: {{max_new_tokens: 12}}
+    rewards: {{format: 0.5, reward_model: {{weight: 1.0, model: {rm}}}}}
+  - kind: grpo
+    name: rl-uneven
+    init: {lm}
+    steps: 2
+    prompts_per_step: 3            # 2 + 1 questions
+    general_prompts: 3
+    group_size: 4
+    loss: dapo                     # normalised by the whole batch's tokens
+    advantages: batch              # normalised by the whole batch's rewards
+    sampling: {{max_new_tokens: 12}}
+    rewards: {{format: 0.5, reward_model: {{weight: 1.0, model: {rm}}}}}
+"""
+
+
+def launch(config, run_dir, ranks: int) -> None:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
+    cmd = (launcher if ranks > 1 else [sys.executable]) + ["-m", "r1lab", "run", str(config), "--run-dir", str(run_dir)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def weights(run_dir, stage):
+    return load_file(run_dir / "stages" / stage / "model" / "model.safetensors")
+
+
+def metrics(run_dir, stage):
+    lines = (run_dir / "stages" / stage / "metrics.jsonl").read_text().splitlines()
+    timing = ("time_s", "tokens_per_s", "rollout_s")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing} for line in lines]
+
+
+# GRPO's loss statistics are each rank's, averaged by rows: exact for equal shares, not for dapo's
+# token-normalised loss on shares of 8 and 4 rows (the gradient is exact either way)
+LOSS_STATS = ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high", "ratio", "entropy")
+
+
+def assert_same(a, b, stage, tol, skip=()):
+    wa, wb = weights(a, stage), weights(b, stage)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < tol, stage
+    ma, mb = metrics(a, stage), metrics(b, stage)
+    assert len(ma) == len(mb) and all(x.keys() == y.keys() for x, y in zip(ma, mb))
+    for x, y in zip(ma, mb):
+        for k, v in (kv for kv in x.items() if kv[0] not in skip):
+            assert y[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (stage, x["step"], k)
+
+
+@pytest.mark.slow
+def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
+    """Same global batch: weights to 1e-6 and every logged value to 1e-4 after pre-training,
+    SFT (uneven shares, unequal micro-batch counts) and GRPO (micro-batches; then uneven shares
+    with whole-batch loss and advantage normalisers); GRPO, stopped after its step-2 checkpoint,
+    resumes on 2 ranks to the same weights."""
+    tiny_llama(tokenizer, seed=1).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    rm, _ = reward_model_from_lm(tmp_path / "lm", torch.device("cpu"), seed=0)
+    torch.nn.init.normal_(rm.score.weight, std=1.0)                 # rewards far apart: GRPO moves
+    rm.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    rows = [{"prompt": f"User: {a}+{b}\nAssistant:", "completion": f" <answer>{a + b}</answer>"}
+            for a in range(1, 5) for b in range(1, 6)]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.format(sft=tmp_path / "sft.jsonl", lm=tmp_path / "lm", rm=tmp_path / "rm"))
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch(config, one, 1)
+    launch(config, two, 2)
+    for stage in ("0-base", "1-sft", "2-rl"):
+        assert_same(one, two, stage, tol=1e-6)
+    assert_same(one, two, "3-rl-uneven", tol=1e-6, skip=LOSS_STATS)
+    start = load_file(tmp_path / "lm" / "model.safetensors")
+    for stage in ("2-rl", "3-rl-uneven"):                           # GRPO did train
+        assert max((w - start[k]).abs().max().item() for k, w in weights(two, stage).items()) > 1e-5
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed)
+    for gone in ("DONE", "model"):                                   # as if killed after step 2's checkpoint
+        p = resumed / "stages" / "2-rl" / gone
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    launch(config, resumed, 2)
+    assert_same(two, resumed, "2-rl", tol=1e-7)
