@@ -47,7 +47,8 @@ from r1lab.models.adapters import LoraBlock, with_adapters
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.stages.sft import batch_rows, collate, encode, nll_batch, prompt_and_completion, split_rows
+from r1lab.stages.sft import (batch_rows, check_shares, collate, encode, nll_batch, prompt_and_completion,
+                              split_rows)
 from r1lab.train.forward import CHUNK_SIZE, completion_logits
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
@@ -57,6 +58,7 @@ class DistillConfig(StageConfig):
     """Distillation of a teacher into a student."""
     reads = {"init": "model", "teacher": "model", "data": "data"}
     writes = ("model",)
+    data_parallel = True
     same_tokenizer = ("init", "teacher")
     kind: Literal["distill"]
     init: str = Field(description="The student: an earlier stage's name or a model path.")
@@ -99,20 +101,21 @@ class DistillConfig(StageConfig):
 
 
 def logit_batch(student, teacher, pairs, pad_id: int, vocab: int, cfg: DistillConfig, ctx: RunContext, *,
-                train: bool, micro: int) -> dict[str, float]:
+                train: bool, micro: int, tokens: int | None = None) -> dict[str, float]:
     """Divergence of the student from the teacher on ``pairs`` (prompt ids, completion ids) as
     one batch, ``micro`` rows at a time; with ``train`` the student's gradients accumulate to
-    the whole batch's. Returns the batch's ``loss`` and ``top1_agreement``."""
-    mb = micro or len(pairs)
-    tokens = sum(len(c) for _, c in pairs)
+    the whole batch's. Returns the batch's ``loss`` and ``top1_agreement``. Under torchrun
+    ``pairs`` is this rank's share of a batch of ``tokens`` completion tokens, and the returned
+    values are this rank's parts of the batch's (they add up over ranks)."""
+    tokens = tokens or sum(len(c) for _, c in pairs)
     out = {"loss": 0.0, "top1_agreement": 0.0}
-    for i in range(0, len(pairs), mb):
+    for rows in ctx.dist.micro_batches(student, len(pairs), micro):
         with torch.set_grad_enabled(train):
-            part = pairs[i:i + mb]
+            part = pairs[rows]
             loss, stats = micro_loss(student, teacher, collate(part, pad_id), vocab, tokens, cfg, ctx,
                                      share=len(part) / len(pairs))
         if train:
-            loss.backward()            # the logits live on only in the graph, freed as it runs
+            ctx.dist.backward(loss)    # the logits live on only in the graph, freed as it runs
         out["loss"] += stats["loss"]
         out["top1_agreement"] += stats["top1_agreement"] * stats["tokens"] / max(tokens, 1)
     return out
@@ -138,12 +141,13 @@ def on_policy_step(step: int, seed: int, share: float) -> bool:
 
 
 def student_samples(student, tokenizer, rows: list[dict], cfg: DistillConfig, seed: int,
-                    step: int) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, sampled completion ids) for each row's prompt, one sample each."""
+                    step: int, rows_in: tuple[int, int] | None = None) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, sampled completion ids) for each row's prompt, one sample each; ``rows_in``:
+    their place in a batch split among ranks (r1lab/rollout/hf.py)."""
     prompts = [prompt_and_completion(row, tokenizer)[0] for row in rows]
     student.eval()
     prompt_ids, rollout = sample(student, tokenizer, prompts, n=1, sampling=cfg.sampling,
-                                 seed=seed * 1_000_003 + step)
+                                 seed=seed * 1_000_003 + step, rows_in=rows_in)
     student.train()
     return [(p, ids[m].tolist()) for p, ids, m in zip(prompt_ids, rollout.completion_ids, rollout.mask)]
 
@@ -172,22 +176,29 @@ def run(ctx: RunContext, cfg: DistillConfig, out: Path) -> None:
     val = [pair for _, pair in val]
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * per_epoch
-    loop = TrainLoop(student, cfg.optim, out, cfg.name, "distill", total, cfg.checkpoint_every)
+    dist = ctx.dist
+    check_shares(len(train), cfg.batch_size, dist, cfg.name)
+    loop = TrainLoop(student, cfg.optim, out, cfg.name, "distill", total, cfg.checkpoint_every, dist=dist)
     pad = tokenizer.pad_token_id
 
-    def batch_loss(pairs, *, train: bool, micro: int) -> dict[str, float]:
+    def batch_loss(model, pairs, *, train: bool, micro: int, normalizer: int | None = None) -> dict[str, float]:
         if cfg.method == "sequence":
-            return {"loss": nll_batch(student, pairs, pad, cfg, ctx, train=train, micro=micro)}
-        stats = logit_batch(student, teacher, pairs, pad, vocab, cfg, ctx, train=train, micro=micro)
+            return {"loss": nll_batch(model, pairs, pad, cfg, ctx, train=train, micro=micro, normalizer=normalizer)}
+        stats = logit_batch(model, teacher, pairs, pad, vocab, cfg, ctx, train=train, micro=micro, tokens=normalizer)
         return {**stats, cfg.loss: stats["loss"] / cfg.temperature ** 2}
 
     student.train()
     for step in loop.steps():
         chosen = [train[i] for i in batch_rows(step, len(train), cfg.batch_size, ctx.seed)]
+        mine = dist.shard(len(chosen))                                      # this rank's rows
         sampled = on_policy_step(step, ctx.seed, cfg.on_policy)
-        pairs = (student_samples(student, tokenizer, [row for row, _ in chosen], cfg, ctx.seed, step)
-                 if sampled else [pair for _, pair in chosen])
-        values = batch_loss(pairs, train=True, micro=cfg.micro_batch_size)
+        pairs = (student_samples(student, tokenizer, [row for row, _ in chosen[mine]], cfg, ctx.seed, step,
+                                 rows_in=(mine.start, len(chosen)))
+                 if sampled else [pair for _, pair in chosen[mine]])
+        tokens = dist.sum(sum(len(c) for _, c in pairs))                    # the whole batch's
+        normalizer = len(chosen) if cfg.method == "sequence" and cfg.reduction == "sequence" else tokens
+        values = {k: dist.sum(v) for k, v in batch_loss(loop.wrapped, pairs, train=True, micro=cfg.micro_batch_size,
+                                                        normalizer=normalizer).items()}
         grad_norm = loop.optimizer_step()
         values.update(grad_norm=grad_norm, lr=loop.lr, epoch=(step + 1) / per_epoch,
                       tokens=float(sum(len(c) for _, c in pairs)))
@@ -195,9 +206,9 @@ def run(ctx: RunContext, cfg: DistillConfig, out: Path) -> None:
             values["on_policy"] = float(sampled)
         if val and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
             student.eval()
-            values["val_loss"] = batch_loss(val, train=False, micro=cfg.micro_batch_size or cfg.batch_size)["loss"]
+            values["val_loss"] = batch_loss(student, val, train=False, micro=cfg.micro_batch_size or cfg.batch_size)["loss"]
             student.train()
-        loop.end_step(values, show_keys=("loss", "lr"))
+        loop.end_step(values, show_keys=("loss", "lr"), rows=len(pairs))
     loop.finish(tokenizer)
 
 

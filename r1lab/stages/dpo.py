@@ -48,7 +48,7 @@ from r1lab.models.io import load_model
 from r1lab.models.adapters import LoraBlock, with_adapters
 from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.stages.sft import batch_rows, collate, encode
+from r1lab.stages.sft import batch_rows, check_shares, collate, encode
 from r1lab.train.checkpoint import write_atomic
 from r1lab.train.forward import completion_logprobs
 from r1lab.train.loop import TrainLoop
@@ -62,6 +62,7 @@ class DpoConfig(StageConfig):
     """Direct preference optimization on chosen/rejected pairs."""
     reads = {"init": "model", "data": "data"}
     writes = ("model",)
+    data_parallel = True
     kind: Literal["dpo"]
     init: str = Field(description="Policy start and frozen reference: an earlier stage's name or a model path.")
     data: str = Field(description="Preference pairs: an earlier stage that writes data.jsonl, or a JSONL/JSON path.")
@@ -152,23 +153,25 @@ def preference_stats(policy: TokenLogps, ref: TokenLogps, cfg: DpoConfig) -> dic
 
 
 def dpo_batch(model, pairs: list[Pair], ref: TokenLogps, pad_id: int, cfg: DpoConfig, ctx: RunContext,
-              *, train: bool, micro: int) -> dict[str, float]:
+              *, train: bool, micro: int, n_global: int | None = None) -> dict[str, float]:
     """Stats of ``pairs`` (with their reference log-probs ``ref``) as one batch, ``micro`` pairs per
     forward; with ``train`` the gradients accumulate to exactly the whole batch's (every loss is a
     mean over pairs). The stats come from the whole batch's detached log-probs, so they do not
-    depend on ``micro``."""
-    n, mb = len(pairs), micro or len(pairs)
+    depend on ``micro``. Under torchrun ``pairs`` is this rank's share of ``n_global`` pairs; the
+    ranks' gradients add up to the whole batch's, and the stats are this rank's."""
+    n, dist = len(pairs), ctx.dist
+    n_global = n_global or n
     loss_fn, keywords = DPO_LOSSES[cfg.loss], loss_keywords(cfg)
     policy = []
-    for i in range(0, n, mb):
+    for rows in dist.micro_batches(model, n, micro):
         with torch.set_grad_enabled(train):
-            part = pairs[i:i + mb]
+            part = pairs[rows]
             chosen, rejected, mask_c, mask_r = pair_logprobs(model, part, pad_id, ctx, len(part) / n)  # [b, L]
-            ref_c = pad([c for c, _ in ref[i:i + mb]], chosen.shape[1])[0].to(chosen.device)      # [b, L]
-            ref_r = pad([r for _, r in ref[i:i + mb]], rejected.shape[1])[0].to(chosen.device)    # [b, L]
+            ref_c = pad([c for c, _ in ref[rows]], chosen.shape[1])[0].to(chosen.device)          # [b, L]
+            ref_r = pad([r for _, r in ref[rows]], rejected.shape[1])[0].to(chosen.device)        # [b, L]
             loss, _ = loss_fn(chosen, rejected, ref_c, ref_r, mask_c, mask_r, **keywords)
         if train:
-            (loss * (len(mask_c) / n)).backward()
+            dist.backward(loss * (len(mask_c) / n_global))
         policy += list(zip(unpad(chosen, mask_c), unpad(rejected, mask_r)))
     return preference_stats(policy, ref, cfg)
 
@@ -198,21 +201,23 @@ def run(ctx: RunContext, cfg: DpoConfig, out: Path) -> None:
 
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * per_epoch
-    loop = TrainLoop(model, cfg.optim, out, cfg.name, "dpo", total, cfg.checkpoint_every)
+    check_shares(len(train), cfg.batch_size, ctx.dist, cfg.name)
+    loop = TrainLoop(model, cfg.optim, out, cfg.name, "dpo", total, cfg.checkpoint_every, dist=ctx.dist)
     model.train()
     final = None
     for step in loop.steps():
-        rows = [train[i] for i in batch_rows(step, len(train), cfg.batch_size, ctx.seed)]
-        stats = dpo_batch(model, [pairs[i] for i in rows], [ref[i] for i in rows], pad_id, cfg, ctx,
-                          train=True, micro=cfg.micro_batch_size)
+        batch = [train[i] for i in batch_rows(step, len(train), cfg.batch_size, ctx.seed)]
+        rows = batch[ctx.dist.shard(len(batch))]                             # this rank's pairs
+        stats = dpo_batch(loop.wrapped, [pairs[i] for i in rows], [ref[i] for i in rows], pad_id, cfg, ctx,
+                          train=True, micro=cfg.micro_batch_size, n_global=len(batch))
         grad_norm = loop.optimizer_step()
         values = {k: v for k, v in stats.items() if k != "logp_accuracy"}
         values.update({"lr": loop.lr, "grad_norm": grad_norm, "epoch": (step + 1) / per_epoch})
         if val and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
             final = validate()
             values.update({f"val/{k}": v for k, v in final.items()})
-        loop.end_step(values, show_keys=("loss", "rewards/accuracies"))
-    if val:
+        loop.end_step(values, show_keys=("loss", "rewards/accuracies"), rows=len(rows))
+    if val and ctx.dist.is_main:
         write_atomic(out / "val.json", json.dumps({"pairs": len(val), "start": start,
                                                    "final": final or validate()}, indent=1) + "\n")
     loop.finish(tokenizer)

@@ -64,7 +64,7 @@ class Dist:
     def check_share(self, n: int, what: str) -> None:
         """Raise :class:`ShareError` naming ``what`` when ``n`` items leave some rank without one."""
         if n < self.world:
-            raise ShareError(f"{what} ({n}) cannot be shared among {self.world} ranks: every rank needs one")
+            raise ShareError(f"{what} is {n}: it cannot be shared among {self.world} ranks (each needs one)")
 
     def barrier(self) -> None:
         if self.active:
