@@ -1,5 +1,5 @@
 """Data parallelism under torchrun: a 2-process gloo run equals the 1-process run with the same
-global batch, for pre-training, SFT, DPO, distillation and GRPO (r1lab/train/distributed.py),
+global batch, for pre-training, SFT, DPO, a reward model, distillation and GRPO (r1lab/train/distributed.py),
 and it resumes."""
 
 import json
@@ -74,6 +74,13 @@ stages:
     micro_batch_size: 2
     val_fraction: 0.25             # 15 training pairs: 3 batches of 5
     optim: {{lr: 1e-3}}
+  - kind: reward_model
+    name: rm
+    init: base
+    data: {pairs}
+    batch_size: 5
+    micro_batch_size: 2
+    val_fraction: 0.25
   - kind: distill
     name: distill
     init: base
@@ -145,7 +152,7 @@ def assert_same(a, b, stage, tol, skip=()):
 @pytest.mark.slow
 def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
     """Same global batch: weights to 1e-6 and every logged value to 1e-4 after pre-training,
-    SFT, DPO and on-policy logit distillation (uneven shares, unequal micro-batch counts) and GRPO (micro-batches; then uneven shares
+    SFT, DPO, a reward model and on-policy logit distillation (uneven shares, unequal micro-batch counts) and GRPO (micro-batches; then uneven shares
     with whole-batch loss and advantage normalisers); GRPO, stopped after its step-2 checkpoint,
     resumes on 2 ranks to the same weights."""
     tiny_llama(tokenizer, seed=1).save_pretrained(tmp_path / "lm")
@@ -167,18 +174,18 @@ def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
     one, two = tmp_path / "one", tmp_path / "two"
     launch(config, one, 1)
     launch(config, two, 2)
-    for stage in ("0-base", "1-sft", "2-dpo", "3-distill", "4-rl"):
+    for stage in ("0-base", "1-sft", "2-dpo", "3-rm", "4-distill", "5-rl"):
         assert_same(one, two, stage, tol=1e-6)
-    assert_same(one, two, "5-rl-uneven", tol=1e-6, skip=LOSS_STATS)
-    assert any(m["on_policy"] for m in metrics(two, "3-distill"))
+    assert_same(one, two, "6-rl-uneven", tol=1e-6, skip=LOSS_STATS)
+    assert any(m["on_policy"] for m in metrics(two, "4-distill"))
     start = load_file(tmp_path / "lm" / "model.safetensors")
-    for stage in ("4-rl", "5-rl-uneven"):                           # GRPO did train
+    for stage in ("5-rl", "6-rl-uneven"):                           # GRPO did train
         assert max((w - start[k]).abs().max().item() for k, w in weights(two, stage).items()) > 1e-5
 
     resumed = tmp_path / "resumed"
     shutil.copytree(two, resumed)
     for gone in ("DONE", "model"):                                   # as if killed after step 2's checkpoint
-        p = resumed / "stages" / "4-rl" / gone
+        p = resumed / "stages" / "5-rl" / gone
         shutil.rmtree(p) if p.is_dir() else p.unlink()
     launch(config, resumed, 2)
-    assert_same(two, resumed, "4-rl", tol=1e-7)
+    assert_same(two, resumed, "5-rl", tol=1e-7)

@@ -14,7 +14,7 @@ from r1lab.models.io import CheckpointError, load_reward_model, reward_model_fro
 from r1lab.pipeline import run
 from r1lab.rewards.learned import RewardModelScorer, collate_reward_inputs, reward_inputs, sequence_rewards
 from r1lab.stages.context import RunContext
-from r1lab.stages.reward_model import RewardModelConfig, encode_pairs, pair_rewards, split
+from r1lab.stages.reward_model import RewardModelConfig, Rewards, encode_pairs, pair_rewards, split
 from r1lab.train.metrics import read_metrics
 
 from conftest import assert_same_stage, broken_and_unbroken, tiny_llama
@@ -126,7 +126,7 @@ def test_micro_batches_accumulate_the_full_batch_gradient(llama_dir, tokenizer):
     results = []
     for micro in (0, 2):                                                # 5 pairs as 2 + 2 + 1
         model, _ = reward_model_from_lm(llama_dir, torch.device("cpu"), seed=0)
-        r_c, r_r = pair_rewards(model, pairs, tokenizer.pad_token_id, CPU, train=True, micro=micro)
+        r_c, r_r = pair_rewards(Rewards(model), pairs, tokenizer.pad_token_id, CPU, train=True, micro=micro)
         results.append((r_c, r_r, {k: p.grad.clone() for k, p in model.named_parameters()}))
     (c0, r0, full), (c1, r1, acc) = results
     assert torch.allclose(c0, c1, atol=1e-6) and torch.allclose(r0, r1, atol=1e-6)
@@ -157,7 +157,7 @@ def test_the_saved_model_loads_in_transformers_and_scores_as_the_stage_did(train
     rows = synthetic_pairs(6, seed=7)
     scorer = RewardModelScorer(path, torch.device("cpu"), part="summary", batch_size=4)
     got = scorer([r["prompt"] for r in rows * 2], [r["chosen"] for r in rows] + [r["rejected"] for r in rows], rows * 2)
-    r_c, r_r = pair_rewards(model, encode_pairs(rows, tok, cfg()), tok.pad_token_id, CPU, train=False, micro=2)
+    r_c, r_r = pair_rewards(Rewards(model), encode_pairs(rows, tok, cfg()), tok.pad_token_id, CPU, train=False, micro=2)
     assert got == pytest.approx(torch.cat([r_c, r_r]).tolist(), abs=1e-5)  # the scorer == the stage
     assert all(c > r for c, r in zip(r_c, r_r))
     one = reward_inputs(tok, [rows[0]["prompt"]], [rows[0]["chosen"]], part="summary", max_length=1024)

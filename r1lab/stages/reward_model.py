@@ -43,7 +43,7 @@ from r1lab.models.adapters import LoraBlock, with_adapters
 from r1lab.rewards.learned import collate_reward_inputs, encode_reward_input, sequence_rewards
 from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.stages.sft import batch_rows
+from r1lab.stages.sft import batch_rows, check_shares
 from r1lab.train.checkpoint import write_atomic
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
@@ -55,6 +55,7 @@ class RewardModelConfig(StageConfig):
     """A Bradley-Terry reward model on preference pairs."""
     reads = {"init": "model", "data": "data"}
     writes = ("model",)
+    data_parallel = True
     kind: Literal["reward_model"]
     init: str = Field(description="Causal LM to put a scalar head on: an earlier stage's name or a model path.")
     data: str = Field(description="Preference pairs {prompt, chosen, rejected}: an earlier stage that "
@@ -79,22 +80,36 @@ def encode_pairs(rows: list[dict], tokenizer, cfg: RewardModelConfig) -> list[Pa
     return [(enc(row, "chosen"), enc(row, "rejected")) for row in rows]
 
 
-def pair_rewards(model, pairs: list[Pair], pad_id: int, ctx: RunContext, *, train: bool,
-                 micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+class Rewards(torch.nn.Module):
+    """:func:`sequence_rewards` of a reward model as a module's forward: DistributedDataParallel
+    exchanges the gradients of forwards run through its wrapper, so the wrapper must run it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sequence_rewards(self.model, batch)                                     # [B]
+
+
+def pair_rewards(rewards_of, pairs: list[Pair], pad_id: int, ctx: RunContext, *, train: bool,
+                 micro: int, n_global: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Detached [B] rewards of the chosen and the rejected responses, ``micro`` pairs per forward
-    (both sides in one batch). With ``train``, each micro-batch's Bradley-Terry loss is scaled by
-    its share of the pairs and backpropagated, so the gradients add up to the whole batch's."""
-    mb = micro or len(pairs)
+    (both sides in one batch) through ``rewards_of`` (a :class:`Rewards`, or its DDP wrapper).
+    With ``train``, each micro-batch's Bradley-Terry loss is scaled by its share of the pairs (of
+    ``n_global`` under torchrun, where ``pairs`` is this rank's share) and backpropagated, so the
+    gradients add up to the whole batch's."""
+    n_global = n_global or len(pairs)
     chosen, rejected = [], []
-    for i in range(0, len(pairs), mb):
-        part = pairs[i:i + mb]
+    for rows in ctx.dist.micro_batches(rewards_of, len(pairs), micro):
+        part = pairs[rows]
         batch = collate_reward_inputs([c for c, _ in part] + [r for _, r in part], pad_id)   # [2b, L]
         with ctx.autocast(), torch.set_grad_enabled(train):
-            rewards = sequence_rewards(model, batch)                                   # [2b]
+            rewards = rewards_of(batch)                                                 # [2b]
             r_c, r_r = rewards[:len(part)], rewards[len(part):]                         # [b], [b]
             if train:
                 loss, _ = bradley_terry_loss(r_c, r_r)
-                (loss * len(part) / len(pairs)).backward()
+                ctx.dist.backward(loss * len(part) / n_global)
         chosen.append(r_c.detach())
         rejected.append(r_r.detach())
     return torch.cat(chosen), torch.cat(rejected)
@@ -104,7 +119,8 @@ def validate(model, val: list[Pair], pad_id: int, cfg: RewardModelConfig, ctx: R
     """``val/loss``, ``val/accuracy``, ``val/margin`` over the held-out pairs (eval mode)."""
     was_training = model.training
     model.eval()
-    r_c, r_r = pair_rewards(model, val, pad_id, ctx, train=False, micro=cfg.micro_batch_size or cfg.batch_size)
+    r_c, r_r = pair_rewards(Rewards(model), val, pad_id, ctx, train=False,
+                            micro=cfg.micro_batch_size or cfg.batch_size)
     model.train(was_training)
     _, stats = bradley_terry_loss(r_c, r_r)
     return {f"val/{k}": v for k, v in stats.items()}
@@ -135,16 +151,22 @@ def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
     train, val = (encode_pairs(rows, tokenizer, cfg) for rows in split(read_pairs(path), cfg.val_fraction, ctx.seed))
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * per_epoch
-    loop = TrainLoop(model, cfg.optim, out, cfg.name, "reward_model", total, cfg.checkpoint_every)
+    dist = ctx.dist
+    check_shares(len(train), cfg.batch_size, dist, cfg.name)
+    loop = TrainLoop(model, cfg.optim, out, cfg.name, "reward_model", total, cfg.checkpoint_every, dist=dist,
+                     forward=Rewards(model))
     pad = tokenizer.pad_token_id
     summary = json.loads((out / "val.json").read_text()) if (out / "val.json").exists() else {}
     if val and "start" not in summary:                     # the untrained head, before any step
         summary["start"] = validate(model, val, pad, cfg, ctx)
-        write_atomic(out / "val.json", json.dumps(summary, indent=1) + "\n")
+        if dist.is_main:
+            write_atomic(out / "val.json", json.dumps(summary, indent=1) + "\n")
     model.train()
     for step in loop.steps():
         batch = [train[i] for i in batch_rows(step, len(train), cfg.batch_size, ctx.seed)]
-        r_c, r_r = pair_rewards(model, batch, pad, ctx, train=True, micro=cfg.micro_batch_size)
+        mine = batch[dist.shard(len(batch))]                                # this rank's pairs
+        r_c, r_r = pair_rewards(loop.wrapped, mine, pad, ctx, train=True, micro=cfg.micro_batch_size,
+                                n_global=len(batch))
         _, stats = bradley_terry_loss(r_c, r_r)
         grad_norm = loop.optimizer_step()
         values = {**stats, "reward/chosen": r_c.mean().item(), "reward/rejected": r_r.mean().item(),
@@ -153,9 +175,9 @@ def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
             values.update(validate(model, val, pad, cfg, ctx))
             if step + 1 == total:
                 summary["end"] = {k: values[k] for k in ("val/loss", "val/accuracy", "val/margin")}
-        loop.end_step(values, show_keys=("loss", "accuracy"))
+        loop.end_step(values, show_keys=("loss", "accuracy"), rows=len(mine))
     loop.finish(tokenizer)
-    if val:                                                # "end" is set at the last step, which always runs
+    if val and dist.is_main:                                                # "end" is set at the last step, which always runs
         write_atomic(out / "val.json", json.dumps(summary, indent=1) + "\n")
 
 

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
+
 from r1lab.models.adapters import save_adapted
 from r1lab.models.moe import is_moe, pop_logged
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
@@ -55,10 +57,11 @@ class TrainLoop:
 
     def __init__(self, model, optim: Optim, out: Path, stage: str, kind: str, total_steps: int,
                  checkpoint_every: int, optimizer_steps: int | None = None, companions: dict | None = None,
-                 dist: Dist = SINGLE):
+                 dist: Dist = SINGLE, forward: torch.nn.Module | None = None):
         """``total_steps`` loop steps; ``optimizer_steps`` (default: the same) sizes the schedule(s).
         ``companions``: name -> (model, Optim) of further models to train (module docstring);
-        ``dist``: the ranks the stage runs on."""
+        ``dist``: the ranks the stage runs on; ``forward``: the module whose forward a training
+        step calls, when it is not the model's own (it holds the model; ``wrapped`` wraps it)."""
         self.model, self.optim, self.out = model, optim, Path(out)
         self.total, self.checkpoint_every = total_steps, checkpoint_every
         steps = optimizer_steps or total_steps
@@ -68,7 +71,7 @@ class TrainLoop:
         self.step, self.resumed_elapsed = resume_training(self.out / "checkpoint", model, self.opt, self.sched,
                                                           self._companion_states())
         self.dist = dist
-        self.wrapped = dist.wrap(model, find_unused=is_moe(model))     # unrouted experts get no gradient
+        self.wrapped = dist.wrap(forward or model, find_unused=is_moe(model))  # unrouted experts get no gradient
         self.log = MetricsLogger(self.out / "metrics.jsonl", stage, resume_step=self.step,
                                  elapsed_s=self.resumed_elapsed, write=dist.is_main)
         self.bar = progress_bar(f"{stage} ({kind})", total_steps, self.step, disable=not dist.is_main)
