@@ -14,8 +14,7 @@ checkpoint. DONE is written last, atomically.
 
 Under torchrun every rank walks the stages together (r1lab/train/distributed.py): all read the
 run directory's state, then rank 0 alone changes it; training stages run on every rank, the
-others (and ppo, the one training stage not yet written data-parallel) on rank 0 alone while
-the rest wait.
+others on rank 0 alone while the rest wait.
 """
 
 from __future__ import annotations

@@ -102,6 +102,16 @@ stages:
     micro_batch_size: 3            # 3 + 3 + 2 rows on each rank
     sampling: {{max_new_tokens: 12}}
     rewards: {{format: 0.5, reward_model: {{weight: 1.0, model: {rm}}}}}
+  - kind: ppo
+    name: ppo
+    init: {lm}
+    steps: 2
+    prompts_per_step: 3            # 2 + 1 questions
+    samples_per_prompt: 2
+    mini_batch_size: 2             # global mini-batches: a rank may hold none of one
+    ppo_epochs: 1
+    sampling: {{max_new_tokens: 12}}
+    rewards: {{format: 0.5, reward_model: {{weight: 1.0, model: {rm}}}}}
   - kind: grpo
     name: rl-uneven
     init: {lm}
@@ -137,6 +147,8 @@ def metrics(run_dir, stage):
 # GRPO's loss statistics are each rank's, averaged by rows: exact for equal shares, not for dapo's
 # token-normalised loss on shares of 8 and 4 rows (the gradient is exact either way)
 LOSS_STATS = ("loss", "kl", "clip_frac", "clip_frac_low", "clip_frac_high", "ratio", "entropy")
+# PPO's likewise, and its critic's figures of the rollout (each rank's rows)
+PPO_STATS = ("approx_kl", "value_loss", "vf_clip_frac", "explained_variance", "values/mean", "returns/mean")
 
 
 def assert_same(a, b, stage, tol, skip=()):
@@ -176,10 +188,11 @@ def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
     launch(config, two, 2)
     for stage in ("0-base", "1-sft", "2-dpo", "3-rm", "4-distill", "5-rl"):
         assert_same(one, two, stage, tol=1e-6)
-    assert_same(one, two, "6-rl-uneven", tol=1e-6, skip=LOSS_STATS)
+    assert_same(one, two, "6-ppo", tol=1e-6, skip=LOSS_STATS + PPO_STATS)
+    assert_same(one, two, "7-rl-uneven", tol=1e-6, skip=LOSS_STATS)
     assert any(m["on_policy"] for m in metrics(two, "4-distill"))
     start = load_file(tmp_path / "lm" / "model.safetensors")
-    for stage in ("5-rl", "6-rl-uneven"):                           # GRPO did train
+    for stage in ("5-rl", "6-ppo", "7-rl-uneven"):                  # RL did train
         assert max((w - start[k]).abs().max().item() for k, w in weights(two, stage).items()) > 1e-5
 
     resumed = tmp_path / "resumed"

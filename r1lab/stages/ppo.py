@@ -55,6 +55,7 @@ class PpoConfig(TaskStageConfig):
     """PPO with a learned critic, on the same rollouts and rewards as GRPO."""
     reads = {"init": "model", "critic_init": "model"}
     writes = ("model",)
+    data_parallel = True
     kind: Literal["ppo"]
     init: str = Field(description="Starting policy (and reference): an earlier stage's name or a model path.")
     critic_init: str | None = Field(None, description="Checkpoint the critic's backbone starts from "
@@ -88,27 +89,29 @@ class PpoConfig(TaskStageConfig):
 
 
 def policy_batch(policy, part: dict, old_logp: torch.Tensor, advantages: torch.Tensor, cfg: PpoConfig,
-                 ctx: RunContext) -> dict[str, float]:
-    """Clipped policy loss of one mini-batch, backward; returns its stats and entropy."""
+                 ctx: RunContext, share: float = 1.0) -> dict[str, float]:
+    """Clipped policy loss of one mini-batch, backward; returns its stats and entropy. ``share``:
+    this rank's part of the mini-batch's tokens under torchrun (the loss is a mean over them)."""
     with ctx.autocast():
         logp, entropy = completion_logprobs(policy, part, temperature=cfg.sampling.temperature,
                                             with_entropy=True)                # [n, L]
     mask = part["completion_mask"].to(logp.device)
     loss, stats = ppo_policy_loss(logp.float(), old_logp.to(logp.device), advantages.to(logp.device), mask,
                                   clip_eps=cfg.clip_eps)
-    loss.backward()
+    ctx.dist.backward(loss * share)
     return {**stats, "entropy": masked_mean(entropy.float(), mask).item()}
 
 
 def value_batch(critic, part: dict, old_values: torch.Tensor, returns: torch.Tensor, cfg: PpoConfig,
-                ctx: RunContext) -> dict[str, float]:
-    """Clipped value loss of one mini-batch, backward; returns its stats."""
+                ctx: RunContext, share: float = 1.0) -> dict[str, float]:
+    """Clipped value loss of one mini-batch, backward; returns its stats (``share`` as in
+    :func:`policy_batch`)."""
     with ctx.autocast():
         values = completion_values(critic, part)                              # [n, L]
     mask = part["completion_mask"].to(values.device)
     loss, stats = ppo_value_loss(values, old_values.to(values.device), returns.to(values.device), mask,
                                  clip_range=cfg.value_clip)
-    loss.backward()
+    ctx.dist.backward(loss * share)
     return {"value_loss": stats["loss"], "vf_clip_frac": stats["clip_frac"]}
 
 
@@ -120,8 +123,35 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return (1 - (returns - values)[mask].var() / var).item() if var > 0 else float("nan")
 
 
+def whiten(x: torch.Tensor, mask: torch.Tensor, dist) -> torch.Tensor:
+    """:func:`masked_whiten` with the mean and variance of every rank's unmasked entries."""
+    if not dist.active:
+        return masked_whiten(x, mask)
+    values = x.float()[mask.bool()]
+    count, total, squares = (dist.sum(v) for v in (len(values), values.sum().item(), values.square().sum().item()))
+    mean = total / count
+    var = (squares - count * mean ** 2) / (count - 1)                          # Bessel-corrected
+    return torch.where(mask.bool(), (x.float() - mean) / math.sqrt(var + 1e-8), torch.zeros_like(x.float()))
+
+
+def mini_batch_rows(rows: torch.Tensor, mine: range, mask: torch.Tensor, dist) -> tuple[torch.Tensor, float]:
+    """This rank's rows (local indices) of a mini-batch of global ``rows``, and its share of the
+    mini-batch's completion tokens. A rank holding none of them still runs a forward and
+    backward, on its first row at weight 0, as DistributedDataParallel needs every rank's."""
+    local = rows[(rows >= mine.start) & (rows < mine.stop)] - mine.start
+    tokens = int(mask[local].sum())
+    total = dist.sum(tokens)
+    if len(local) == 0:
+        return torch.zeros(1, dtype=torch.long), 0.0
+    return local, tokens / total if total else 0.0
+
+
 def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
-    seed, task = ctx.seed, ctx.task(cfg)
+    seed, task, dist = ctx.seed, ctx.task(cfg), ctx.dist
+    dist.check_share(cfg.prompts_per_step, f"stage {cfg.name!r}: prompts_per_step")
+    G = cfg.samples_per_prompt
+    mine = dist.shard(cfg.prompts_per_step)                                    # this rank's questions
+    my_rows = range(mine.start * G, mine.stop * G)                            # and rows of the batch
     policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
     policy = with_adapters(policy, cfg.lora, seed)                             # the critic trains every weight
     critic = load_value_model(ctx.model_path(cfg.critic_init or cfg.init), ctx.device)
@@ -130,14 +160,14 @@ def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
     mini_batches = math.ceil(n / cfg.mini_batch_size)
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "ppo", cfg.steps, cfg.checkpoint_every,
                      optimizer_steps=cfg.steps * cfg.ppo_epochs * mini_batches,
-                     companions={"critic": (critic, cfg.optim.model_copy(update={"lr": cfg.critic_lr}))})
+                     companions={"critic": (critic, cfg.optim.model_copy(update={"lr": cfg.critic_lr}))}, dist=dist)
     scorers, monitors = build_rewards(cfg.rewards, ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
     frozen = dict(micro_batch_size=cfg.mini_batch_size, autocast=ctx.autocast)
     for step in loop.steps():
         t0 = time.time()
-        examples = task.sample_train(seed, step, cfg.prompts_per_step)
-        scored = scored_rollout(policy, tokenizer, task, examples, cfg.samples_per_prompt, cfg.sampling,
-                                seed * 1_000_003 + step, scorers, monitors)
+        examples = task.sample_train(seed, step, cfg.prompts_per_step)[mine]
+        scored = scored_rollout(policy, tokenizer, task, examples, G, cfg.sampling, seed * 1_000_003 + step,
+                                scorers, monitors, rows_in=(my_rows.start, n))
         batch, mask = scored.batch, scored.batch["completion_mask"]           # mask: [N, L]
         # the rollout's numbers, fixed for the whole step: log-probs, reference, values
         old_logp = logprobs_no_grad(policy, batch, temperature=cfg.sampling.temperature, **frozen)  # [N, L]
@@ -149,18 +179,20 @@ def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
                                              kl_coef=cfg.kl_coef)              # [N, L]
         advantages, returns = gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)  # [N, L] each
         if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)                       # [N, L]
+            advantages = whiten(advantages, mask, dist)                        # [N, L], over every rank's tokens
 
         policy.train()
         critic.train()
         order = torch.Generator().manual_seed(seed * 1_000_003 + step)
         stats = []
         for _ in range(cfg.ppo_epochs):
-            for rows in torch.randperm(n, generator=order).split(cfg.mini_batch_size):
+            for global_rows in torch.randperm(n, generator=order).split(cfg.mini_batch_size):
+                rows, share = mini_batch_rows(global_rows, my_rows, mask, dist)
                 part = {k: v[rows] for k, v in batch.items()}
-                p = policy_batch(policy, part, old_logp[rows], advantages[rows], cfg, ctx)
+                p = policy_batch(loop.wrapped, part, old_logp[rows], advantages[rows], cfg, ctx, share)
                 p["grad_norm"] = loop.optimizer_step()
-                v = value_batch(critic, part, old_values[rows], returns[rows], cfg, ctx)
+                v = value_batch(loop.companions["critic"].wrapped, part, old_values[rows], returns[rows], cfg, ctx,
+                                share)
                 v["critic_grad_norm"] = loop.optimizer_step("critic")
                 stats.append({**p, **v})
         mean = {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
@@ -177,7 +209,7 @@ def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
             "tokens_per_s": scored.n_tokens / (time.time() - t0),
             "rollout_s": scored.rollout_s,
         }
-        loop.end_step(values, show_keys=("reward/mean", "accuracy", "value_loss", "tokens_per_s"))
+        loop.end_step(values, show_keys=("reward/mean", "accuracy", "value_loss", "tokens_per_s"), rows=len(my_rows))
     loop.finish(tokenizer)                                                     # out/model and out/critic
 
 Config = PpoConfig

@@ -45,6 +45,7 @@ class Companion(NamedTuple):
     optim: Optim
     opt: object
     sched: object
+    wrapped: object      # the model to call in a training forward (under DDP with several ranks)
 
 
 def _optimizer_and_schedule(model, optim: Optim, steps: int):
@@ -66,7 +67,7 @@ class TrainLoop:
         self.total, self.checkpoint_every = total_steps, checkpoint_every
         steps = optimizer_steps or total_steps
         self.opt, self.sched = _optimizer_and_schedule(model, optim, steps)
-        self.companions = {name: Companion(m, o, *_optimizer_and_schedule(m, o, steps))
+        self.companions = {name: Companion(m, o, *_optimizer_and_schedule(m, o, steps), dist.wrap(m))
                            for name, (m, o) in (companions or {}).items()}
         self.step, self.resumed_elapsed = resume_training(self.out / "checkpoint", model, self.opt, self.sched,
                                                           self._companion_states())
