@@ -305,6 +305,16 @@ def test_real_model_config_without_the_model_fails_clearly():
         load_config("r1-zero-qwen2.5-0.5b-gsm8k")
 
 
+def test_gpu_config_loads_with_the_overrides_its_header_gives(qwen_dir, gsm8k_dir):
+    """r1-zero-qwen2.5-1.5b-gsm8k with its 1-GPU LoRA line, pointed at a tiny model and data."""
+    paths = [f"stages.eval-base.model={qwen_dir}", f"stages.r1-zero.init={qwen_dir}",
+             f"task.train_path={gsm8k_dir / 'train.jsonl'}", f"task.test_path={gsm8k_dir / 'test.jsonl'}"]
+    cfg = load_config("r1-zero-qwen2.5-1.5b-gsm8k", paths + ["stages.r1-zero.lora={r: 16, alpha: 32}"])
+    grpo = cfg.stages[1]
+    assert grpo.lora.r == 16 and grpo.prompts_per_step % 8 == 0        # 8 questions a GPU on 8 GPUs
+    assert grpo.sampling.max_new_tokens == 1024 and grpo.micro_batch_size == 4
+
+
 def test_peak_rss_is_per_stage():
     """After a reset the high-water mark forgets an earlier, larger allocation. In a fresh
     process: in this one, freed memory of earlier tests may hold the 256 MB without a new peak."""
