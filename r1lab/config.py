@@ -32,6 +32,8 @@ class RunConfig(BaseModel):
     name: PlainName = Field(description="Run name; the default run directory is runs/<name>.")
     seed: int = Field(0, description="The one seed that drives data, init and sampling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
+    data_parallel: Literal["ddp", "fsdp2"] = Field("ddp", description="Under torchrun: a whole model on each "
+                                                   "rank (ddp), or sharded over the ranks (fsdp2).")
     task: Task = Field(description="The verifiable task every stage reads its data from.")
     stages: list[Stage] = Field(min_length=1, description="Stages, run in order.")
 

@@ -87,7 +87,7 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> None:
 def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
     """Run (or resume) every stage of ``config``; returns the run directory."""
     quiet_transformers()
-    dist = from_env()
+    dist = from_env(config.data_parallel)
     log = log if dist.is_main else (lambda *_: None)
     run_dir = Path(run_dir or Path("runs") / config.name)
     check_run_dir(config, run_dir)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from r1lab.models.io import reward_model_from_lm
 from r1lab.rollout import hf, native
-from r1lab.train.distributed import Dist, ShareError
+from r1lab.train.distributed import Dist, DistributedError
 
 from conftest import tiny_llama
 
@@ -26,8 +26,11 @@ def test_shards_cover_a_batch_in_order_and_differ_by_at_most_one(world):
         assert [i for s in shares for i in s] == list(range(n))
         assert max(map(len, shares)) - min(map(len, shares)) <= 1
     if world > 1:
-        with pytest.raises(ShareError, match="prompts_per_step"):
+        with pytest.raises(DistributedError, match="prompts_per_step"):
             Dist(rank=0, world=world).check_share(world - 1, "prompts_per_step")
+        with pytest.raises(DistributedError, match="equal shares"):    # fsdp2: every forward is collective
+            Dist(rank=0, world=world, strategy="fsdp2").check_share(world + 1, "prompts_per_step")
+        Dist(rank=0, world=world, strategy="fsdp2").check_share(2 * world, "prompts_per_step")
 
 
 @pytest.mark.parametrize("backend", [native, hf])
@@ -161,12 +164,8 @@ def assert_same(a, b, stage, tol, skip=()):
             assert y[k] == pytest.approx(v, rel=1e-4, abs=1e-5), (stage, x["step"], k)
 
 
-@pytest.mark.slow
-def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
-    """Same global batch: weights to 1e-6 and every logged value to 1e-4 after pre-training,
-    SFT, DPO, a reward model and on-policy logit distillation (uneven shares, unequal micro-batch counts) and GRPO (micro-batches; then uneven shares
-    with whole-batch loss and advantage normalisers); GRPO, stopped after its step-2 checkpoint,
-    resumes on 2 ranks to the same weights."""
+def write_inputs(tmp_path, tokenizer) -> None:
+    """A tiny LM, a reward model on it with a random head, 20 SFT rows and 20 preference pairs."""
     tiny_llama(tokenizer, seed=1).save_pretrained(tmp_path / "lm")
     tokenizer.save_pretrained(tmp_path / "lm")
     rm, _ = reward_model_from_lm(tmp_path / "lm", torch.device("cpu"), seed=0)
@@ -179,6 +178,15 @@ def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
     pairs = [{"prompt": r["prompt"], "chosen": r["completion"], "rejected": f" <answer>{i % 7}</answer>"}
              for i, r in enumerate(rows)]
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+
+
+@pytest.mark.slow
+def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
+    """Same global batch: weights to 1e-6 and every logged value to 1e-4 after pre-training,
+    SFT, DPO, a reward model and on-policy logit distillation (uneven shares, unequal micro-batch counts) and GRPO (micro-batches; then uneven shares
+    with whole-batch loss and advantage normalisers); GRPO, stopped after its step-2 checkpoint,
+    resumes on 2 ranks to the same weights."""
+    write_inputs(tmp_path, tokenizer)
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG.format(sft=tmp_path / "sft.jsonl", pairs=tmp_path / "pairs.jsonl", lm=tmp_path / "lm",
                                     rm=tmp_path / "rm"))
@@ -194,6 +202,97 @@ def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
     start = load_file(tmp_path / "lm" / "model.safetensors")
     for stage in ("5-rl", "6-ppo", "7-rl-uneven"):                  # RL did train
         assert max((w - start[k]).abs().max().item() for k, w in weights(two, stage).items()) > 1e-5
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed)
+    for gone in ("DONE", "model"):                                   # as if killed after step 2's checkpoint
+        p = resumed / "stages" / "5-rl" / gone
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    launch(config, resumed, 2)
+    assert_same(two, resumed, "5-rl", tol=1e-7)
+
+
+FSDP2_CONFIG = """\
+name: fsdp2
+data_parallel: fsdp2
+task: {{kind: arithmetic}}
+stages:
+  - kind: pretrain
+    name: base
+    steps: 4
+    batch_size: 6
+    seq_len: 32
+    val_rows: 4
+    eval_every: 2
+    corpus: {{documents: 300}}
+    model: {{hidden_size: 32, num_layers: 2, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}}
+  - kind: sft
+    name: sft
+    init: base
+    data: {sft}
+    batch_size: 6                  # 18 training rows: equal shares of every batch, as fsdp2 needs
+    micro_batch_size: 2
+    val_fraction: 0.1
+  - kind: dpo
+    name: dpo
+    init: base
+    data: {pairs}
+    batch_size: 4
+    val_fraction: 0.2
+    optim: {{lr: 1e-3}}
+  - kind: distill
+    name: distill
+    init: base
+    teacher: sft
+    data: {sft}
+    method: logit
+    on_policy: 0.5
+    batch_size: 6
+    micro_batch_size: 2
+    val_fraction: 0.1
+    sampling: {{max_new_tokens: 8}}
+  - kind: ppo
+    name: ppo
+    init: {lm}
+    steps: 2
+    prompts_per_step: 4
+    samples_per_prompt: 2
+    mini_batch_size: 2
+    ppo_epochs: 1
+    sampling: {{max_new_tokens: 12}}
+    rewards: {{format: 0.5, accuracy: 1.0}}
+  - kind: grpo
+    name: rl
+    init: {lm}
+    steps: 3
+    checkpoint_every: 2
+    prompts_per_step: 4
+    general_prompts: 4
+    group_size: 4
+    micro_batch_size: 3
+    sampling: {{max_new_tokens: 12}}
+    rewards: {{format: 0.5, reward_model: {{weight: 1.0, model: {rm}}}}}
+"""
+
+
+@pytest.mark.slow
+def test_fsdp2_shards_train_as_one_process_does_and_resume(tmp_path, tokenizer):
+    """data_parallel fsdp2 on 2 gloo ranks: weights sharded, gathered for each forward and whole
+    for decoding, checkpoints and saved models gathered onto rank 0. Against one process with the
+    same global batch: weights to 2e-6 (DPO's summed log-probs at lr 1e-3 round the most) and
+    every logged value but PPO's loss statistics to 1e-4; GRPO resumes on 2 ranks exactly."""
+    write_inputs(tmp_path, tokenizer)
+    config = tmp_path / "c.yaml"
+    config.write_text(FSDP2_CONFIG.format(sft=tmp_path / "sft.jsonl", pairs=tmp_path / "pairs.jsonl",
+                                          lm=tmp_path / "lm", rm=tmp_path / "rm"))
+    one, two = tmp_path / "one", tmp_path / "two"
+    launch(config, one, 1)
+    launch(config, two, 2)
+    for stage in ("0-base", "1-sft", "2-dpo", "3-distill", "5-rl"):
+        assert_same(one, two, stage, tol=2e-6)
+    assert_same(one, two, "4-ppo", tol=2e-6, skip=LOSS_STATS + PPO_STATS)
+    assert json.loads((two / "stages" / "5-rl" / "model" / "config.json").read_text())["architectures"] == [
+        "LlamaForCausalLM"]                                          # saved as the plain class
 
     resumed = tmp_path / "resumed"
     shutil.copytree(two, resumed)

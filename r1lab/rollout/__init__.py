@@ -12,10 +12,13 @@ they sample with a :class:`Sampling` block and call :func:`sample` with prompt t
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from torch.distributed.fsdp import FSDPModule
 
 from r1lab.models.adapters import merged_for_decoding
 from r1lab.rollout import hf, native
@@ -40,11 +43,16 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
     """Sample completions of ``prompts`` (see :func:`r1lab.rollout.hf.generate` for the
     arguments). ``auto`` takes ``native`` when it supports the model, else ``hf`` (saying so
     once per model type); ``native`` refuses a model it does not decode exactly. A PEFT
-    model decodes with its adapters merged (r1lab/models/adapters.py)."""
+    model decodes with its adapters merged (r1lab/models/adapters.py), an FSDP2-sharded one with
+    its weights gathered whole for the duration (every rank generates at once)."""
     with merged_for_decoding(model) as plain:
         if native.supports(plain) and backend in ("auto", "native"):
-            return native.generate(plain, prompts, **kw)
+            with unsharded(plain):
+                return native.generate(plain, prompts, **kw)
         kind = getattr(plain.config, "model_type", type(plain).__name__)
+        if isinstance(plain, FSDPModule):       # hf's loop runs a forward per token: ranks would fall out of step
+            raise ValueError(f"an FSDP2-sharded {kind} model cannot be decoded: the native backend does not "
+                             f"cover it; use data_parallel ddp")
         if backend == "native":
             raise ValueError(f"backend native does not decode {kind} models exactly; use backend hf or auto")
         if backend == "auto" and kind not in _TOLD:
@@ -52,6 +60,21 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
             print(f"r1lab: the native decoder does not cover {kind} models (e.g. mixtures of experts); "
                   f"generating with hf", file=sys.stderr)
         return hf.generate(plain, prompts, **kw)
+
+
+@contextlib.contextmanager
+def unsharded(model) -> Iterator[None]:
+    """An FSDP2-sharded model's weights gathered whole on every rank for the duration (its
+    parameters are then plain tensors, which the native backend reads), sharded again after;
+    any other model untouched."""
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit in units:
+            unit.reshard()
 
 
 def sample(model, tokenizer, prompts: list[str], *, n: int, sampling: Sampling, seed: int,

@@ -143,8 +143,10 @@ def shard_batch(chosen: list, cfg, dist) -> tuple[list, float]:
 
 def check_shares(n_rows: int, batch_size: int, dist, stage: str) -> None:
     """Every batch, the short last one of an epoch included, must give each rank a row."""
-    smallest = min(batch_size, n_rows - (math.ceil(n_rows / batch_size) - 1) * batch_size)
-    dist.check_share(smallest, f"stage {stage!r}: the smallest batch (batch_size {batch_size}, {n_rows} training rows)")
+    smallest = n_rows - (math.ceil(n_rows / batch_size) - 1) * batch_size
+    dist.check_share(min(batch_size, n_rows), f"stage {stage!r}: batch_size")
+    dist.check_share(smallest, f"stage {stage!r}: the last batch of an epoch (batch_size {batch_size}, "
+                               f"{n_rows} training rows)")
 
 
 def run(ctx: RunContext, cfg: SftConfig, out: Path) -> None:

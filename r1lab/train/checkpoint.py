@@ -24,6 +24,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from r1lab.train.distributed import full_state_dicts, load_full_state_dicts
+
 STATE_FILE = "state.json"
 TAGS = ("__tensor__", "__ndarray__", "__tuple__", "__float__", "__items__")
 
@@ -169,21 +171,25 @@ def resume_training(ckpt_dir: Path, model, optimizer, scheduler,
 
 
 def save_training(ckpt_dir: Path, model, optimizer, scheduler, step: int, elapsed_s: float,
-                  companions: dict[str, tuple] | None = None) -> None:
-    """The state :func:`resume_training` reads back, written atomically."""
+                  companions: dict[str, tuple] | None = None, write: bool = True) -> None:
+    """The state :func:`resume_training` reads back, written atomically. An FSDP2-sharded model's
+    state is gathered from every rank, so every rank calls this; ``write`` on rank 0 alone."""
     state = dict(_states(model, optimizer, scheduler), step=step, elapsed_s=elapsed_s)
     if companions:
         state["companions"] = {name: _states(*parts) for name, parts in companions.items()}
-    save_checkpoint(ckpt_dir, state)
+    if write:
+        save_checkpoint(ckpt_dir, state)
 
 
 def _states(model, optimizer, scheduler) -> dict:
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+    model_state, optimizer_state = full_state_dicts(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state, "scheduler": scheduler.state_dict()}
 
 
 def _load_states(parts: tuple, state: dict) -> None:
-    for obj, key in zip(parts, ("model", "optimizer", "scheduler")):
-        obj.load_state_dict(state[key])
+    model, optimizer, scheduler = parts
+    load_full_state_dicts(model, optimizer, state["model"], state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
 
 
 def rng_state() -> dict:

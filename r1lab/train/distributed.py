@@ -5,12 +5,21 @@
              --rdzv_backend c10d --rdzv_endpoint host0:29500 -m r1lab run CONFIG   # on each node
 
 Every rank runs every training stage on its share of each step's global batch, the same batch a
-single process would take. The model is wrapped in PyTorch's ``DistributedDataParallel``, which
-averages gradients over ranks during the backward pass; so that the sum over ranks is the
+single process would take. The run's ``data_parallel`` picks how the model is held:
+
+- ``ddp`` (default): a whole copy on each rank, under PyTorch's ``DistributedDataParallel``;
+- ``fsdp2``: sharded over the ranks with PyTorch's ``fully_shard`` (each decoder layer, then the
+  rest), for models whose weights, gradients and AdamW moments do not fit on one device. Weights
+  are gathered layer by layer for each forward and whole for decoding (r1lab/rollout); the
+  reference model of a KL penalty stays a whole copy. Not with LoRA or MoE models yet.
+
+Both average gradients over ranks during the backward pass; so that the sum over ranks is the
 single-process gradient, a rank's loss is its share of the global batch's loss
 (``Σ over its rows / the global normaliser``) times the number of ranks (:meth:`Dist.backward`).
-Gradients are exchanged once per optimizer step: every micro-batch but a rank's last runs under
-DDP's ``no_sync`` (:meth:`Dist.micro_batches`), so ranks may hold different numbers of them.
+Gradients are exchanged once per optimizer step: every micro-batch but a rank's last runs with
+the exchange off (:meth:`Dist.micro_batches`), so under DDP ranks may hold different numbers of
+micro-batches; under FSDP2 every forward gathers weights from every rank, so ranks must hold
+equal shares (:meth:`Dist.check_share`).
 
 Only rank 0 writes (config, metrics, checkpoints, models, DONE); every rank reads the same
 checkpoint on resume, so a run resumes with the same number of ranks or any other. Stages that
@@ -29,14 +38,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as tdist
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+                                                     set_model_state_dict, set_optimizer_state_dict)
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 # Ranks wait for rank 0 while it runs a stage that trains nothing (an eval, rejection sampling).
 WAIT = datetime.timedelta(hours=6)
 
 
-class ShareError(ValueError):
-    """A batch has fewer items than there are ranks to share it."""
+class DistributedError(ValueError):
+    """A setting the ranks cannot run: a batch too small to share, a model FSDP2 cannot shard."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    strategy: str = "ddp"          # or "fsdp2" (module docstring)
 
     @property
     def is_main(self) -> bool:
@@ -54,6 +67,10 @@ class Dist:
     def active(self) -> bool:
         return self.world > 1
 
+    @property
+    def sharded(self) -> bool:
+        return self.active and self.strategy == "fsdp2"
+
     def shard(self, n: int) -> slice:
         """This rank's contiguous share of ``n`` items (shares differ in size by at most one)."""
         self.check_share(n, "a batch")
@@ -62,9 +79,12 @@ class Dist:
         return slice(start, start + base + (self.rank < extra))
 
     def check_share(self, n: int, what: str) -> None:
-        """Raise :class:`ShareError` naming ``what`` when ``n`` items leave some rank without one."""
+        """Raise :class:`DistributedError` naming ``what`` when ``n`` items leave some rank without one."""
         if n < self.world:
-            raise ShareError(f"{what} is {n}: it cannot be shared among {self.world} ranks (each needs one)")
+            raise DistributedError(f"{what} is {n}: it cannot be shared among {self.world} ranks (each needs one)")
+        if self.sharded and n % self.world:
+            raise DistributedError(f"{what} is {n}: under fsdp2 the {self.world} ranks need equal shares "
+                                   f"(every forward gathers weights from all of them); use a multiple of {self.world}")
 
     def barrier(self) -> None:
         if self.active:
@@ -113,10 +133,13 @@ class Dist:
 
     def wrap(self, model, find_unused: bool = False):
         """``model`` as the module to train: under DistributedDataParallel when there are several
-        ranks (weights broadcast from rank 0), else itself. ``find_unused``: some weights may get no
-        gradient in a step (an MoE model's unrouted experts)."""
+        ranks (weights broadcast from rank 0), sharded in place under fsdp2, else itself.
+        ``find_unused``: some weights may get no gradient in a step (an MoE model's unrouted
+        experts). Call it before making the optimizer: sharding replaces the parameters."""
         if not self.active or not any(p.requires_grad for p in model.parameters()):
             return model
+        if self.strategy == "fsdp2":
+            return _shard(model, find_unused)
         device = next(model.parameters()).device
         ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=find_unused)
@@ -127,7 +150,10 @@ class Dist:
         size = size or n
         starts = list(range(0, n, size))
         for j, i in enumerate(starts):
-            sync = j == len(starts) - 1 or not isinstance(model, DistributedDataParallel)
+            last = j == len(starts) - 1
+            if isinstance(model, FSDPModule):
+                model.set_requires_gradient_sync(last)
+            sync = last or not isinstance(model, DistributedDataParallel)
             with contextlib.nullcontext() if sync else model.no_sync():
                 yield slice(i, i + size)
 
@@ -149,7 +175,56 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
     return on.cpu()
 
 
-def from_env() -> Dist:
+def _shard(model, find_unused: bool):
+    """``fully_shard`` on each of the model's decoder layers (the classes HF lists in
+    ``_no_split_modules``), then on the whole, so that embeddings and a tied head share one unit."""
+    if hasattr(model, "peft_config") or find_unused:
+        raise DistributedError("data_parallel fsdp2 does not cover LoRA adapters or mixture-of-experts "
+                               "models yet; use data_parallel: ddp")
+    names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
+    for layer in [m for m in model.modules() if type(m).__name__ in names]:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def full_state_dicts(model, optimizer) -> tuple[dict, dict]:
+    """The model's and the optimizer's state, whole: from an FSDP2 model gathered from every rank
+    (collective; rank 0 gets them, on the CPU, the others empty dicts), else as they are."""
+    if not isinstance(model, FSDPModule):
+        return model.state_dict(), optimizer.state_dict()
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def load_full_state_dicts(model, optimizer, model_state: dict, optimizer_state: dict) -> None:
+    """Load what :func:`full_state_dicts` gave (each rank keeps its shard of an FSDP2 model's)."""
+    if not isinstance(model, FSDPModule):
+        model.load_state_dict(model_state)
+        optimizer.load_state_dict(optimizer_state)
+        return
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_state, options=options)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+
+
+def whole_model(model):
+    """A model to save: an FSDP2 model's weights gathered into a plain copy of its class on rank 0
+    (collective; None on the other ranks), any other model as it is."""
+    if not isinstance(model, FSDPModule):
+        return model
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if tdist.get_rank() != 0:
+        return None
+    plain_class = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    with torch.device("meta"):
+        plain = plain_class(model.config)
+    plain.load_state_dict(state, assign=True)
+    plain.tie_weights()
+    return plain
+
+
+def from_env(strategy: str = "ddp") -> Dist:
     """The ranks torchrun started (its RANK, WORLD_SIZE and LOCAL_RANK variables), joining their
     process group on first call; rank 0 of 1 when the variables are absent."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -160,7 +235,7 @@ def from_env() -> Dist:
         if torch.cuda.is_available():
             torch.cuda.set_device(local)
         tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=WAIT)
-    return Dist(rank=rank, world=world, local_rank=local)
+    return Dist(rank=rank, world=world, local_rank=local, strategy=strategy)
 
 
 def local_module(model):

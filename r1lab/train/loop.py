@@ -30,7 +30,7 @@ import torch
 from r1lab.models.adapters import save_adapted
 from r1lab.models.moe import is_moe, pop_logged
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
-from r1lab.train.distributed import SINGLE, Dist
+from r1lab.train.distributed import SINGLE, Dist, DistributedError, whole_model
 from r1lab.train.metrics import MetricsLogger
 from r1lab.train.optim import Optim, build_optimizer, build_scheduler, optimizer_step
 from r1lab.train.progress import progress_bar, show
@@ -63,16 +63,20 @@ class TrainLoop:
         ``companions``: name -> (model, Optim) of further models to train (module docstring);
         ``dist``: the ranks the stage runs on; ``forward``: the module whose forward a training
         step calls, when it is not the model's own (it holds the model; ``wrapped`` wraps it)."""
-        self.model, self.optim, self.out = model, optim, Path(out)
+        self.model, self.optim, self.out, self.dist = model, optim, Path(out), dist
         self.total, self.checkpoint_every = total_steps, checkpoint_every
         steps = optimizer_steps or total_steps
+        if forward is not None and dist.sharded:
+            raise DistributedError(f"stage {stage!r} ({kind}) does not run under data_parallel fsdp2 yet; use ddp")
+        # wrapped before the optimizers are made: FSDP2 replaces the parameters it shards
+        self.wrapped = dist.wrap(forward or model, find_unused=is_moe(model))  # unrouted experts get no gradient
         self.opt, self.sched = _optimizer_and_schedule(model, optim, steps)
-        self.companions = {name: Companion(m, o, *_optimizer_and_schedule(m, o, steps), dist.wrap(m))
-                           for name, (m, o) in (companions or {}).items()}
+        self.companions = {}
+        for name, (m, o) in (companions or {}).items():
+            wrapped = dist.wrap(m)
+            self.companions[name] = Companion(m, o, *_optimizer_and_schedule(m, o, steps), wrapped)
         self.step, self.resumed_elapsed = resume_training(self.out / "checkpoint", model, self.opt, self.sched,
                                                           self._companion_states())
-        self.dist = dist
-        self.wrapped = dist.wrap(forward or model, find_unused=is_moe(model))  # unrouted experts get no gradient
         self.log = MetricsLogger(self.out / "metrics.jsonl", stage, resume_step=self.step,
                                  elapsed_s=self.resumed_elapsed, write=dist.is_main)
         self.bar = progress_bar(f"{stage} ({kind})", total_steps, self.step, disable=not dist.is_main)
@@ -105,16 +109,19 @@ class TrainLoop:
         self.log.log(self.step, values)
         show(self.bar, {k: values[k] for k in show_keys})
         self.bar.update(1)
-        if self.step % self.checkpoint_every == 0 and self.step < self.total and self.dist.is_main:
+        if self.step % self.checkpoint_every == 0 and self.step < self.total and (self.dist.is_main or self.dist.sharded):
             save_training(self.out / "checkpoint", self.model, self.opt, self.sched, self.step, self.log.elapsed(),
-                          self._companion_states())
+                          self._companion_states(), write=self.dist.is_main)  # FSDP2: every rank gathers
 
     def finish(self, tokenizer) -> None:
         """Close the bar and save the trained model (HF format) to ``out/model``, each companion
         to ``out/<name>``. A model with adapters is saved merged, its adapter to ``out/adapter``."""
         self.bar.close()
+        model = whole_model(self.model)                    # FSDP2: gathered by every rank, onto rank 0
         if self.dist.is_main:
-            save_adapted(self.model, tokenizer, self.out / "model", save_pretrained_atomic)
-            for name, c in self.companions.items():
-                save_pretrained_atomic(c.model, tokenizer, self.out / name)
+            save_adapted(model, tokenizer, self.out / "model", save_pretrained_atomic)
+        for name, c in self.companions.items():
+            model = whole_model(c.model)
+            if self.dist.is_main:
+                save_pretrained_atomic(model, tokenizer, self.out / name)
         self.dist.barrier()                                # the model is on disk before any rank reads it

@@ -60,4 +60,4 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return norm.item()
+    return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()   # FSDP2: a DTensor
