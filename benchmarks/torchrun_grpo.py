@@ -1,18 +1,19 @@
-"""A GRPO stage on 2 ranks (``torchrun --nproc_per_node 2``, gloo) against the same stage in one
-process: same config, same global batch, same seed; wall time and agreement.
+"""A GRPO stage on 2 ranks (``torchrun --nproc_per_node 2``, gloo; ``data_parallel`` ddp and
+fsdp2) against the same stage in one process: same config, same global batch, same seed; wall
+time and agreement.
 
 The stage is R1-Zero's GRPO (16 questions x 8 completions a step, 96 new tokens, beta 0.04)
 from ``--init``, the base model of an earlier run (``r1lab run r1-zero-tiny`` makes one at
 runs/r1-zero-tiny/stages/0-base/model). Each launch is a fresh ``r1lab run`` of a one-stage
 config; the stage's own seconds come from its DONE file (start-up and imports excluded), the
 launch's wall time around it. The one-process run uses every core for its threads; each of the
-2 ranks gets ``cores / 2`` (torchrun's OMP_NUM_THREADS). The launches alternate,
-``--repeats`` times each.
+2 ranks gets ``cores / 2`` (torchrun's OMP_NUM_THREADS). The launches alternate (one process,
+ddp, fsdp2), ``--repeats`` times each.
 
 Agreement: every rank samples the rows one process would (r1lab/train/distributed.py), so the
-two runs differ only by float rounding, until a rounding difference flips a sampled token; the
-script prints the largest weight difference and the steps whose logged reward and accuracy are
-equal.
+runs differ only by float rounding, until a rounding difference flips a sampled token; the
+script prints, for each 2-rank run against the one-process run, the largest weight difference
+and the steps whose logged reward and accuracy are equal.
 
     python benchmarks/torchrun_grpo.py --init runs/r1-zero-tiny/stages/0-base/model   # one JSON line
 """
@@ -33,6 +34,7 @@ from safetensors.torch import load_file
 CONFIG = """\
 name: torchrun-grpo
 seed: 0
+data_parallel: {strategy}
 task: {{kind: arithmetic, template: r1-compact, n_test: 120}}
 stages:
   - {{kind: grpo, name: rl, init: {init}, steps: {steps}, checkpoint_every: 1000}}
@@ -60,7 +62,7 @@ def compare(a: Path, b: Path) -> dict:
     return {"max_abs_weight_diff": max((wa[k] - wb[k]).abs().max().item() for k in wa),
             "steps_with_equal_rewards": len(same), "first_step_that_differs": next(
                 (x["step"] for x, y in zip(ma, mb) if x["step"] not in same), None),
-            "final_accuracy": [ma[-1]["accuracy"], mb[-1]["accuracy"]]}
+            "final_accuracy": mb[-1]["accuracy"]}
 
 
 def main() -> None:
@@ -69,24 +71,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    variants = {"one_process": (1, "ddp"), "ddp": (2, "ddp"), "fsdp2": (2, "fsdp2")}
     with tempfile.TemporaryDirectory() as tmp:
-        config = Path(tmp) / "c.yaml"
-        config.write_text(CONFIG.format(init=args.init.resolve(), steps=args.steps))
-        runs = {1: [], 2: []}
+        runs = {name: [] for name in variants}
         for i in range(args.repeats):
-            for ranks in (1, 2):
-                runs[ranks].append(launch(config, Path(tmp) / f"r{ranks}-{i}", ranks))
-        best = {r: min(runs[r], key=lambda x: x["stage_s"]) for r in runs}
-        print(json.dumps({
-            "steps": args.steps, "cores": os.cpu_count(),
-            "one_process_stage_s": [x["stage_s"] for x in runs[1]],
-            "two_ranks_stage_s": [x["stage_s"] for x in runs[2]],
-            "one_process_wall_s": [round(x["wall_s"], 1) for x in runs[1]],
-            "two_ranks_wall_s": [round(x["wall_s"], 1) for x in runs[2]],
-            "speedup_stage": round(best[1]["stage_s"] / best[2]["stage_s"], 3),
-            **compare(runs[1][0]["dir"], runs[2][0]["dir"]),
-        }))
-
+            for name, (ranks, strategy) in variants.items():
+                config = Path(tmp) / f"{strategy}.yaml"
+                config.write_text(CONFIG.format(init=args.init.resolve(), steps=args.steps, strategy=strategy))
+                runs[name].append(launch(config, Path(tmp) / f"{name}-{i}", ranks))
+        best = {name: min(x["stage_s"] for x in r) for name, r in runs.items()}
+        out = {"steps": args.steps, "cores": os.cpu_count(),
+               **{f"{name}_stage_s": [x["stage_s"] for x in r] for name, r in runs.items()},
+               **{f"{name}_wall_s": [round(x["wall_s"], 1) for x in r] for name, r in runs.items()}}
+        for name in ("ddp", "fsdp2"):
+            out[f"{name}_speedup"] = round(best["one_process"] / best[name], 3)
+            out[f"{name}_vs_one_process"] = compare(runs["one_process"][0]["dir"], runs[name][0]["dir"])
+        print(json.dumps(out))
 
 if __name__ == "__main__":
     main()

@@ -49,10 +49,7 @@ def test_a_share_of_a_batch_samples_the_tokens_the_whole_batch_gives_those_rows(
     assert not torch.equal(part.completion_ids, backend.generate(model, prompts[1:3], **kw).completion_ids)
 
 
-CONFIG = """\
-name: ddp
-task: {{kind: arithmetic}}
-stages:
+PRETRAIN = """\
   - kind: pretrain
     name: base
     steps: 4
@@ -60,8 +57,14 @@ stages:
     seq_len: 32
     val_rows: 4
     eval_every: 2
-    corpus: {{documents: 300}}
-    model: {{hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}}
+    corpus: {documents: 300}
+    model: {hidden_size: 32, num_layers: 2, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}"""
+
+CONFIG = """\
+name: ddp
+task: {{kind: arithmetic}}
+stages:
+{pretrain}
   - kind: sft
     name: sft
     init: base
@@ -180,20 +183,37 @@ def write_inputs(tmp_path, tokenizer) -> None:
     (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
 
 
-@pytest.mark.slow
-def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
-    """Same global batch: weights to 1e-6 and every logged value to 1e-4 after pre-training,
-    SFT, DPO, a reward model and on-policy logit distillation (uneven shares, unequal micro-batch counts) and GRPO (micro-batches; then uneven shares
-    with whole-batch loss and advantage normalisers); GRPO, stopped after its step-2 checkpoint,
-    resumes on 2 ranks to the same weights."""
+def one_and_two_ranks(tmp_path, tokenizer, template: str):
+    """The inputs and a config from ``template`` written, the config run in one process and on 2
+    ranks: (config, its one-process run dir, its 2-rank run dir)."""
     write_inputs(tmp_path, tokenizer)
     config = tmp_path / "c.yaml"
-    config.write_text(CONFIG.format(sft=tmp_path / "sft.jsonl", pairs=tmp_path / "pairs.jsonl", lm=tmp_path / "lm",
-                                    rm=tmp_path / "rm"))
-
+    config.write_text(template.format(pretrain=PRETRAIN, sft=tmp_path / "sft.jsonl", pairs=tmp_path / "pairs.jsonl",
+                                      lm=tmp_path / "lm", rm=tmp_path / "rm"))
     one, two = tmp_path / "one", tmp_path / "two"
     launch(config, one, 1)
     launch(config, two, 2)
+    return config, one, two
+
+
+def assert_resumes(config, finished, stage: str, copy) -> None:
+    """``stage`` of a copy of the ``finished`` run, as if killed after its last checkpoint, resumes
+    on 2 ranks to the same weights and logged values."""
+    shutil.copytree(finished, copy)
+    for gone in ("DONE", "model"):
+        p = copy / "stages" / stage / gone
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    launch(config, copy, 2)
+    assert_same(finished, copy, stage, tol=1e-7)
+
+
+@pytest.mark.slow
+def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
+    """Same global batch: weights to 1e-6 and every logged value to 1e-4 after pre-training,
+    SFT, DPO, a reward model and on-policy logit distillation (uneven shares, unequal micro-batch
+    counts), PPO and GRPO (micro-batches; then uneven shares with whole-batch loss and advantage
+    normalisers); GRPO, stopped after its step-2 checkpoint, resumes on 2 ranks to the same weights."""
+    config, one, two = one_and_two_ranks(tmp_path, tokenizer, CONFIG)
     for stage in ("0-base", "1-sft", "2-dpo", "3-rm", "4-distill", "5-rl"):
         assert_same(one, two, stage, tol=1e-6)
     assert_same(one, two, "6-ppo", tol=1e-6, skip=LOSS_STATS + PPO_STATS)
@@ -202,14 +222,7 @@ def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
     start = load_file(tmp_path / "lm" / "model.safetensors")
     for stage in ("5-rl", "6-ppo", "7-rl-uneven"):                  # RL did train
         assert max((w - start[k]).abs().max().item() for k, w in weights(two, stage).items()) > 1e-5
-
-    resumed = tmp_path / "resumed"
-    shutil.copytree(two, resumed)
-    for gone in ("DONE", "model"):                                   # as if killed after step 2's checkpoint
-        p = resumed / "stages" / "5-rl" / gone
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    launch(config, resumed, 2)
-    assert_same(two, resumed, "5-rl", tol=1e-7)
+    assert_resumes(config, two, "5-rl", tmp_path / "resumed")
 
 
 FSDP2_CONFIG = """\
@@ -217,15 +230,7 @@ name: fsdp2
 data_parallel: fsdp2
 task: {{kind: arithmetic}}
 stages:
-  - kind: pretrain
-    name: base
-    steps: 4
-    batch_size: 6
-    seq_len: 32
-    val_rows: 4
-    eval_every: 2
-    corpus: {{documents: 300}}
-    model: {{hidden_size: 32, num_layers: 2, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}}
+{pretrain}
   - kind: sft
     name: sft
     init: base
@@ -281,23 +286,10 @@ def test_fsdp2_shards_train_as_one_process_does_and_resume(tmp_path, tokenizer):
     for decoding, checkpoints and saved models gathered onto rank 0. Against one process with the
     same global batch: weights to 2e-6 (DPO's summed log-probs at lr 1e-3 round the most) and
     every logged value but PPO's loss statistics to 1e-4; GRPO resumes on 2 ranks exactly."""
-    write_inputs(tmp_path, tokenizer)
-    config = tmp_path / "c.yaml"
-    config.write_text(FSDP2_CONFIG.format(sft=tmp_path / "sft.jsonl", pairs=tmp_path / "pairs.jsonl",
-                                          lm=tmp_path / "lm", rm=tmp_path / "rm"))
-    one, two = tmp_path / "one", tmp_path / "two"
-    launch(config, one, 1)
-    launch(config, two, 2)
+    config, one, two = one_and_two_ranks(tmp_path, tokenizer, FSDP2_CONFIG)
     for stage in ("0-base", "1-sft", "2-dpo", "3-distill", "5-rl"):
         assert_same(one, two, stage, tol=2e-6)
     assert_same(one, two, "4-ppo", tol=2e-6, skip=LOSS_STATS + PPO_STATS)
     assert json.loads((two / "stages" / "5-rl" / "model" / "config.json").read_text())["architectures"] == [
         "LlamaForCausalLM"]                                          # saved as the plain class
-
-    resumed = tmp_path / "resumed"
-    shutil.copytree(two, resumed)
-    for gone in ("DONE", "model"):                                   # as if killed after step 2's checkpoint
-        p = resumed / "stages" / "5-rl" / gone
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
-    launch(config, resumed, 2)
-    assert_same(two, resumed, "5-rl", tol=1e-7)
+    assert_resumes(config, two, "5-rl", tmp_path / "resumed")
