@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from r1lab.pipeline import RunDirError
     from r1lab.report import ReportError
     from r1lab.train.distributed import DistributedError
+    from r1lab.train.loop import NonFiniteError
 
     try:
         if args.command == "report":
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(config, args.run_dir)
         return cmd_eval(config, args.model)
-    except (ConfigError, DataError, CheckpointError, RunDirError, ReportError, DistributedError) as e:
+    except (ConfigError, DataError, CheckpointError, RunDirError, ReportError, DistributedError,
+            NonFiniteError) as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

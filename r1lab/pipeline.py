@@ -1,6 +1,7 @@
 """A run: the ordered stages of one config, each in its own folder of the run directory.
 
     runs/<name>/config.yaml              the resolved config, as last run
+    runs/<name>/.lock                    locked while a run uses the directory (run_lock)
     runs/<name>/stages/<i>-<name>/       model/, data.jsonl, metrics.jsonl, eval.json, checkpoint/,
                                          FINGERPRINT, DONE (seconds and peak RSS of the stage)
 
@@ -19,15 +20,22 @@ others on rank 0 alone while the rest wait.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import yaml
+
+try:
+    import fcntl
+except ImportError:                     # not on Windows
+    fcntl = None
 
 from r1lab.config import RunConfig
 from r1lab.models.io import quiet_transformers
@@ -84,12 +92,33 @@ def check_run_dir(config: RunConfig, run_dir: Path) -> None:
                               f"use another --run-dir")
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` for the duration: an advisory ``flock`` the OS releases when the
+    process ends, even by ``kill -9``, so a second ``r1lab run`` on the same directory refuses at
+    once instead of writing beside the first. (Where ``fcntl`` is missing, no lock is taken.)"""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    with open(path, "a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunDirError(f"{run_dir}: another r1lab run is using it ({path} is locked); wait for it "
+                                  f"to end, or use another --run-dir") from None
+        yield
+
+
 def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
     """Run (or resume) every stage of ``config``; returns the run directory."""
     quiet_transformers()
     dist = from_env(config.data_parallel)
-    log = log if dist.is_main else (lambda *_: None)
     run_dir = Path(run_dir or Path("runs") / config.name)
+    with run_lock(run_dir) if dist.is_main else contextlib.nullcontext():    # rank 0 speaks for the ranks
+        return _run(config, run_dir, dist, log if dist.is_main else (lambda *_: None))
+
+
+def _run(config: RunConfig, run_dir: Path, dist, log) -> Path:
     check_run_dir(config, run_dir)
     dist.barrier()                               # every rank has read the run dir before rank 0 writes
     if dist.is_main:

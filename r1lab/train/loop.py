@@ -21,6 +21,7 @@ hold both, and ``finish`` saves it to ``out/critic/``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -37,6 +38,11 @@ from r1lab.train.progress import progress_bar, show
 
 
 SUMMED = ("tokens_per_s", "tokens")     # logged values that count work: summed over ranks, not averaged
+MAX_SKIPPED_IN_A_ROW = 5                # optimizer steps skipped for a non-finite gradient before the stage stops
+
+
+class NonFiniteError(RuntimeError):
+    """Training produced non-finite gradients step after step; the message says where."""
 
 
 class Companion(NamedTuple):
@@ -64,6 +70,7 @@ class TrainLoop:
         ``dist``: the ranks the stage runs on; ``forward``: the module whose forward a training
         step calls, when it is not the model's own (it holds the model; ``wrapped`` wraps it)."""
         self.model, self.optim, self.out, self.dist = model, optim, Path(out), dist
+        self.skipped = self.in_a_row = 0            # optimizer steps skipped for a non-finite gradient
         self.total, self.checkpoint_every = total_steps, checkpoint_every
         steps = optimizer_steps or total_steps
         if forward is not None and dist.sharded:
@@ -88,11 +95,24 @@ class TrainLoop:
 
     def optimizer_step(self, companion: str | None = None) -> float:
         """Clip, step, advance the schedule, zero the grads of the main model (or of the named
-        companion); returns the norm before clipping."""
+        companion); returns the norm before clipping. A non-finite norm skips the step
+        (r1lab/train/optim.py), counted in the log as ``skipped_steps``; the stage stops after
+        ``MAX_SKIPPED_IN_A_ROW`` in a row, before anything more is saved."""
         if companion is None:
-            return optimizer_step(self.model, self.opt, self.sched, self.optim.grad_clip)
-        c = self.companions[companion]
-        return optimizer_step(c.model, c.opt, c.sched, c.optim.grad_clip)
+            norm = optimizer_step(self.model, self.opt, self.sched, self.optim.grad_clip)
+        else:
+            c = self.companions[companion]
+            norm = optimizer_step(c.model, c.opt, c.sched, c.optim.grad_clip)
+        if math.isfinite(norm):
+            self.in_a_row = 0
+            return norm
+        self.skipped, self.in_a_row = self.skipped + 1, self.in_a_row + 1
+        if self.in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            last = f"step {self.step - self.step % self.checkpoint_every}" if self.step >= self.checkpoint_every else "none"
+            raise NonFiniteError(
+                f"{self.out}: {self.in_a_row} optimizer steps in a row had a non-finite gradient norm ({norm}) "
+                f"at step {self.step + 1}; stopped (last checkpoint: {last}). Lower optim.lr or check the data")
+        return norm
 
     def _companion_states(self) -> dict:
         return {name: (c.model, c.opt, c.sched) for name, c in self.companions.items()}
@@ -105,6 +125,8 @@ class TrainLoop:
         """Count the step, log ``values`` under its 1-based number, update the bar, checkpoint.
         Under torchrun the values are averaged over ranks, each weighted by its ``rows`` of the batch."""
         self.step += 1
+        if self.skipped:
+            values = {**values, "skipped_steps": float(self.skipped)}
         values = self.dist.mean({**values, **pop_logged(self.model)}, rows, SUMMED)  # + an MoE model's router loss
         self.log.log(self.step, values)
         show(self.bar, {k: values[k] for k in show_keys})

@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 
+from r1lab.data.jsonl import DataError
 from r1lab.train.checkpoint import write_atomic
 
 
@@ -18,9 +19,8 @@ class MetricsLogger:
         self.path, self.stage, self.write = Path(path), stage, write
         self.start = time.time() - elapsed_s
         if write and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            write_atomic(self.path, "".join(line + "\n" for line in kept))
+            kept = [row for row in read_metrics(self.path) if row["step"] <= resume_step]
+            write_atomic(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def elapsed(self) -> float:
         return time.time() - self.start
@@ -34,4 +34,19 @@ class MetricsLogger:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a metrics file. A last line cut short (a crash or a full disk mid-append) is
+    dropped; any other line that is not a JSON object with a ``step`` is a :class:`DataError`
+    naming the file and line."""
+    lines = [(i, line) for i, line in enumerate(Path(path).read_text(errors="replace").splitlines(), 1) if line.strip()]
+    rows = []
+    for k, (i, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+                raise ValueError("not an object with an integer step")
+        except ValueError as e:
+            if k == len(lines) - 1:
+                break                                                     # torn by a crash: dropped
+            raise DataError(f"{path}:{i}: not a metrics line ({e})") from None
+        rows.append(row)
+    return rows

@@ -54,10 +54,14 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float) -> float:
     """Clip gradients to global norm ``grad_clip``, step, advance the schedule, zero the grads.
 
-    Returns the global gradient norm before clipping.
+    Returns the global gradient norm before clipping. A non-finite norm (a NaN or inf loss, an
+    overflow) skips the step: the grads are dropped, and weights, optimizer state and schedule
+    stay as they were.
     """
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
+    value = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()   # FSDP2: a DTensor
+    if math.isfinite(value):
+        optimizer.step()
+        scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()   # FSDP2: a DTensor
+    return value
