@@ -51,6 +51,16 @@ def tiny_llama(tokenizer, seed: int = 0, hidden: int = 64) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
+def random_reward_model(lm_dir, out_dir, tokenizer) -> None:
+    """Save to ``out_dir`` a reward model on the LM at ``lm_dir`` whose new scalar head is drawn
+    with std 1, so its rewards lie far apart (a learnable signal for RL tests)."""
+    from r1lab.models.io import reward_model_from_lm
+    rm, _ = reward_model_from_lm(lm_dir, torch.device("cpu"), seed=0)
+    torch.nn.init.normal_(rm.score.weight, std=1.0)
+    rm.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
 @pytest.fixture(scope="session")
 def qwen_dir(tmp_path_factory, tokenizer):
     """A tiny Qwen2 checkpoint on disk, shaped like Qwen2.5 (biases on q/k/v, GQA, tied)."""

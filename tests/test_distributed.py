@@ -12,11 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1lab.models.io import reward_model_from_lm
 from r1lab.rollout import hf, native
 from r1lab.train.distributed import Dist, DistributedError
 
-from conftest import tiny_llama
+from conftest import random_reward_model, tiny_llama
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -172,10 +171,7 @@ def write_inputs(tmp_path, tokenizer) -> None:
     """A tiny LM, a reward model on it with a random head, 20 SFT rows and 20 preference pairs."""
     tiny_llama(tokenizer, seed=1).save_pretrained(tmp_path / "lm")
     tokenizer.save_pretrained(tmp_path / "lm")
-    rm, _ = reward_model_from_lm(tmp_path / "lm", torch.device("cpu"), seed=0)
-    torch.nn.init.normal_(rm.score.weight, std=1.0)                 # rewards far apart: GRPO moves
-    rm.save_pretrained(tmp_path / "rm")
-    tokenizer.save_pretrained(tmp_path / "rm")
+    random_reward_model(tmp_path / "lm", tmp_path / "rm", tokenizer)             # rewards far apart: RL moves
     rows = [{"prompt": f"User: {a}+{b}\nAssistant:", "completion": f" <answer>{a + b}</answer>"}
             for a in range(1, 5) for b in range(1, 6)]
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

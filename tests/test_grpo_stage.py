@@ -8,7 +8,7 @@ from r1lab.stages.context import RunContext
 from r1lab.stages.grpo import GrpoConfig, grpo_batch
 from r1lab.train.forward import prompt_completion_batch
 
-from conftest import tiny_llama
+from conftest import random_reward_model, tiny_llama
 
 CPU = RunContext(config=None, run_dir=None, device=torch.device("cpu"))
 
@@ -47,15 +47,11 @@ def test_all_scenario_step_routes_rewards_and_switches_the_reward_model_on_late(
     """Half the prompts are general: accuracy scores the reasoning half, the reward model and the
     judge the general half, format both; the reward model counts only in the last step."""
     from r1lab.config import load_config
-    from r1lab.models.io import reward_model_from_lm
     from r1lab.pipeline import run
     from r1lab.train.metrics import read_metrics
     tiny_llama(tokenizer, seed=1).save_pretrained(tmp_path / "lm")
     tokenizer.save_pretrained(tmp_path / "lm")
-    rm, _ = reward_model_from_lm(tmp_path / "lm", torch.device("cpu"), seed=0)
-    torch.nn.init.normal_(rm.score.weight, std=1.0)                 # rewards far from 0
-    rm.save_pretrained(tmp_path / "rm")
-    tokenizer.save_pretrained(tmp_path / "rm")
+    random_reward_model(tmp_path / "lm", tmp_path / "rm", tokenizer)             # rewards far from 0
     (tmp_path / "c.yaml").write_text(f"""\
 name: t
 task: {{kind: arithmetic}}

