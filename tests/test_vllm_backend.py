@@ -128,3 +128,15 @@ stages:
     before, after = score(initial), score(trained)
     print("reward model score of 64 replies: initial", before, "trained", after)
     assert after > before + 1.0
+
+
+def test_an_engine_lives_as_long_as_its_model(tmp_path, tokenizer):
+    """A stage's model gone, its engine goes too: a later model that reuses its id() gets its own."""
+    import gc
+    model = checkpoint(tmp_path / "q", tokenizer, "qwen2")
+    vllm.generate(model, prompts_of(tokenizer)[:1], temperature=0.0, **args(tokenizer))
+    key = id(model)
+    assert key in vllm._ENGINES
+    del model
+    gc.collect()
+    assert key not in vllm._ENGINES

@@ -40,6 +40,10 @@ class Sampling(BaseModel):
     stop: list[str] = Field(default_factory=lambda: ["</answer>"], description="Strings that end a completion.")
     backend: Backend = Field("auto", description="Generation backend: auto (native where supported), native, hf, "
                              "vllm (the optional extra).")
+    vllm_gpu_memory_utilization: float | None = Field(None, gt=0, lt=1, description="vllm backend on a GPU: "
+                                                      "the share of its memory the engine takes (default 0.3).")
+    vllm_sleep: bool | None = Field(None, description="vllm backend on a GPU: sleep mode between rollouts, "
+                                    "giving training its memory back (default off).")
 
     @field_validator("backend")
     @classmethod
@@ -92,6 +96,13 @@ def unsharded(model) -> Iterator[None]:
             unit.reshard()
 
 
+def engine_options(sampling: Sampling) -> dict:
+    """The vllm backend's engine settings from a ``sampling:`` block (none for the others)."""
+    if sampling.backend != "vllm":
+        return {}
+    return {"gpu_memory_utilization": sampling.vllm_gpu_memory_utilization, "sleep": bool(sampling.vllm_sleep)}
+
+
 def sample(model, tokenizer, prompts: list[str], *, n: int, sampling: Sampling, seed: int,
            greedy: bool = False, rows_in: tuple[int, int] | None = None) -> tuple[list[list[int]], Rollout]:
     """Tokenize ``prompts`` and sample ``n`` completions of each (rows prompt-major: row
@@ -104,7 +115,7 @@ def sample(model, tokenizer, prompts: list[str], *, n: int, sampling: Sampling, 
                        temperature=0.0 if greedy else sampling.temperature, top_p=sampling.top_p,
                        top_k=sampling.top_k, eos_token_id=tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id, stop=stop_ids, seed=seed, backend=sampling.backend,
-                       rows_in=rows_in)
+                       rows_in=rows_in, **engine_options(sampling))
     return prompt_ids, rollout
 
 

