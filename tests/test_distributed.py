@@ -32,6 +32,17 @@ def test_shards_cover_a_batch_in_order_and_differ_by_at_most_one(world):
         Dist(rank=0, world=world, strategy="fsdp2").check_share(2 * world, "prompts_per_step")
 
 
+def test_more_ranks_than_gpus_is_one_clear_error(monkeypatch):
+    from r1lab.train import distributed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(DistributedError, match="local rank 1, but this node has 1 CUDA device"):
+        distributed.from_env()
+
+
 @pytest.mark.parametrize("backend", [native, hf])
 def test_a_share_of_a_batch_samples_the_tokens_the_whole_batch_gives_those_rows(tokenizer, backend):
     """What lets ranks split rollouts and still sample what one process would: each row's
@@ -134,8 +145,10 @@ stages:
 def launch(config, run_dir, ranks: int) -> None:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
     cmd = (launcher if ranks > 1 else [sys.executable]) + ["-m", "r1lab", "run", str(config), "--run-dir", str(run_dir)]
+    # Every run on the CPU (gloo, float32): the ranks are compared with one process to float32
+    # tolerances, and a GPU machine may have fewer GPUs than ranks.
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 

@@ -233,6 +233,11 @@ def from_env(strategy: str = "ddp") -> Dist:
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not tdist.is_initialized():
         if torch.cuda.is_available():
+            if local >= torch.cuda.device_count():
+                raise DistributedError(
+                    f"torchrun started local rank {local}, but this node has {torch.cuda.device_count()} CUDA "
+                    "device(s): start one rank per GPU (--nproc_per_node), or run every rank on the CPU "
+                    "(gloo) with CUDA_VISIBLE_DEVICES=''")
             torch.cuda.set_device(local)
         tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=WAIT)
     return Dist(rank=rank, world=world, local_rank=local, strategy=strategy)
