@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +30,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from r1lab.rewards.accuracy import accuracy_reward, math_verify_reward
+from r1lab.rewards.code import code_reward
 from r1lab.rewards.format import format_reward
 from r1lab.rewards.judge import judge
 from r1lab.rewards.language import language_consistency
@@ -42,6 +44,7 @@ REWARDS: dict[str, RewardFn] = {
     "format": format_reward,
     "language": language_consistency,
     "judge": judge,
+    "code": code_reward,
 }
 
 # learned rewards: name -> the keyword parameters their spec may set besides the common ones
@@ -49,7 +52,7 @@ LEARNED: dict[str, set[str]] = {"reward_model": {"model", "part", "batch_size"}}
 
 # the categories each reward scores unless its spec says otherwise (None: every example)
 DEFAULT_CATEGORIES: dict[str, tuple[str, ...] | None] = {
-    "accuracy": ("reasoning",), "math_verify": ("reasoning",), "language": ("reasoning",),
+    "accuracy": ("reasoning",), "math_verify": ("reasoning",), "language": ("reasoning",), "code": ("reasoning",),
     "format": None, "judge": ("general",), "reward_model": ("general",)}
 
 
@@ -117,8 +120,16 @@ class Scorer:
 
 
 def lift(fn: RewardFn, **params) -> BatchFn:
-    """A per-completion reward as a batch scorer."""
-    return lambda prompts, completions, examples: [fn(c, e, **params) for c, e in zip(completions, examples)]
+    """A per-completion reward as a batch scorer; one that runs processes (``fn.workers``, the
+    code reward) scores that many completions at once."""
+    workers = getattr(fn, "workers", 1)
+
+    def batch(prompts, completions, examples):
+        if workers > 1 and len(completions) > 1:
+            with ThreadPoolExecutor(min(workers, len(completions))) as pool:
+                return list(pool.map(lambda c, e: fn(c, e, **params), completions, examples))
+        return [fn(c, e, **params) for c, e in zip(completions, examples)]
+    return batch
 
 
 def build_rewards(spec: RewardsSpec, model_path: Callable[[str], Path] = Path, device: str = "cpu") -> list[Scorer]:
