@@ -1,7 +1,7 @@
 """Tasks: where a stage's questions, reference answers and prompts come from.
 
 ``arithmetic`` is generated from the seed (no download); ``jsonl`` reads local files such as
-GSM8K. Both give plain dicts with ``question`` and ``answer`` that rewards check, plus ``lang``
+GSM8K; ``code`` holds programs to write, judged by running their tests (synthetic or JSONL). Both give plain dicts with ``question`` and ``answer`` that rewards check, plus ``lang``
 where known (the language reward detects it from the question otherwise) and ``category``
 (``reasoning``, or ``general`` for the non-reasoning prompts of ``general_examples``).
 """
@@ -12,9 +12,10 @@ import random
 from functools import cached_property
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from r1lab.data.arithmetic import LANGUAGES, sample_problems
+from r1lab.data.code import read_code_jsonl, sample_code_problems
 from r1lab.data.general import REQUESTS, general_examples
 from r1lab.data.jsonl import read_qa_jsonl
 from r1lab.data.templates import TEMPLATES, render
@@ -92,4 +93,49 @@ class JsonlTask(BaseModel):
         return render(self.template, example["question"])
 
 
-Task = Annotated[Union[ArithmeticTask, JsonlTask], Field(discriminator="kind")]
+class CodeTask(BaseModel):
+    """Programs judged by running them in the sandbox (the ``code`` reward): the synthetic tiny
+    Python tasks of r1lab/data/code.py, or local JSONL files of ``{"prompt", "tests", "solution"}``
+    rows when ``train_path`` and ``test_path`` are set."""
+    model_config = ConfigDict(extra="forbid")
+    data_fields: ClassVar[tuple[str, ...]] = ("train_path", "test_path")
+    kind: Literal["code"]
+    template: TemplateName = Field("r1", description="Prompt template name.")
+    train_path: str | None = Field(None, description="JSONL file of training tasks (unset: synthetic).")
+    test_path: str | None = Field(None, description="JSONL file of held-out tasks (unset: synthetic).")
+    n_test: int | None = Field(None, gt=0, description="Held-out tasks used by eval stages (synthetic: 12 "
+                               "when unset; JSONL: the first n, all when unset).")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="Synthetic: share of tasks reserved for test.")
+    verifier: Literal["code"] = Field("code", description="Reward that decides correctness.")
+
+    @model_validator(mode="after")
+    def _paths_together(self):
+        if (self.train_path is None) != (self.test_path is None):
+            raise ValueError("set both train_path and test_path (JSONL tasks), or neither (synthetic tasks)")
+        return self
+
+    @cached_property
+    def _train(self) -> list[dict]:
+        return read_code_jsonl(self.train_path)
+
+    def sample_train(self, seed: int, step: int | str, n: int) -> list[dict]:
+        if self.train_path is None:
+            return sample_code_problems(f"{seed}-{step}", n, split="train", test_fraction=self.test_fraction)
+        rng = random.Random(f"{seed}-{step}")
+        return [rng.choice(self._train) for _ in range(n)]
+
+    def test_examples(self, seed: int) -> list[dict]:
+        if self.train_path is None:
+            return sample_code_problems(seed, self.n_test or 12, split="test", test_fraction=self.test_fraction)
+        rows = read_code_jsonl(self.test_path)
+        return rows[: self.n_test] if self.n_test else rows
+
+    def general_examples(self, seed: int, n: int | None, *, split: str, requests: tuple[str, ...] = ()) -> list[dict]:
+        """None: a code task has no non-reasoning prompts of its own."""
+        return []
+
+    def prompt(self, example: dict) -> str:
+        return render(self.template, example["question"])
+
+
+Task = Annotated[Union[ArithmeticTask, JsonlTask, CodeTask], Field(discriminator="kind")]
