@@ -110,3 +110,48 @@ def test_last_steps_switches_a_reward_on_at_the_end():
     late, always = build_rewards({"judge": RewardSpec(weight=1.0, last_steps=3), "format": 1.0})
     assert [late.on_at(s, 10) for s in range(10)] == [False] * 7 + [True] * 3
     assert all(always.on_at(s, 10) for s in range(10))
+
+
+HOSTILE_COMPLETIONS = {
+    "10k answer tags": "<answer>" * 10_000,
+    "10k think tags": "<think>" * 10_000 + "</think>",
+    "100k-character answer": "<think>" + "a" * 100_000 + "</think> <answer>" + "9" * 100_000 + "</answer>",
+    "5,000 digits": "<think>x</think> <answer>" + "9" * 5_000 + "</answer>",
+    "exponent tower": "<think>x</think> <answer>10**10**10**10</answer>",
+    "LaTeX exponent tower": "<think>x</think> <answer>9^{9^{9^{9}}}</answer>",
+    "huge factorial": "<think>x</think> <answer>(10^{9})!</answer>",
+    "nested fractions": "<think>x</think> <answer>" + "\\frac{1}{" * 500 + "1" + "}" * 500 + "</answer>",
+    "summary without an answer": "<think>x</think>" + " a" * 50_000 + "<answer>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_COMPLETIONS))
+def test_a_hostile_completion_earns_no_accuracy_and_costs_at_most_the_budget(name):
+    import time
+    from r1lab.rewards.verify_worker import BUDGET_S
+    text = HOSTILE_COMPLETIONS[name]
+    for reward in ("accuracy", "math_verify", "format", "language"):
+        start = time.monotonic()
+        value = REWARDS[reward](text, {"question": "7+8", "answer": "15"})
+        elapsed = time.monotonic() - start
+        assert value == 0.0 or reward in ("format", "language"), (reward, value)   # those two pay for form
+        # math_verify: the budget, plus (after a kill) the start of the next worker
+        assert elapsed < (BUDGET_S + 0.5 if reward == "math_verify" else 0.5), (reward, elapsed)
+    start = time.monotonic()
+    format_reward(text, allow_summary=True)
+    assert time.monotonic() - start < 0.5
+
+
+def test_an_empty_reference_pays_nothing_even_for_an_empty_answer():
+    for reward in (accuracy_reward, math_verify_reward):
+        assert reward("<think>x</think> <answer></answer>", {"answer": ""}) == 0.0
+        assert reward("<think>x</think> <answer> </answer>", {"answer": "#### "}) == 0.0
+
+
+def test_math_verify_works_from_any_thread_after_a_worker_was_killed():
+    from concurrent.futures import ThreadPoolExecutor
+    assert math_verify_reward(HOSTILE_COMPLETIONS["exponent tower"], EX) == 0.0    # kills the worker
+    texts = ["<think>x</think> <answer>12</answer>", "<think>x</think> <answer>\\frac{24}{2}</answer>",
+             "<think>x</think> <answer>13</answer>"]
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda t: math_verify_reward(t, EX), texts)) == [1.0, 1.0, 0.0]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+from r1lab.rewards.verify_worker import WORKER
+
 _NUMBER = re.compile(r"[+-]?\d+(?:\.\d+)?")
+MAX_DIGITS = 1000   # longer numbers are no answer (Python parses at most 4,300 digits)
 
 
 def extract_answer(completion: str) -> str | None:
@@ -17,10 +19,11 @@ def extract_answer(completion: str) -> str | None:
     >>> extract_answer("<answer>1</answer><answer>2</answer>") is None
     True
     """
-    found = _ANSWER.findall(completion)
-    if len(found) != 1 or completion.count("<answer>") != 1:
+    if completion.count("<answer>") != 1:       # string scans: linear however many tags there are
         return None
-    return found[0]
+    start = completion.index("<answer>") + len("<answer>")
+    end = completion.find("</answer>", start)
+    return None if end < 0 else completion[start:end]
 
 
 def reference_answer(example: dict) -> str:
@@ -30,9 +33,14 @@ def reference_answer(example: dict) -> str:
 
 
 def parse_number(text: str) -> Fraction | None:
-    """``' 1,234 '`` -> 1234, ``'3.50'`` -> 7/2, ``'12.'`` -> 12; anything else -> None."""
+    """``' 1,234 '`` -> 1234, ``'3.50'`` -> 7/2, ``'12.'`` -> 12; anything else, or over
+    ``MAX_DIGITS`` characters, -> None.
+
+    >>> parse_number("9" * 5000) is None
+    True
+    """
     text = text.strip().rstrip(".").replace(",", "")
-    if not _NUMBER.fullmatch(text):
+    if len(text) > MAX_DIGITS or not _NUMBER.fullmatch(text):
         return None
     return Fraction(text)
 
@@ -48,9 +56,9 @@ def accuracy_reward(completion: str, example: dict) -> float:
     0.0
     """
     got = extract_answer(completion)
-    if got is None:
-        return 0.0
     reference = reference_answer(example)
+    if got is None or not reference:             # an empty reference pays nothing, even for an empty answer
+        return 0.0
     want, value = parse_number(reference), parse_number(got)
     if want is None:  # a non-numeric reference is compared as text
         return 1.0 if got.strip() == reference else 0.0
@@ -59,16 +67,14 @@ def accuracy_reward(completion: str, example: dict) -> float:
 
 def math_verify_reward(completion: str, example: dict) -> float:
     """Like :func:`accuracy_reward` but equivalence is decided by ``math-verify``
-    (LaTeX, fractions, sets), as open-r1 does for GSM8K and MATH.
+    (LaTeX, fractions, sets), as open-r1 does for GSM8K and MATH; in a worker process, within
+    a time budget (r1lab/rewards/verify_worker.py).
 
     >>> math_verify_reward("<think>..</think> <answer>\\\\frac{1}{2}</answer>", {"answer": "0.5"})
     1.0
     """
-    from math_verify import parse, verify
-
     got = extract_answer(completion)
-    if got is None:
+    reference = reference_answer(example)
+    if got is None or not reference:
         return 0.0
-    gold = parse(reference_answer(example))
-    pred = parse(got)
-    return 1.0 if gold and pred and verify(gold, pred) else 0.0
+    return 1.0 if WORKER.equivalent(reference, got) else 0.0
