@@ -171,3 +171,31 @@ def test_read_pairs_errors_name_line_and_field(tmp_path, line, msg):
     p.write_text(line + "\n")
     with pytest.raises(DataError, match=msg.replace("(", r"\(")):
         read_pairs(p)
+
+
+GOOD = b'{"question": "ok", "answer": 3}\n'
+HOSTILE_FILES = {
+    "latin-1 bytes": (GOOD + '{"question": "caf\xe9", "answer": 1}\n'.encode("latin-1"), ":2: not UTF-8 (byte 0xe9"),
+    "UTF-16": ('{"question": "q", "answer": 1}\n'.encode("utf-16"), ":1: the file is UTF-16"),
+    "lone surrogate": (GOOD + b'{"question": "\\ud800", "answer": 1}\n', ":2: text holds a lone surrogate"),
+    "deep nesting": (GOOD + b'{"question": ' + b"[" * 100_000 + b"]" * 100_000 + b', "answer": 1}\n',
+                     ":2: JSON nested too deeply"),
+    "10 MB line": (GOOD + b'{"question": "' + b"x" * 10_000_000 + b'", "answer": 1}\n', ":2: line longer than"),
+    "NUL bytes": (GOOD + b"\x00" * 64 + b"\n", ":2: not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_FILES))
+def test_a_hostile_data_file_is_one_error_naming_file_and_line(tmp_path, name):
+    content, message = HOSTILE_FILES[name]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as e:
+        read_qa_jsonl(path, "question", "answer")
+    assert f"{path}{message}" in str(e.value)
+
+
+def test_a_utf8_byte_order_mark_is_read_as_nothing(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD)
+    assert read_qa_jsonl(path, "question", "answer") == [{"question": "ok", "answer": "3"}]

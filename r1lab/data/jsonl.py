@@ -15,22 +15,66 @@ class DataError(ValueError):
     """A data file the user gave is wrong; the message names file, line and field."""
 
 
+MAX_LINE_BYTES = 4 << 20     # one row; longer lines are refused before parsing
+
+
+def _decode(where: str, raw: bytes, first: bool) -> str:
+    """Text of a file's line (or whole file): UTF-8, a byte-order mark at its start dropped."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{where}: the file is UTF-16; r1lab reads UTF-8 (convert it, e.g. iconv -f UTF-16 -t UTF-8)")
+    try:
+        return raw.decode("utf-8-sig" if first else "utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})") from None
+
+
+def _no_surrogates(where: str, value) -> None:
+    """JSON may spell a lone UTF-16 surrogate (``"\\ud800"``), which no tokenizer can encode."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"{where}: text holds a lone surrogate (an invalid \\ud800-\\udfff escape)") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_surrogates(where, k)
+            _no_surrogates(where, v)
+    elif isinstance(value, list):
+        for v in value:
+            _no_surrogates(where, v)
+
+
+def parse_json(where: str, text: str, *, one_line: bool = True):
+    """``json.loads`` with every failure (bad syntax, nesting too deep, lone surrogates) as a
+    DataError; for a whole file (``one_line=False``) the message names the line."""
+    try:
+        value = json.loads(text)
+        _no_surrogates(where, value)
+    except json.JSONDecodeError as e:
+        at = f"column {e.colno}" if one_line else f"line {e.lineno}, column {e.colno}"
+        raise DataError(f"{where}: not valid JSON: {e.msg} ({at})") from None
+    except RecursionError:
+        raise DataError(f"{where}: JSON nested too deeply") from None
+    return value
+
+
 def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
     """(``file:line`` for messages, object) for each non-blank line that is a JSON object."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: no such data file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
+            where = f"{path}:{lineno}"
+            if len(raw) > MAX_LINE_BYTES:
+                raise DataError(f"{where}: line longer than {MAX_LINE_BYTES:,} bytes (is this a JSONL file?)")
+            line = _decode(where, raw, first=lineno == 1)
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
+            obj = parse_json(where, line)
             if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield f"{path}:{lineno}", obj
+                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            yield where, obj
 
 
 def require(where: str, obj: dict, field: str, kinds: tuple[type, ...], what: str):
@@ -100,10 +144,7 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:
 
 def _json_array(path: Path) -> Iterator[tuple[str, dict]]:
     """(``file:item i`` for messages, object) for each element of a JSON array file."""
-    try:
-        items = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+    items = parse_json(str(path), _decode(str(path), path.read_bytes(), first=True), one_line=False)
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON array of preference objects, got {type(items).__name__}")
     for i, obj in enumerate(items):
