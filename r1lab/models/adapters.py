@@ -17,18 +17,21 @@ A stage with a ``lora:`` block wraps the model it loads in PEFT adapters; only t
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 class Lora(BaseModel):
     """The ``lora:`` block of a training stage (PEFT's ``LoraConfig``, the fields users set)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     r: int = Field(16, gt=0, description="Rank of each adapter.")
     alpha: float = Field(32, gt=0, description="Scale numerator: the update is (alpha / r) * B @ A.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input, in training.")
@@ -48,6 +51,7 @@ def with_adapters(model, lora: Lora | None, seed: int, task_type: str = "CAUSAL_
     the global RNG. ``task_type="SEQ_CLS"`` also trains a reward model's new scalar head."""
     if lora is None:
         return model
+    from peft import LoraConfig, get_peft_model     # here: importing peft takes seconds, configs need none of it
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.target_modules, use_dora=lora.use_dora, task_type=task_type)
     with torch.random.fork_rng(devices=[]):
@@ -56,7 +60,8 @@ def with_adapters(model, lora: Lora | None, seed: int, task_type: str = "CAUSAL_
 
 
 def is_adapted(model) -> bool:
-    return isinstance(model, PeftModel)
+    peft = sys.modules.get("peft")              # a model can only be a PeftModel once peft is imported
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def plain_model(model):
