@@ -112,7 +112,7 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
     """Run (or resume) every stage of ``config``; returns the run directory."""
     quiet_transformers()
-    dist = from_env(config.data_parallel)
+    dist = from_env(config.data_parallel, config.device)
     run_dir = Path(run_dir or Path("runs") / config.name)
     with run_lock(run_dir) if dist.is_main else contextlib.nullcontext():    # rank 0 speaks for the ranks
         return _run(config, run_dir, dist, log if dist.is_main else (lambda *_: None))

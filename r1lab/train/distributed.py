@@ -224,22 +224,24 @@ def whole_model(model):
     return plain
 
 
-def from_env(strategy: str = "ddp") -> Dist:
+def from_env(strategy: str = "ddp", device: str = "auto") -> Dist:
     """The ranks torchrun started (its RANK, WORLD_SIZE and LOCAL_RANK variables), joining their
-    process group on first call; rank 0 of 1 when the variables are absent."""
+    process group on first call (NCCL when ``device`` takes the GPUs, else gloo); rank 0 of 1
+    when the variables are absent."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return SINGLE
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    gpus = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if not tdist.is_initialized():
-        if torch.cuda.is_available():
+        if gpus:
             if local >= torch.cuda.device_count():
                 raise DistributedError(
                     f"torchrun started local rank {local}, but this node has {torch.cuda.device_count()} CUDA "
                     "device(s): start one rank per GPU (--nproc_per_node), or run every rank on the CPU "
                     "(gloo) with CUDA_VISIBLE_DEVICES=''")
             torch.cuda.set_device(local)
-        tdist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=WAIT)
+        tdist.init_process_group("nccl" if gpus else "gloo", timeout=WAIT)
     return Dist(rank=rank, world=world, local_rank=local, strategy=strategy)
 
 
