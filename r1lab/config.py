@@ -28,7 +28,7 @@ Stage = Annotated[Union[tuple(module.Config for module in STAGES.values())], Fie
 
 class RunConfig(BaseModel):
     """A whole run: what to learn (task) and the stages that learn it, in order."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: PlainName = Field(description="Run name; the default run directory is runs/<name>.")
     seed: int = Field(0, description="The one seed that drives data, init and sampling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
@@ -46,13 +46,21 @@ class RunConfig(BaseModel):
             raise ValueError(f"stage names must be unique, repeated: {sorted(dup)}")
         return stages
 
-    def first_problem(self) -> tuple[list, str] | None:
-        """(location, message) of the first thing that would fail only once work has started: a
-        reference (one of a stage's ``references()``) naming neither an earlier stage that
-        writes that kind of output nor an existing path, a task a stage cannot run on, a
-        data file that is not there, or models that must share a tokenizer and do not
-        (r1lab/stages/lineage.py)."""
-        return self._dangling_reference() or self._task_problem() or tokenizer_problem(self)
+    def problems(self) -> list[tuple[list, str]]:
+        """(location, message) of what would fail only once work has started, the first of each
+        kind: a reference (one of a stage's ``references()``) naming neither an earlier stage
+        that writes that kind of output nor an existing path, a task a stage cannot run on, a
+        data file that is not there, models that must share a tokenizer and do not
+        (r1lab/stages/lineage.py), or a device this machine lacks."""
+        found = [self._dangling_reference(), self._task_problem(), tokenizer_problem(self), self._device_problem()]
+        return [p for p in found if p is not None]
+
+    def _device_problem(self) -> tuple[list, str] | None:
+        if self.device == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                return ["device"], "cuda, but this machine has no CUDA device (use auto or cpu)"
+        return None
 
     def _dangling_reference(self) -> tuple[list, str] | None:
         names = [s.name for s in self.stages]
@@ -106,16 +114,48 @@ def config_path(name_or_path: str | None) -> Path:
     raise ConfigError(f"{name_or_path}: no such file, and no shipped config of that name")
 
 
-def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> RunConfig:
-    """Read, override (``key.sub=value``, stages addressable by index or name), validate."""
-    path = config_path(name_or_path)
-    text = path.read_text()
+MAX_CONFIG_BYTES = 1 << 20        # a run config is a page or two of YAML
+MAX_CONFIG_NODES = 100_000        # values once anchors and aliases are expanded
+
+
+def read_yaml(path: Path):
+    """The YAML document of a config file; a ConfigError names the line of bad YAML, and refuses a
+    file too large, or whose aliases expand it past MAX_CONFIG_NODES (an "alias bomb")."""
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes; a config may hold at most {MAX_CONFIG_BYTES:,}")
     try:
-        data = yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_CONFIG_NODES:
+            raise ConfigError(f"{path}: its aliases expand it past {MAX_CONFIG_NODES:,} values")
+        return text, yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 (byte {e.object[e.start]:#04x} at offset {e.start})") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         place = f"{path}:{line + 1}" if line is not None else str(path)
         raise ConfigError(f"{place}: not valid YAML: {getattr(e, 'problem', e)}") from None
+
+
+def _expanded_size(node, memo: dict) -> int:
+    """Values under ``node`` with every alias expanded (an alias is the node it names, shared)."""
+    if id(node) not in memo:
+        memo[id(node)] = 0                                       # a cycle counts once
+        if isinstance(node, yaml.MappingNode):
+            memo[id(node)] = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            memo[id(node)] = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            memo[id(node)] = 1
+    return memo[id(node)]
+
+
+def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> RunConfig:
+    """Read, override (``key.sub=value``, stages addressable by index or name), validate; every
+    field error at once (one line each), then the first problem of each kind (``problems``)."""
+    path = config_path(name_or_path)
+    text, data = read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: the config must be a mapping of keys to values")
     overridden: dict[tuple, str] = {}
@@ -125,17 +165,30 @@ def load_config(name_or_path: str | None = None, overrides: list[str] = ()) -> R
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        msg = first["msg"]
-        if first["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif "input" in first and first["type"] not in ("missing", "value_error"):
-            msg += f" (got {first['input']!r})"
-        raise ConfigError(where(yaml_location(first["loc"], data), msg, text, path, overridden)) from None
-    problem = config.first_problem()
-    if problem:
-        raise ConfigError(where(*problem, text, path, overridden))
+        raise ConfigError(_lines([where(yaml_location(err["loc"], data), _message(err), text, path, overridden)
+                                  for err in e.errors()])) from None
+    problems = config.problems()
+    if problems:
+        raise ConfigError(_lines([where(*problem, text, path, overridden) for problem in problems]))
     return config
+
+
+def _message(err: dict) -> str:
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    msg = err["msg"]
+    if "input" in err and err["type"] not in ("missing", "value_error"):
+        shown = repr(err["input"])
+        msg += f" (got {shown[:80] + '...' if len(shown) > 80 else shown})"
+    return msg
+
+
+def _lines(messages: list[str]) -> str:
+    """One message, or several: the first on the error's line, each after it on its own."""
+    unique = list(dict.fromkeys(messages))
+    if len(unique) == 1:
+        return unique[0]
+    return f"{len(unique)} problems:\n  " + "\n  ".join(unique)
 
 
 def apply_override(data: dict, item: str, path: Path) -> tuple:
@@ -160,8 +213,8 @@ def apply_override(data: dict, item: str, path: Path) -> tuple:
 
 
 def resolve_stage_key(items: list, key: str, item: str) -> int:
-    if key.lstrip("-").isdigit() and int(key) < len(items):
-        return int(key)
+    if key.lstrip("-").isdigit() and -len(items) <= int(key) < len(items):
+        return int(key) % len(items)                # -1: the last stage
     for i, entry in enumerate(items):
         if isinstance(entry, dict) and entry.get("name") == key:
             return i
@@ -178,11 +231,14 @@ def where(loc: list, msg: str, text: str, path: Path, overridden: dict) -> str:
 
 
 def yaml_location(loc: tuple, data) -> list:
-    """Drop pydantic's union-tag parts (``('stages', 1, 'grpo', 'lr')`` -> ``['stages', 1, 'lr']``)."""
+    """Drop pydantic's union-tag parts (``('stages', 1, 'grpo', 'lr')`` -> ``['stages', 1, 'lr']``) and
+    the union members named past a value (``(..., 'accuracy', 'float')`` -> ``[..., 'accuracy']``)."""
     out, node = [], data
     for key in loc:
         if isinstance(node, dict) and isinstance(key, str) and key not in node and node.get("kind") == key:
             continue
+        if node is not None and not isinstance(node, (dict, list)):
+            break                                    # past a value: a union member's name ('float')
         out.append(key)
         try:
             node = node[key]

@@ -199,3 +199,55 @@ def test_general_prompts_need_a_task_with_general_requests(tmp_path):
     text = GOOD.replace("task:\n  kind: arithmetic\n  n_test: 10\n", task).replace(
         "  - kind: pretrain\n    name: base\n    steps: 5\n", "").replace("init: base", f"init: {tmp_path}\n    general_prompts: 2")
     assert "general_prompts needs general requests, which a jsonl task does not have" in error_of(tmp_path, text)
+
+
+def test_every_field_error_is_shown_at_once_each_on_its_line(tmp_path):
+    bad = GOOD.replace("  n_test: 10", "  n_test: -1").replace("    steps: 5", "    steps: many") \
+        + "    group_size: 1\n"
+    msg = error_of(tmp_path, bad)
+    assert msg.startswith("3 problems:")
+    assert "c.yaml:5: task.n_test" in msg and "c.yaml:9: stages[0].steps" in msg and "c.yaml:14: stages[1].group_size" in msg
+
+
+@pytest.mark.parametrize("addition, message", [
+    ("    rewards: {}\n", "stages[1].rewards: Value error, no rewards"),
+    ("    rewards: {accuracy: .nan}\n", "stages[1].rewards.accuracy"),
+    ("    sampling: {max_new_tokens: 100000000}\n", "stages[1].sampling.max_new_tokens: Input should be less"),
+    ("    task: {kind: arithmetic, min_count: 5, max_count: 3}\n", "min_count (5) exceeds max_count (3)"),
+])
+def test_values_that_would_crash_after_earlier_stages_ran_are_config_errors(tmp_path, addition, message):
+    assert message in error_of(tmp_path, GOOD + addition)
+
+
+def test_non_finite_numbers_heads_and_eval_sizes_are_config_errors(tmp_path):
+    assert "stages[1].optim.lr: Input should be a finite number" in error_of(tmp_path, GOOD.replace("0.001", ".inf"))
+    shape = GOOD.replace("    steps: 5", "    steps: 5\n    model: {hidden_size: 30, num_heads: 4}")
+    assert "num_heads (4) must divide hidden_size (30)" in error_of(tmp_path, shape)
+    evaluated = GOOD.replace("n_test: 10", "n_test: 100000") + "  - {kind: eval, name: e, model: rl}\n"
+    assert "c.yaml:14: stages[2].kind: n_test (100000) exceeds the 121 distinct test" in error_of(tmp_path, evaluated)
+
+
+def test_device_cuda_without_cuda_is_a_config_error(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert "c.yaml:1: device: cuda, but this machine has no CUDA device" in error_of(tmp_path, "device: cuda\n" + GOOD)
+
+
+def test_an_alias_bomb_and_a_huge_file_are_refused_quickly(tmp_path):
+    import time
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    bomb = GOOD.replace("  n_test: 10", "  n_test: *a8") .replace("task:", "\n".join(levels) + "\ntask:", 1)
+    start = time.monotonic()
+    assert "aliases expand it past 100,000 values" in error_of(tmp_path, bomb)
+    big = GOOD + "# " + "x" * (2 << 20) + "\n"
+    assert "a config may hold at most 1,048,576" in error_of(tmp_path, big)
+    assert time.monotonic() - start < 5
+
+
+def test_negative_stage_indexes_count_from_the_end(tmp_path):
+    path = str(write(tmp_path, GOOD))
+    assert load_config(path, ["stages.-1.steps=7"]).stages[1].steps == 7
+    with pytest.raises(ConfigError, match="no stage with index or name '-100'"):
+        load_config(path, ["stages.-100.steps=7"])

@@ -52,6 +52,12 @@ def question_text(problem: dict, lang: str) -> str:
     return f"{s}{op}{k}*{n} {_MOD[lang]} 10"
 
 
+def n_test_questions(test_fraction: float, min_count: int, max_count: int) -> int:
+    """How many distinct questions the test split holds (each start, op, k and count)."""
+    return sum(is_test_question(f"{s}{op}{k}*{n} mod 10", test_fraction)
+               for s in range(10) for op in "+-" for k in range(1, 10) for n in range(min_count, max_count + 1))
+
+
 def is_test_question(question: str, test_fraction: float) -> bool:
     """True when the question belongs to the test split (a stable hash, not a random draw)."""
     digest = hashlib.blake2b(question.encode(), digest_size=8).digest()

@@ -57,13 +57,22 @@ def _problem(spec_id: int, k: int, rng: random.Random) -> dict:
     return {"question": question.format(k=k), "answer": solution.format(k=k), "tests": tests, "lang": "en"}
 
 
+def _pool(test: bool, test_fraction: float) -> list[tuple[int, int]]:
+    """The (specification, k) pairs of one split."""
+    specs = STDIN_SPECS + ASSERT_SPECS
+    return [(i, k) for i in range(len(specs)) for k in range(2, 10)
+            if is_test_question(specs[i][0].format(k=k), test_fraction) == test]
+
+
+def n_test_problems(test_fraction: float) -> int:
+    return len(_pool(True, test_fraction))
+
+
 def sample_code_problems(seed: int | str, n: int, *, split: str, test_fraction: float = 0.25) -> list[dict]:
     """``n`` problems of one split; test problems are distinct (there are only
     ``len(specs) x 8`` of them in all), train ones may repeat."""
     want_test = split == "test"
-    pool = [(i, k) for i in range(len(STDIN_SPECS) + len(ASSERT_SPECS)) for k in range(2, 10)]
-    names = {(i, k): (STDIN_SPECS + ASSERT_SPECS)[i][0].format(k=k) for i, k in pool}
-    pool = [p for p in pool if is_test_question(names[p], test_fraction) == want_test]
+    pool = _pool(want_test, test_fraction)
     rng = random.Random(f"code-{split}-{seed}")
     if want_test:
         if n > len(pool):

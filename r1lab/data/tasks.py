@@ -14,8 +14,8 @@ from typing import Annotated, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from r1lab.data.arithmetic import LANGUAGES, sample_problems
-from r1lab.data.code import read_code_jsonl, sample_code_problems
+from r1lab.data.arithmetic import LANGUAGES, n_test_questions, sample_problems
+from r1lab.data.code import n_test_problems, read_code_jsonl, sample_code_problems
 from r1lab.data.general import REQUESTS, general_examples
 from r1lab.data.jsonl import read_qa_jsonl
 from r1lab.data.templates import TEMPLATES, render
@@ -25,7 +25,7 @@ TemplateName = Literal[tuple(TEMPLATES)]
 
 class ArithmeticTask(BaseModel):
     """Synthetic repeated addition/subtraction mod 10, e.g. 7+8*4 mod 10 (r1lab/data/arithmetic.py)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     data_fields: ClassVar[tuple[str, ...]] = ()   # fields naming files that must exist
     kind: Literal["arithmetic"]
     template: TemplateName = Field("r1-compact", description="Prompt template name.")
@@ -36,6 +36,20 @@ class ArithmeticTask(BaseModel):
     languages: list[Literal[LANGUAGES]] = Field(["en", "zh"], min_length=1,
                                                 description="Languages questions are worded in, drawn uniformly.")
     verifier: Literal["accuracy", "math_verify"] = Field("accuracy", description="Reward that decides correctness.")
+
+    @model_validator(mode="after")
+    def _counts_in_order(self):
+        if self.min_count > self.max_count:
+            raise ValueError(f"min_count ({self.min_count}) exceeds max_count ({self.max_count})")
+        return self
+
+    def test_problem(self) -> str | None:
+        """Why ``test_examples`` cannot be drawn, or None."""
+        available = n_test_questions(self.test_fraction, self.min_count, self.max_count)
+        if self.n_test > available:
+            return (f"n_test ({self.n_test}) exceeds the {available} distinct test questions of this task "
+                    f"(test_fraction {self.test_fraction}, counts {self.min_count}-{self.max_count})")
+        return None
 
     def problem_kw(self) -> dict:
         """The keywords of :func:`r1lab.data.arithmetic.sample_problems` this task fixes."""
@@ -62,7 +76,7 @@ class ArithmeticTask(BaseModel):
 
 class JsonlTask(BaseModel):
     """Question/answer pairs from local JSONL files (e.g. GSM8K: answers ending '#### 42')."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     data_fields: ClassVar[tuple[str, ...]] = ("train_path", "test_path")
     kind: Literal["jsonl"]
     template: TemplateName = Field("r1", description="Prompt template name.")
@@ -85,6 +99,9 @@ class JsonlTask(BaseModel):
         rows = read_qa_jsonl(self.test_path, self.question_field, self.answer_field)
         return rows[: self.n_test] if self.n_test else rows
 
+    def test_problem(self) -> str | None:
+        return None                                 # n_test past the file's end takes every row
+
     def general_examples(self, seed: int, n: int | None, *, split: str, requests: tuple[str, ...] = ()) -> list[dict]:
         """None: a JSONL task has no non-reasoning prompts of its own."""
         return []
@@ -97,7 +114,7 @@ class CodeTask(BaseModel):
     """Programs judged by running them in the sandbox (the ``code`` reward): the synthetic tiny
     Python tasks of r1lab/data/code.py, or local JSONL files of ``{"prompt", "tests", "solution"}``
     rows when ``train_path`` and ``test_path`` are set."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     data_fields: ClassVar[tuple[str, ...]] = ("train_path", "test_path")
     kind: Literal["code"]
     template: TemplateName = Field("r1", description="Prompt template name.")
@@ -113,6 +130,13 @@ class CodeTask(BaseModel):
         if (self.train_path is None) != (self.test_path is None):
             raise ValueError("set both train_path and test_path (JSONL tasks), or neither (synthetic tasks)")
         return self
+
+    def test_problem(self) -> str | None:
+        """Why ``test_examples`` cannot be drawn, or None."""
+        if self.train_path is None and (self.n_test or 12) > (available := n_test_problems(self.test_fraction)):
+            return (f"n_test ({self.n_test or 12}) exceeds the {available} synthetic test tasks "
+                    f"(test_fraction {self.test_fraction})")
+        return None
 
     @cached_property
     def _train(self) -> list[dict]:

@@ -63,7 +63,7 @@ def category(example: dict) -> str:
 class RewardSpec(BaseModel):
     """``{weight: w, **params}``: a reward's weight, where it applies, and the keyword parameters
     it is called with."""
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     weight: float = Field(description="Weight of this reward in the total.")
     categories: list[str] | None = Field(None, description="Example categories it scores "
                                          "(default: DEFAULT_CATEGORIES of the reward).")
@@ -76,6 +76,8 @@ class RewardSpec(BaseModel):
 
 def check_rewards(spec: dict) -> dict:
     """Known names, and only parameters each function takes."""
+    if not spec:
+        raise ValueError("no rewards: name at least one (e.g. {accuracy: 1.0, format: 0.5})")
     for name, entry in spec.items():
         if name not in REWARDS and name not in LEARNED:
             raise ValueError(f"unknown reward {name!r}; known: {sorted(REWARDS) + sorted(LEARNED)}")

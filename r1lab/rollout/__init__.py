@@ -32,8 +32,8 @@ _TOLD: set[str] = set()          # model types already told to fall back to hf
 
 class Sampling(BaseModel):
     """How a stage samples completions (the ``sampling:`` block; each stage sets its defaults)."""
-    model_config = ConfigDict(extra="forbid")
-    max_new_tokens: int = Field(96, gt=0, description="Completion length cap, in tokens.")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    max_new_tokens: int = Field(96, gt=0, le=1 << 20, description="Completion length cap, in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus: keep the smallest set of tokens with this mass.")
     top_k: int = Field(0, ge=0, description="Keep only the k most likely tokens (0 = off).")

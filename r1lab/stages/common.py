@@ -42,7 +42,7 @@ def block(cls: type[BaseModel], description: str, **defaults: Any) -> Any:
 
 class StageConfig(BaseModel):
     """Base of every stage's typed config (``r1lab/stages/<kind>.py`` subclasses it)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     reads: ClassVar[dict[str, Artifact]] = {}     # field -> what it names: an earlier stage's output or a path
     writes: ClassVar[tuple[Artifact, ...]] = ()   # what later stages may read from this one
     # model fields whose models must share one tokenizer, checked at load (r1lab/stages/lineage.py);

@@ -56,6 +56,9 @@ class EvalConfig(TaskStageConfig):
     baseline: str | None = Field(None, description="An earlier eval stage: log the judge's win rate of this "
                                  "model over that stage's on the general prompts (general/win_rate).")
 
+    def task_problem(self, task) -> str | None:
+        return task.test_problem()
+
 
 def _mean(values) -> float:
     values = list(values)

@@ -32,7 +32,7 @@ from r1lab.train.optim import Optim
 
 class CorpusConfig(BaseModel):
     """The synthetic pre-training corpus (see r1lab/data/corpus.py for each kind)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     documents: int = Field(40000, gt=0, description="Documents generated (from train questions only).")
     direct: float = Field(0.45, ge=0, description="Share of direct answers.")
     worked: float = Field(0.35, ge=0, description="Share of correct worked solutions.")

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class Optim(BaseModel):
     """Optimizer and schedule settings (the ``optim:`` block of a training stage; each stage
     sets its own defaults, see :func:`r1lab.stages.common.block`)."""
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup, in optimizer steps.")
     min_lr_ratio: float = Field(1.0, ge=0, le=1, description="Final LR / peak after cosine decay (1.0 = constant).")
