@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -22,6 +23,8 @@ r1lab trains reasoning language models the way DeepSeek-R1 was trained.
 # faults them in again on the next one: ~17M minor page faults in a default run. These limits
 # keep them mapped (docs/log.md, "Page faults after pre-training"). glibc reads them only when a
 # process starts, so the console script starts Python again with them, unless the user set either.
+# a full disk, a read-only run directory, no permission: one line, not a traceback
+DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "134217728"}
 
 
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from r1lab.pipeline import RunDirError
     from r1lab.report import ReportError
     from r1lab.train.distributed import DistributedError
+    from r1lab.train.checkpoint import CheckpointStateError
     from r1lab.train.loop import NonFiniteError
 
     try:
@@ -81,6 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError, RunDirError, ReportError, DistributedError,
             NonFiniteError) as e:
         print(f"r1lab: error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointStateError as e:
+        print(f"r1lab: error: {e}; the checkpoint is damaged: delete its folder to run that stage from its start",
+              file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in DISK_ERRORS:
+            raise
+        print(f"r1lab: error: {e.filename or 'a file'}: {e.strerror}; what was written before is intact "
+              f"(checkpoints and run state are written atomically): fix this and run the same command to resume",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("r1lab: interrupted; run the same command again to resume", file=sys.stderr)

@@ -1,5 +1,7 @@
 """Faults a run must survive (issue: hardening): a non-finite gradient skips its step, a metrics
-line torn by a crash is dropped on resume, and a second run on the same directory refuses."""
+line torn by a crash is dropped on resume, a second run on the same directory refuses; damaged
+model directories and checkpoints, a full disk and a read-only run directory are one line on
+stderr (exit 2) with nothing already written lost."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import math
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from r1lab.data.jsonl import DataError
 from r1lab.pipeline import RunDirError, run_lock
@@ -78,3 +81,97 @@ def test_a_second_run_on_a_locked_run_dir_refuses_and_writes_nothing(tmp_path):
         assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".lock"]
     with run_lock(tmp_path / "run"):                               # released when the holder ends
         pass
+
+
+# ---- what the user sees: one line on stderr, exit 2, nothing already written lost ----
+
+TINY_PRETRAIN = """\
+name: f
+task: {kind: arithmetic, n_test: 4}
+stages:
+  - kind: pretrain
+    name: base
+    steps: 4
+    checkpoint_every: 1
+    batch_size: 4
+    seq_len: 32
+    model: {hidden_size: 32, num_layers: 1, num_heads: 2, num_kv_heads: 1, intermediate_size: 64}
+"""
+
+
+def cli_error(argv, capsys) -> str:
+    from r1lab.cli import main
+    assert main(argv) == 2
+    err = capsys.readouterr().err                                  # progress bars may come before it
+    assert err.count("r1lab: error: ") == 1 and "Traceback" not in err
+    return err[err.index("r1lab: error: "):]
+
+
+def test_model_dirs_without_a_tokenizer_or_with_broken_weights_are_one_line(qwen_dir, tmp_path, capsys):
+    import shutil
+    for name, damage in (("no-tokenizer", lambda d: [(d / f).unlink() for f in ("tokenizer.json", "tokenizer_config.json")
+                                                      if (d / f).exists()]),
+                         ("cut-weights", lambda d: (d / "model.safetensors").write_bytes(b"\x10" * 100))):
+        model = tmp_path / name
+        shutil.copytree(qwen_dir, model)
+        damage(model)
+        err = cli_error(["eval", str(model), "--config", "r1-zero-tiny"], capsys)
+        assert str(model) in err
+        assert ("no tokenizer in the model directory" if name == "no-tokenizer" else "cannot load the checkpoint") in err
+
+
+def test_a_damaged_checkpoint_is_one_line_and_an_unreadable_eval_json_shows_in_the_report(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY_PRETRAIN.replace("steps: 4", "steps: 2") + "  - {kind: eval, name: e, model: base, samples: 1,"
+                      " sampling: {max_new_tokens: 4}}\n")
+    from r1lab.cli import main
+    assert main(["run", str(config), "--run-dir", str(tmp_path / "run")]) == 0
+    stage = tmp_path / "run/stages/0-base"
+    (stage / "DONE").unlink()
+    tensors = next((stage / "checkpoint").glob("tensors-*.safetensors"))
+    tensors.write_bytes(tensors.read_bytes()[:300])
+    err = cli_error(["run", str(config), "--run-dir", str(tmp_path / "run")], capsys)
+    assert str(tensors) in err and "delete its folder" in err
+    (tmp_path / "run/stages/1-e/eval.json").write_text('{"pass@1": 0.')
+    assert main(["report", str(tmp_path / "run")]) == 0
+    assert "**eval.json unreadable**" in (tmp_path / "run/report.md").read_text()
+
+
+def test_a_full_disk_during_a_checkpoint_write_keeps_the_last_checkpoint_and_resumes(tmp_path, capsys, monkeypatch):
+    import errno
+    from r1lab.train import checkpoint
+    from r1lab.cli import main
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY_PRETRAIN)
+    real, calls = checkpoint.save_file, []
+
+    def full_disk(tensors, path):
+        calls.append(path)
+        if len(calls) == 3:                                        # the step-3 checkpoint
+            path.write_bytes(b"\x00" * 100)                        # what fitted before the disk filled
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(tensors, path)
+    monkeypatch.setattr(checkpoint, "save_file", full_disk)
+    err = cli_error(["run", str(config), "--run-dir", str(tmp_path / "run")], capsys)
+    assert "No space left on device" in err and "run the same command to resume" in err
+    state = checkpoint.load_checkpoint(tmp_path / "run/stages/0-base/checkpoint")
+    assert state["step"] == 2                                      # the last good one, loadable
+    monkeypatch.setattr(checkpoint, "save_file", real)             # space freed
+    assert main(["run", str(config), "--run-dir", str(tmp_path / "run")]) == 0
+    resumed = load_file(tmp_path / "run/stages/0-base/model/model.safetensors")
+    assert main(["run", str(config), "--run-dir", str(tmp_path / "unbroken")]) == 0
+    unbroken = load_file(tmp_path / "unbroken/stages/0-base/model/model.safetensors")
+    assert all(torch.equal(resumed[k], unbroken[k]) for k in unbroken)
+
+
+def test_a_read_only_run_dir_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+    from r1lab import pipeline
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY_PRETRAIN)
+
+    def read_only(path, *_, **__):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+    monkeypatch.setattr(pipeline, "write_atomic", read_only)
+    err = cli_error(["run", str(config), "--run-dir", str(tmp_path / "run")], capsys)
+    assert f"{tmp_path / 'run' / 'config.yaml'}: Read-only file system" in err

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from safetensors import SafetensorError
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
                           AutoModelForTokenClassification, AutoTokenizer)
 
@@ -20,14 +21,20 @@ class CheckpointError(ValueError):
     """A model directory the user named cannot be loaded; the message names it."""
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
 def _load(path: Path, auto_class, **kwargs):
     """(model in float32, tokenizer) of ``path`` through ``auto_class``, errors naming the folder."""
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: not a model directory (no config.json)")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointError(f"{path}: no tokenizer in the model directory (none of {', '.join(TOKENIZER_FILES)}); "
+                              f"save the tokenizer beside the weights")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = auto_class.from_pretrained(path, local_files_only=True, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise CheckpointError(f"{path}: cannot load the checkpoint: {e}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

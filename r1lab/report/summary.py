@@ -44,6 +44,7 @@ class StageRecord:
     metrics: list[dict] = field(default_factory=list)
     eval: dict | None = None
     stats: dict | None = None
+    unreadable: list[str] = field(default_factory=list)   # its files there that do not parse
 
     @property
     def status(self) -> str:
@@ -98,8 +99,10 @@ def read_run(run_dir: Path) -> tuple[dict, list[StageRecord]]:
         name, kind = str(s.get("name", i)), str(s.get("kind", "?"))
         d = run_dir / "stages" / f"{i}-{name}"
         done = (_dict(_json(d / "DONE")) or {}) if (d / "DONE").exists() else None
+        unreadable = [f for f in ("eval.json", "stats.json") if (d / f).exists() and _dict(_json(d / f)) is None]
         stages.append(StageRecord(i, name, kind, d, done, metrics=_jsonl(d / "metrics.jsonl"),
-                                  eval=_dict(_json(d / "eval.json")), stats=_dict(_json(d / "stats.json"))))
+                                  eval=_dict(_json(d / "eval.json")), stats=_dict(_json(d / "stats.json")),
+                                  unreadable=unreadable))
     return config, stages
 
 
@@ -114,7 +117,8 @@ def _num(v) -> str:
 def _final_cell(stage: StageRecord) -> str:
     final = stage.final()
     keys = matching_keys([final], FINAL.get(stage.kind, []))
-    return ", ".join(f"{k} {_num(final[k])}" for k in keys if is_number(final[k]))
+    shown = [f"{k} {_num(final[k])}" for k in keys if is_number(final[k])]
+    return ", ".join(shown + [f"**{f} unreadable** (delete the stage folder to run it again)" for f in stage.unreadable])
 
 
 def stage_table(stages: list[StageRecord]) -> str:
