@@ -34,6 +34,8 @@ class RunConfig(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' takes CUDA when present.")
     data_parallel: Literal["ddp", "fsdp2"] = Field("ddp", description="Under torchrun: a whole model on each "
                                                    "rank (ddp), or sharded over the ranks (fsdp2).")
+    bad_rows: Literal["fail", "skip"] = Field("fail", description="A bad row in a data file: stop naming its "
+                                              "file:line:field (fail), or skip it, logging how many were skipped (skip).")
     task: Task = Field(description="The verifiable task every stage reads its data from.")
     stages: list[Stage] = Field(min_length=1, description="Stages, run in order.")
 

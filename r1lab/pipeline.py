@@ -38,6 +38,7 @@ except ImportError:                     # not on Windows
     fcntl = None
 
 from r1lab.config import RunConfig
+from r1lab.data.jsonl import skipping_bad_rows
 from r1lab.models.io import quiet_transformers
 from r1lab.stages import STAGES
 from r1lab.stages.context import RunContext, pick_device
@@ -114,8 +115,10 @@ def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
     quiet_transformers()
     dist = from_env(config.data_parallel, config.device)
     run_dir = Path(run_dir or Path("runs") / config.name)
+    log = log if dist.is_main else (lambda *_: None)
     with run_lock(run_dir) if dist.is_main else contextlib.nullcontext():    # rank 0 speaks for the ranks
-        return _run(config, run_dir, dist, log if dist.is_main else (lambda *_: None))
+        with skipping_bad_rows(log) if config.bad_rows == "skip" else contextlib.nullcontext():
+            return _run(config, run_dir, dist, log)
 
 
 def _run(config: RunConfig, run_dir: Path, dist, log) -> Path:

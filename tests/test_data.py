@@ -199,3 +199,35 @@ def test_a_utf8_byte_order_mark_is_read_as_nothing(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + GOOD)
     assert read_qa_jsonl(path, "question", "answer") == [{"question": "ok", "answer": "3"}]
+
+
+def test_bad_rows_are_skipped_and_counted_when_asked(tmp_path):
+    from r1lab.data.jsonl import skipping_bad_rows
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(GOOD + b'{"question": "", "answer": 1}\n' + b'{"question": "' + b"x" * 5_000_000 + b'"}\n'
+                     + b'not json\n' + b'{"question": "last", "answer": 2}\n')
+    with pytest.raises(DataError, match=":2: field 'question': empty"):
+        read_qa_jsonl(path, "question", "answer")                      # the default: the first bad row stops
+    said = []
+    with skipping_bad_rows(said.append):
+        rows = read_qa_jsonl(path, "question", "answer")
+    assert [r["question"] for r in rows] == ["ok", "last"]             # the 5 MB line is skipped whole
+    assert said == [f"{path}: skipped 3 bad row(s) of 5 (bad_rows: skip); the first: {path}:2: field 'question': empty"]
+    path.write_bytes(b"not json\n")
+    with skipping_bad_rows(said.append), pytest.raises(DataError, match="holds no examples"):
+        read_qa_jsonl(path, "question", "answer")
+
+
+def test_a_run_with_bad_rows_skip_logs_the_count_and_runs(tmp_path, qwen_dir):
+    from r1lab.config import load_config
+    from r1lab.pipeline import run
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "1+1", "answer": "2"}\n{"question": 3}\n{"question": "2+2", "answer": "4"}\n')
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: t\nbad_rows: skip\ntask: {{kind: jsonl, train_path: {data}, test_path: {data}}}\n"
+                      f"stages:\n  - {{kind: eval, name: e, model: {qwen_dir}, samples: 1, general: false,"
+                      f" sampling: {{max_new_tokens: 4}}}}\n")
+    said = []
+    out = run(load_config(str(config)), tmp_path / "run", log=said.append)
+    assert f"{data}: skipped 1 bad row(s) of 3 (bad_rows: skip); the first: {data}:2: field 'answer': missing" in said
+    assert json.loads((out / "stages/0-e/eval.json").read_text())["n_questions"] == 2

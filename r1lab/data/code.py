@@ -15,7 +15,7 @@ import random
 from pathlib import Path
 
 from r1lab.data.arithmetic import is_test_question
-from r1lab.data.jsonl import DataError, read_jsonl, require
+from r1lab.data.jsonl import DataError, read_rows, require
 
 # (question with {k}, reference solution with {k}, input maker, output maker) for stdin/stdout
 # tasks; an input maker returns the stdin text, an output maker the expected stdout from it.
@@ -96,8 +96,7 @@ def _test(where: str, test, index: int):
 
 def read_code_jsonl(path: str | Path) -> list[dict]:
     """Rows ``{"question", "answer" (the solution or ""), "tests", ...other fields}``."""
-    rows = []
-    for where, obj in read_jsonl(path):
+    def convert(where: str, obj: dict) -> dict:
         prompt = require(where, obj, "prompt", (str,), "text")
         if not prompt.strip():
             raise DataError(f"{where}: field 'prompt': empty")
@@ -108,8 +107,5 @@ def read_code_jsonl(path: str | Path) -> list[dict]:
         if not isinstance(solution, str):
             raise DataError(f"{where}: field 'solution': expected text, got {type(solution).__name__}")
         rest = {k: v for k, v in obj.items() if k not in ("prompt", "tests", "solution")}
-        rows.append({**rest, "question": prompt, "answer": solution,
-                     "tests": [_test(where, t, i) for i, t in enumerate(tests)]})
-    if not rows:
-        raise DataError(f"{Path(path).expanduser()}: holds no examples")
-    return rows
+        return {**rest, "question": prompt, "answer": solution, "tests": [_test(where, t, i) for i, t in enumerate(tests)]}
+    return read_rows(path, convert, "examples")

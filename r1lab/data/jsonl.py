@@ -2,12 +2,17 @@
 
 Every reader fails on the first bad line with ``file:line: field 'name': problem`` and keeps
 the fields it does not check (e.g. ``lang``, ``category``), so they reach rewards and stages.
+Under :func:`skipping_bad_rows` (a run's ``bad_rows: skip``) a bad line is skipped instead, and
+the reader reports how many it skipped and the first one's problem; a file that is not there, is
+UTF-16, or holds no good row still fails.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 
@@ -17,10 +22,23 @@ class DataError(ValueError):
 
 MAX_LINE_BYTES = 4 << 20     # one row; longer lines are refused before parsing
 
+# where the readers report skipped rows; None: a bad row is an error
+_SKIP_REPORT: ContextVar[Callable[[str], None] | None] = ContextVar("skip_bad_rows", default=None)
+
+
+@contextlib.contextmanager
+def skipping_bad_rows(report: Callable[[str], None]):
+    """Within the block, readers skip bad rows and ``report`` a line per file that had some."""
+    token = _SKIP_REPORT.set(report)
+    try:
+        yield
+    finally:
+        _SKIP_REPORT.reset(token)
+
 
 def _decode(where: str, raw: bytes, first: bool) -> str:
     """Text of a file's line (or whole file): UTF-8, a byte-order mark at its start dropped."""
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if first and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise DataError(f"{where}: the file is UTF-16; r1lab reads UTF-8 (convert it, e.g. iconv -f UTF-16 -t UTF-8)")
     try:
         return raw.decode("utf-8-sig" if first else "utf-8")
@@ -58,23 +76,55 @@ def parse_json(where: str, text: str, *, one_line: bool = True):
     return value
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """(``file:line`` for messages, object) for each non-blank line that is a JSON object."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
+def _objects(path: Path) -> Iterator[tuple[str, dict | DataError]]:
+    """(``file:line``, the line's JSON object or what is wrong with it) for each non-blank line."""
     with path.open("rb") as f:
+        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            raise DataError(f"{path}:1: the file is UTF-16; r1lab reads UTF-8 (convert it, e.g. iconv -f UTF-16 -t UTF-8)")
+        f.seek(0)
         for lineno, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
             where = f"{path}:{lineno}"
             if len(raw) > MAX_LINE_BYTES:
-                raise DataError(f"{where}: line longer than {MAX_LINE_BYTES:,} bytes (is this a JSONL file?)")
-            line = _decode(where, raw, first=lineno == 1)
-            if not line.strip():
+                while raw and not raw.endswith(b"\n"):          # the rest of the line is this row too
+                    raw = f.readline(MAX_LINE_BYTES)
+                yield where, DataError(f"{where}: line longer than {MAX_LINE_BYTES:,} bytes (is this a JSONL file?)")
                 continue
-            obj = parse_json(where, line)
-            if not isinstance(obj, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            try:
+                line = _decode(where, raw, first=lineno == 1)
+                if not line.strip():
+                    continue
+                obj = parse_json(where, line)
+                if not isinstance(obj, dict):
+                    raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            except DataError as e:
+                yield where, e
+                continue
             yield where, obj
+
+
+def read_rows(path: str | Path, convert: Callable[[str, dict], dict], what: str,
+              objects: Callable[[Path], Iterator[tuple[str, dict | DataError]]] = _objects) -> list[dict]:
+    """``convert(where, obj)`` of each row of a JSONL file (a DataError from it names a bad row),
+    skipping bad rows under :func:`skipping_bad_rows`; ``what`` the file should hold, for messages."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file")
+    report, rows, bad = _SKIP_REPORT.get(), [], []
+    for where, obj in objects(path):
+        try:
+            if isinstance(obj, DataError):
+                raise obj
+            rows.append(convert(where, obj))
+        except DataError as e:
+            if report is None:
+                raise
+            bad.append(str(e))
+    if bad:
+        report(f"{path}: skipped {len(bad)} bad row(s) of {len(bad) + len(rows)} (bad_rows: skip); "
+               f"the first: {bad[0]}")
+    if not rows:
+        raise DataError(f"{path}: holds no {what}")
+    return rows
 
 
 def require(where: str, obj: dict, field: str, kinds: tuple[type, ...], what: str):
@@ -90,24 +140,22 @@ def require(where: str, obj: dict, field: str, kinds: tuple[type, ...], what: st
 def read_qa_jsonl(path: str | Path, question_field: str, answer_field: str) -> list[dict]:
     """Rows ``{"question": str, "answer": str, ...other fields}`` from a JSONL file.
 
-    Both fields must hold text or a number; blank lines are skipped.
+    Both fields must hold text or a number, the question not empty; blank lines are skipped.
     """
-    rows = []
-    for where, obj in read_jsonl(path):
+    def convert(where: str, obj: dict) -> dict:
         question = require(where, obj, question_field, (str, int, float), "text or a number")
         answer = require(where, obj, answer_field, (str, int, float), "text or a number")
+        if not str(question).strip():
+            raise DataError(f"{where}: field {question_field!r}: empty")
         rest = {k: v for k, v in obj.items() if k not in (question_field, answer_field)}
-        rows.append({**rest, "question": str(question), "answer": str(answer)})
-    if not rows:
-        raise DataError(f"{Path(path).expanduser()}: holds no examples")
-    return rows
+        return {**rest, "question": str(question), "answer": str(answer)}
+    return read_rows(path, convert, "examples")
 
 
 def read_sft_jsonl(path: str | Path) -> list[dict]:
     """SFT rows: ``{"prompt": str, "completion": str}`` or chat ``{"messages": [{"role", "content"}, ...]}``
     ending with an assistant message (the completion); other fields are kept."""
-    rows = []
-    for where, obj in read_jsonl(path):
+    def convert(where: str, obj: dict) -> dict:
         if "messages" in obj:
             messages = require(where, obj, "messages", (list,), "a list of messages")
             for j, m in enumerate(messages):
@@ -119,11 +167,10 @@ def read_sft_jsonl(path: str | Path) -> list[dict]:
                 raise DataError(f"{where}: field 'messages': must end with an assistant message (the completion)")
         else:
             require(where, obj, "prompt", (str,), "text")
-            require(where, obj, "completion", (str,), "text")
-        rows.append(obj)
-    if not rows:
-        raise DataError(f"{Path(path).expanduser()}: holds no rows")
-    return rows
+            if not require(where, obj, "completion", (str,), "text"):
+                raise DataError(f"{where}: field 'completion': empty (nothing to learn)")
+        return obj
+    return read_rows(path, convert, "rows")
 
 
 ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately "
@@ -142,15 +189,14 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:
     return (ALPACA_INPUT if input else ALPACA).format(instruction=instruction, input=input)
 
 
-def _json_array(path: Path) -> Iterator[tuple[str, dict]]:
-    """(``file:item i`` for messages, object) for each element of a JSON array file."""
+def _json_array(path: Path) -> Iterator[tuple[str, dict | DataError]]:
+    """(``file: item i``, object or what is wrong with it) for each element of a JSON array file."""
     items = parse_json(str(path), _decode(str(path), path.read_bytes(), first=True), one_line=False)
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON array of preference objects, got {type(items).__name__}")
     for i, obj in enumerate(items):
-        if not isinstance(obj, dict):
-            raise DataError(f"{path}: item {i}: expected a JSON object, got {type(obj).__name__}")
-        yield f"{path}: item {i}", obj
+        where = f"{path}: item {i}"
+        yield where, obj if isinstance(obj, dict) else DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
 
 
 def read_pairs(path: str | Path) -> list[dict]:
@@ -161,11 +207,7 @@ def read_pairs(path: str | Path) -> list[dict]:
     - ``{"instruction": str, "input": str (may be empty or absent), "output": str, "chosen": str,
       "rejected": str}``, the prompt then rendered in the Alpaca style (:func:`alpaca_prompt`).
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file")
-    rows = []
-    for where, obj in (_json_array(path) if path.suffix == ".json" else read_jsonl(path)):
+    def convert(where: str, obj: dict) -> dict:
         if "prompt" in obj:
             prompt = require(where, obj, "prompt", (str,), "text")
         else:
@@ -176,7 +218,6 @@ def read_pairs(path: str | Path) -> list[dict]:
             prompt = alpaca_prompt(instruction, extra)
         chosen = require(where, obj, "chosen", (str,), "text")
         rejected = require(where, obj, "rejected", (str,), "text")
-        rows.append({**obj, "prompt": prompt, "chosen": chosen, "rejected": rejected})
-    if not rows:
-        raise DataError(f"{path}: holds no preference pairs")
-    return rows
+        return {**obj, "prompt": prompt, "chosen": chosen, "rejected": rejected}
+    return read_rows(path, convert, "preference pairs",
+                     objects=_json_array if Path(path).suffix == ".json" else _objects)
