@@ -18,6 +18,8 @@ the loss. ``gae`` does not whiten its output; a caller that wants whitened advan
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -130,15 +132,22 @@ def gae_reference(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tenso
     return advantages, returns
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
+                  total: Callable[[float], float] | None = None) -> torch.Tensor:
     """(x - mean) / sqrt(var + eps) over the unmasked entries of ``x`` [B, T]; masked get 0.
 
     var is Bessel-corrected (as TRL's ``masked_whiten``). Example: x [[1, 2], [3, 99]] with
-    mask [[1, 1], [1, 0]] -> mean 2, var 1 -> [[-1, 0], [1, 0]].
+    mask [[1, 1], [1, 0]] -> mean 2, var 1 -> [[-1, 0], [1, 0]]. ``total`` sums a number over
+    every rank (torchrun): the mean and variance are then those of every rank's unmasked entries.
     """
     mask = mask.bool()
     values = x.float()[mask]                                                     # [n]
-    out = (x.float() - values.mean()) * torch.rsqrt(values.var() + eps)          # [B, T]
+    if total is None:
+        out = (x.float() - values.mean()) * torch.rsqrt(values.var() + eps)      # [B, T]
+    else:
+        count, s, squares = (total(v) for v in (len(values), values.sum().item(), values.square().sum().item()))
+        mean = s / count
+        out = (x.float() - mean) / math.sqrt((squares - count * mean ** 2) / (count - 1) + eps)
     return torch.where(mask, out, torch.zeros_like(out))
 
 

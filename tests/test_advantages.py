@@ -154,3 +154,18 @@ def test_masked_whiten_hand_computed():
     mask = torch.tensor([[1, 1], [1, 0]]).bool()
     # unmasked 1, 2, 3: mean 2, Bessel variance ((-1)^2 + 0 + 1^2) / 2 = 1; the 99 neither counts nor stays
     assert torch.allclose(masked_whiten(x, mask), torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), atol=1e-6)
+
+
+def test_masked_whiten_over_ranks_equals_one_process_over_all_rows():
+    """Two "ranks" holding halves of a batch, their counts and sums added (what ``dist.sum``
+    does), whiten as one process does over the whole batch."""
+    torch.manual_seed(0)
+    x, mask = torch.randn(4, 5), torch.rand(4, 5) > 0.3
+    halves = [(x[:2], mask[:2]), (x[2:], mask[2:])]
+    stats = [(int(m.sum()), h[m].sum().item(), h[m].square().sum().item()) for h, m in halves]
+    totals = [sum(s[i] for s in stats) for i in range(3)]       # count, sum, sum of squares
+    parts = []
+    for h, m in halves:
+        summed = iter(totals)
+        parts.append(masked_whiten(h, m, total=lambda v: next(summed)))
+    assert torch.allclose(torch.cat(parts), masked_whiten(x, mask), atol=1e-5)

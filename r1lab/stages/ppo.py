@@ -123,17 +123,6 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return (1 - (returns - values)[mask].var() / var).item() if var > 0 else float("nan")
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, dist) -> torch.Tensor:
-    """:func:`masked_whiten` with the mean and variance of every rank's unmasked entries."""
-    if not dist.active:
-        return masked_whiten(x, mask)
-    values = x.float()[mask.bool()]
-    count, total, squares = (dist.sum(v) for v in (len(values), values.sum().item(), values.square().sum().item()))
-    mean = total / count
-    var = (squares - count * mean ** 2) / (count - 1)                          # Bessel-corrected
-    return torch.where(mask.bool(), (x.float() - mean) / math.sqrt(var + 1e-8), torch.zeros_like(x.float()))
-
-
 def mini_batch_rows(rows: torch.Tensor, mine: range, mask: torch.Tensor, dist) -> tuple[torch.Tensor, float]:
     """This rank's rows (local indices) of a mini-batch of global ``rows``, and its share of the
     mini-batch's completion tokens. A rank holding none of them still runs a forward and
@@ -179,7 +168,7 @@ def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
                                              kl_coef=cfg.kl_coef)              # [N, L]
         advantages, returns = gae(token_rewards, old_values, mask, cfg.gamma, cfg.lam)  # [N, L] each
         if cfg.whiten_advantages:
-            advantages = whiten(advantages, mask, dist)                        # [N, L], over every rank's tokens
+            advantages = masked_whiten(advantages, mask, total=dist.sum if dist.active else None)  # [N, L], every rank's tokens
 
         policy.train()
         critic.train()
