@@ -89,8 +89,9 @@ class RunConfig(BaseModel):
                                            if getattr(s, "task", None) is not None]
         for loc, task in tasks:
             for field in task.data_fields:
-                if getattr(task, field) is not None and not Path(getattr(task, field)).expanduser().is_file():
-                    return loc + [field], f"{getattr(task, field)!r}: no such data file"
+                path = getattr(task, field)
+                if path is not None and not Path(path).expanduser().is_file():
+                    return loc + [field], f"{path!r}: no such data file"
         for i, stage in enumerate(self.stages):
             own = getattr(stage, "task", None)
             problem = stage.task_problem(own or self.task)

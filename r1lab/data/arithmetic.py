@@ -39,7 +39,12 @@ def make_problem(rng: random.Random, min_count: int = 2, max_count: int = 6) -> 
         result = (value + k if op == "+" else value - k) % 10
         steps.append((n - i, value, op, k, result))
         value = result
-    return {"question": f"{s}{op}{k}*{n} mod 10", "answer": str(value), "steps": steps}
+    return {"question": english_question(s, op, k, n), "answer": str(value), "steps": steps}
+
+
+def english_question(s: int, op: str, k: int, n: int) -> str:
+    """The English wording, which decides a question's split: ``7+8*4 mod 10``."""
+    return f"{s}{op}{k}*{n} mod 10"
 
 
 LANGUAGES = ("en", "zh")
@@ -54,7 +59,7 @@ def question_text(problem: dict, lang: str) -> str:
 
 def n_test_questions(test_fraction: float, min_count: int, max_count: int) -> int:
     """How many distinct questions the test split holds (each start, op, k and count)."""
-    return sum(is_test_question(f"{s}{op}{k}*{n} mod 10", test_fraction)
+    return sum(is_test_question(english_question(s, op, k, n), test_fraction)       # make_problem's ranges
                for s in range(10) for op in "+-" for k in range(1, 10) for n in range(min_count, max_count + 1))
 
 

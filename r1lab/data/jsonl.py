@@ -36,10 +36,14 @@ def skipping_bad_rows(report: Callable[[str], None]):
         _SKIP_REPORT.reset(token)
 
 
+def _refuse_utf16(where: str, head: bytes) -> None:
+    """A file starting with a UTF-16 byte-order mark is refused whole, not line by line."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise DataError(f"{where}: the file is UTF-16; r1lab reads UTF-8 (convert it, e.g. iconv -f UTF-16 -t UTF-8)")
+
+
 def _decode(where: str, raw: bytes, first: bool) -> str:
     """Text of a file's line (or whole file): UTF-8, a byte-order mark at its start dropped."""
-    if first and raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise DataError(f"{where}: the file is UTF-16; r1lab reads UTF-8 (convert it, e.g. iconv -f UTF-16 -t UTF-8)")
     try:
         return raw.decode("utf-8-sig" if first else "utf-8")
     except UnicodeDecodeError as e:
@@ -79,8 +83,7 @@ def parse_json(where: str, text: str, *, one_line: bool = True):
 def _objects(path: Path) -> Iterator[tuple[str, dict | DataError]]:
     """(``file:line``, the line's JSON object or what is wrong with it) for each non-blank line."""
     with path.open("rb") as f:
-        if f.read(2) in (b"\xff\xfe", b"\xfe\xff"):
-            raise DataError(f"{path}:1: the file is UTF-16; r1lab reads UTF-8 (convert it, e.g. iconv -f UTF-16 -t UTF-8)")
+        _refuse_utf16(f"{path}:1", f.read(2))
         f.seek(0)
         for lineno, raw in enumerate(iter(lambda: f.readline(MAX_LINE_BYTES + 1), b""), 1):
             where = f"{path}:{lineno}"
@@ -191,7 +194,9 @@ def alpaca_prompt(instruction: str, input: str = "") -> str:
 
 def _json_array(path: Path) -> Iterator[tuple[str, dict | DataError]]:
     """(``file: item i``, object or what is wrong with it) for each element of a JSON array file."""
-    items = parse_json(str(path), _decode(str(path), path.read_bytes(), first=True), one_line=False)
+    raw = path.read_bytes()
+    _refuse_utf16(f"{path}:1", raw)
+    items = parse_json(str(path), _decode(str(path), raw, first=True), one_line=False)
     if not isinstance(items, list):
         raise DataError(f"{path}: expected a JSON array of preference objects, got {type(items).__name__}")
     for i, obj in enumerate(items):

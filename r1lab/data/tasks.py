@@ -1,9 +1,10 @@
 """Tasks: where a stage's questions, reference answers and prompts come from.
 
 ``arithmetic`` is generated from the seed (no download); ``jsonl`` reads local files such as
-GSM8K; ``code`` holds programs to write, judged by running their tests (synthetic or JSONL). Both give plain dicts with ``question`` and ``answer`` that rewards check, plus ``lang``
-where known (the language reward detects it from the question otherwise) and ``category``
-(``reasoning``, or ``general`` for the non-reasoning prompts of ``general_examples``).
+GSM8K; ``code`` asks for programs, judged by running their tests (synthetic or JSONL). All give
+plain dicts with ``question`` and ``answer`` that rewards check, plus ``lang`` where known (the
+language reward detects it from the question otherwise) and ``category`` (``reasoning``, or
+``general`` for the non-reasoning prompts of ``general_examples``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from r1lab.data.jsonl import read_qa_jsonl
 from r1lab.data.templates import TEMPLATES, render
 
 TemplateName = Literal[tuple(TEMPLATES)]
+
+
+def _draw(rows: list[dict], seed: int, step: int | str, n: int) -> list[dict]:
+    """``n`` rows of a file-backed task for one step, with replacement; the same (seed, step), the same draw."""
+    rng = random.Random(f"{seed}-{step}")
+    return [rng.choice(rows) for _ in range(n)]
 
 
 class ArithmeticTask(BaseModel):
@@ -92,8 +99,7 @@ class JsonlTask(BaseModel):
         return read_qa_jsonl(self.train_path, self.question_field, self.answer_field)
 
     def sample_train(self, seed: int, step: int | str, n: int) -> list[dict]:
-        rng = random.Random(f"{seed}-{step}")
-        return [rng.choice(self._train) for _ in range(n)]
+        return _draw(self._train, seed, step, n)
 
     def test_examples(self, seed: int) -> list[dict]:
         rows = read_qa_jsonl(self.test_path, self.question_field, self.answer_field)
@@ -133,10 +139,14 @@ class CodeTask(BaseModel):
 
     def test_problem(self) -> str | None:
         """Why ``test_examples`` cannot be drawn, or None."""
-        if self.train_path is None and (self.n_test or 12) > (available := n_test_problems(self.test_fraction)):
-            return (f"n_test ({self.n_test or 12}) exceeds the {available} synthetic test tasks "
+        if self.train_path is None and self._synthetic_n_test > (available := n_test_problems(self.test_fraction)):
+            return (f"n_test ({self._synthetic_n_test}) exceeds the {available} synthetic test tasks "
                     f"(test_fraction {self.test_fraction})")
         return None
+
+    @property
+    def _synthetic_n_test(self) -> int:
+        return self.n_test or 12
 
     @cached_property
     def _train(self) -> list[dict]:
@@ -145,12 +155,11 @@ class CodeTask(BaseModel):
     def sample_train(self, seed: int, step: int | str, n: int) -> list[dict]:
         if self.train_path is None:
             return sample_code_problems(f"{seed}-{step}", n, split="train", test_fraction=self.test_fraction)
-        rng = random.Random(f"{seed}-{step}")
-        return [rng.choice(self._train) for _ in range(n)]
+        return _draw(self._train, seed, step, n)
 
     def test_examples(self, seed: int) -> list[dict]:
         if self.train_path is None:
-            return sample_code_problems(seed, self.n_test or 12, split="test", test_fraction=self.test_fraction)
+            return sample_code_problems(seed, self._synthetic_n_test, split="test", test_fraction=self.test_fraction)
         rows = read_code_jsonl(self.test_path)
         return rows[: self.n_test] if self.n_test else rows
 

@@ -99,10 +99,10 @@ def read_run(run_dir: Path) -> tuple[dict, list[StageRecord]]:
         name, kind = str(s.get("name", i)), str(s.get("kind", "?"))
         d = run_dir / "stages" / f"{i}-{name}"
         done = (_dict(_json(d / "DONE")) or {}) if (d / "DONE").exists() else None
-        unreadable = [f for f in ("eval.json", "stats.json") if (d / f).exists() and _dict(_json(d / f)) is None]
+        found = {f: _dict(_json(d / f)) for f in ("eval.json", "stats.json")}
+        unreadable = [f for f, value in found.items() if value is None and (d / f).exists()]
         stages.append(StageRecord(i, name, kind, d, done, metrics=_jsonl(d / "metrics.jsonl"),
-                                  eval=_dict(_json(d / "eval.json")), stats=_dict(_json(d / "stats.json")),
-                                  unreadable=unreadable))
+                                  eval=found["eval.json"], stats=found["stats.json"], unreadable=unreadable))
     return config, stages
 
 

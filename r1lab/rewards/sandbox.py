@@ -38,6 +38,7 @@ from functools import cache
 from pathlib import Path
 
 NOBODY = 65534
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class SandboxError(RuntimeError):
@@ -93,7 +94,7 @@ def interpreter() -> tuple[str, dict]:
     if os.geteuid() != 0:
         return own, {}
     nobody = dict(user=NOBODY, group=NOBODY, extra_groups=[])
-    for exe in (own, shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")):
+    for exe in (own, shutil.which("python3", path=SYSTEM_PATH)):
         if exe and _runs_python(exe, [], **nobody):
             return exe, nobody
     warnings.warn("r1lab runs as root and user 'nobody' cannot run a Python interpreter here: "
@@ -101,7 +102,8 @@ def interpreter() -> tuple[str, dict]:
     return own, {}
 
 
-def _system_dirs() -> list[str]:
+@cache
+def _system_dirs() -> tuple[str, ...]:
     """bwrap arguments for the system's programs and libraries, read-only: ``/usr`` and the
     top-level directories that link into it (or hold libraries on systems that do not merge them)."""
     args = ["--ro-bind", "/usr", "/usr"]
@@ -111,7 +113,7 @@ def _system_dirs() -> list[str]:
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
-    return args
+    return tuple(args)
 
 
 def _bwrap_prefix(workdir: Path) -> list[str]:
@@ -163,7 +165,7 @@ def run_program(source: str, stdin: str = "", limits: Limits = Limits(), *, stri
             os.chmod(workdir, 0o700)
         argv = [exe, "-I", "-S", "-c", _BOOT, str(limits.cpu_s), str(limits.memory_mb << 20),
                 str(limits.open_files), str(limits.processes), str(limits.output_bytes), str(program)]
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir),
+        env = {"PATH": SYSTEM_PATH, "HOME": str(workdir), "TMPDIR": str(workdir),
                "LANG": "C.UTF-8"}
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             proc = subprocess.Popen((_bwrap_prefix(workdir) if strong else []) + argv, stdin=subprocess.PIPE,
