@@ -1,4 +1,5 @@
-"""completion_logprobs against a full-logits recompute, and the logits it never makes."""
+"""completion_logprobs' plain path against a full-logits recompute, and the logits it never
+makes (the fast paths are checked against the plain one: tests/test_packed.py, test_shared_prefix.py)."""
 
 import weakref
 
@@ -9,7 +10,7 @@ from torch.utils._pytree import tree_leaves
 
 from r1lab.losses.common import entropy_from_logits, token_logprobs
 from r1lab.train import forward
-from r1lab.train.forward import completion_logprobs, prompt_completion_batch
+from r1lab.train.forward import completion_logprobs, plain_completion_logprobs, prompt_completion_batch
 
 from conftest import tiny_llama
 
@@ -60,7 +61,7 @@ def test_equals_full_logits_reference(tokenizer, temperature, keep):
     model = tiny_llama(tokenizer, seed=3)
     batch = make_batch(tokenizer)
     ours = model if keep else NoLogitsToKeep(model)
-    logp, entropy, grads = run(lambda m, b, t: completion_logprobs(ours, b, temperature=t, with_entropy=True),
+    logp, entropy, grads = run(lambda m, b, t: plain_completion_logprobs(ours, b, temperature=t, with_entropy=True),
                                model, batch, temperature)
     ref_logp, ref_entropy, ref_grads = run(reference, model, batch, temperature)
     assert torch.allclose(logp, ref_logp, atol=1e-5)
@@ -115,7 +116,7 @@ def test_no_prompt_logits_and_no_full_copy_beyond_the_logits_and_their_gradient(
     batch = make_batch(tokenizer, n_completion)
     n, total = batch["input_ids"].shape                                      # [N, P+L]
     with LogitShapedTensors(vocab, n * n_completion * vocab) as big:
-        logp, _ = completion_logprobs(model, batch, temperature=0.7, with_entropy=True)
+        logp, _ = plain_completion_logprobs(model, batch, temperature=0.7, with_entropy=True)
         logp.sum().backward()
     sizes = [torch.Size(s).numel() for s in big.shapes]
     assert max(sizes) < n * total * vocab, big.shapes                      # no logits for the prompt

@@ -8,12 +8,16 @@ import functools
 import inspect
 
 import torch
+from torch.distributed.fsdp import FSDPModule
+from transformers import PreTrainedModel
 
-from r1lab.models.adapters import plain_model
-from r1lab.models.moe import with_router_loss
+from r1lab.models.adapters import AdaptersOff, is_adapted, plain_model
+from r1lab.models.moe import is_moe, with_router_loss
 from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy
 from r1lab.rollout.types import left_pad
 from r1lab.train.distributed import local_module
+from r1lab.train.packed import packed_logprobs, supports as packs
+from r1lab.train.shared_prefix import cache_keyword, shared_prefix_logprobs
 
 # Sequence positions whose logits are upcast to float32 at once: [N, 64, V] is 0.6 GB for
 # Qwen's 151,936-token vocabulary at N = 16, against 5.0 GB for all 512 positions.
@@ -38,7 +42,44 @@ def prompt_completion_batch(prompts: list[list[int]], completion_ids: torch.Tens
 
 def completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,
                         with_entropy: bool = False, aux_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(completion token) for each completion position: [N, L], and optionally entropy [N, L].
+    """log pi(completion token) for each completion position: [N, L], and optionally entropy [N, L];
+    masked positions hold no log-prob to use (0 on the fast path).
+
+    Fast paths, where they take the model: the packed walk (r1lab/train/packed.py: each distinct
+    prompt once, no padding through any weight), else HF's forward with a shared prompt KV cache
+    (r1lab/train/shared_prefix.py); else ``plain_completion_logprobs``, the reference of both.
+    """
+    if isinstance(model, AdaptersOff):        # a LoRA policy's reference: the same paths, adapters off
+        with model.model.disable_adapter():
+            return completion_logprobs(model.model, batch, temperature=temperature, with_entropy=with_entropy,
+                                       aux_weight=aux_weight)
+    fast = dict(temperature=temperature, with_entropy=with_entropy, chunk_size=CHUNK_SIZE)
+    if _packs(model):
+        return packed_logprobs(model, batch, **fast)
+    if _shares_prefix(model):
+        return shared_prefix_logprobs(model, batch, **fast)
+    return plain_completion_logprobs(model, batch, temperature=temperature, with_entropy=with_entropy,
+                                     aux_weight=aux_weight)
+
+
+def _packs(model) -> bool:
+    """Whether the packed walk (r1lab/train/packed.py) takes ``model``: a transformers or PEFT
+    model itself, as the walk bypasses any wrapper's forward (DDP's and FSDP2's hooks live in
+    theirs), with no router loss."""
+    return ((isinstance(model, PreTrainedModel) or is_adapted(model)) and not isinstance(model, FSDPModule)
+            and not is_moe(plain_model(model)) and packs(model))
+
+
+def _shares_prefix(model) -> bool:
+    """Whether the shared-prefix forward takes ``model`` (its module docstring says which do not)."""
+    inner = plain_model(local_module(model))
+    return (not isinstance(model, FSDPModule) and not is_moe(inner)
+            and _takes_logits_to_keep(type(inner)) and cache_keyword(type(inner)) is not None)
+
+
+def plain_completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,
+                              with_entropy: bool = False, aux_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``completion_logprobs`` by one plain forward over the whole padded batch.
 
     Log-probs and entropy are of softmax(logits / temperature), so the numbers match the
     sampler's. The model is asked only for the L + 1 logits after the prompt (HF's
@@ -113,3 +154,4 @@ def _in_parts(forward, batch: dict[str, torch.Tensor], micro_batch_size: int, au
 def _takes_logits_to_keep(model_class: type) -> bool:
     """Whether ``model_class.forward`` accepts HF's ``logits_to_keep`` (Llama, Qwen2, ... do)."""
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
