@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r1lab.losses.common import entropy_from_logits, token_logprobs
-from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy
+from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy, linear_token_logprobs
 
 
 def naive(logits, ids):
@@ -161,3 +161,27 @@ def test_chunk_size_and_temperature_must_be_positive():
         chunked_token_logprobs(logits, ids, 0)
     with pytest.raises(ValueError):
         chunked_token_logprobs(logits, ids, 2, temperature=0.0)
+
+
+@pytest.mark.parametrize("with_entropy", [False, True])
+@pytest.mark.parametrize("temperature", [0.6, 1.0])
+def test_linear_token_logprobs_equal_the_head_then_chunks(temperature, with_entropy):
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(23, 16, generator=g, requires_grad=True)
+    weight = torch.randn(50, 16, generator=g, requires_grad=True)
+    ids = torch.randint(0, 50, (23,), generator=g)
+    weights = torch.randn(23, generator=g)
+    fused, entropy = linear_token_logprobs(hidden, weight, ids, 5, temperature=temperature, with_entropy=with_entropy)
+    (fused * weights).sum().backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    logits = (hidden @ weight.T)[None]
+    slow = token_logprobs(logits / temperature, ids[None])[0]
+    (slow * weights).sum().backward()
+    torch.testing.assert_close(fused, slow, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], hidden.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1], weight.grad, atol=1e-5, rtol=1e-5)
+    if with_entropy:
+        torch.testing.assert_close(entropy, entropy_from_logits(logits.detach() / temperature)[0], atol=1e-5, rtol=1e-5)
+    else:
+        assert entropy is None

@@ -38,7 +38,8 @@ def test_equals_the_plain_forward(tokenizer, arch, order, parts):
 
 
 def test_lora_and_dora_train_through_the_packed_walk(tokenizer):
-    for lora in (Lora(r=4, alpha=8), Lora(r=4, alpha=8, use_dora=True)):
+    head_too = Lora(r=4, alpha=8, target_modules=["q_proj", "v_proj", "lm_head"])   # the head: a PEFT module
+    for lora in (Lora(r=4, alpha=8), Lora(r=4, alpha=8, use_dora=True), head_too):
         model = with_adapters(tiny_llama(tokenizer, seed=3), lora, seed=0)
         assert forward._packs(model)
         batch = group_batch(tokenizer, "adjacent")

@@ -66,6 +66,63 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         return grad, None, None, None, None
 
 
+class _LinearTokenLogprobs(torch.autograd.Function):
+    """Autograd function behind ``linear_token_logprobs``: the LM head's matmul inside the chunk
+    loop, recomputed in backward, so no [C, V] tensor outlives a chunk."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, chunk_size: int,
+                temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)      # [C]
+        lse = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)      # [C]
+        entropy = torch.empty(ids.shape if with_entropy else 0, dtype=torch.float32, device=hidden.device)
+        for start in range(0, len(ids), chunk_size):
+            rows = slice(start, start + chunk_size)
+            chunk = _scaled(torch.nn.functional.linear(hidden[rows], weight), temperature)  # [c, V]
+            lse[rows] = torch.logsumexp(chunk, dim=-1)
+            out[rows] = chunk.gather(-1, ids[rows, None]).squeeze(-1) - lse[rows]
+            if with_entropy:
+                logp = chunk.log_softmax(-1)
+                entropy[rows] = -(logp.exp() * logp).sum(-1)
+        ctx.mark_non_differentiable(entropy)
+        ctx.save_for_backward(hidden, weight, ids, lse)
+        ctx.chunk_size, ctx.temperature = chunk_size, temperature
+        return out, entropy
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor, _grad_entropy):
+        hidden, weight, ids, lse = ctx.saved_tensors
+        want_h, want_w = ctx.needs_input_grad[:2]
+        grad_h = torch.empty_like(hidden) if want_h else None                       # [C, d]
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        for start in range(0, len(ids), ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            z = _scaled(torch.nn.functional.linear(hidden[rows], weight), ctx.temperature)     # [c, V]
+            g = grad_out[rows, None].float() / ctx.temperature                      # [c, 1]
+            dz = torch.exp(z - lse[rows, None]).mul_(-g)                            # d loss / d logit: (onehot - p) g / T
+            dz.scatter_add_(-1, ids[rows, None], g)
+            if want_h:
+                grad_h[rows] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
+            if want_w:
+                grad_w += dz.t() @ hidden[rows].float()
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
+
+
+def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, chunk_size: int, *,
+                          temperature: float = 1.0, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(ids) [C] under softmax(hidden @ weight.T / temperature), and the entropy [C] if asked,
+    for hidden [C, d] and an LM head's weight [V, d] (no bias): Liger-Kernel's fused linear
+    log-softmax in plain PyTorch. ``chunk_size`` rows of logits exist at a time, in forward and
+    backward (which recomputes them: one more [C, d] x [d, V] matmul). Equal to
+    ``chunked_token_logprobs(hidden @ weight.T, ...)`` to float32 rounding, gradients to
+    ``hidden`` and ``weight`` included."""
+    if chunk_size < 1 or temperature <= 0:
+        raise ValueError("linear_token_logprobs needs chunk_size >= 1 and temperature > 0")
+    logp, entropy = _LinearTokenLogprobs.apply(hidden, weight, ids, chunk_size, float(temperature), with_entropy)
+    return logp, (entropy if with_entropy else None)
+
+
 def _scaled(chunk: torch.Tensor, temperature: float) -> torch.Tensor:
     """A float32 ``chunk / temperature``; at T = 1 only the upcast, so the bits are unchanged."""
     chunk = chunk.float()                                                           # [B, C, V]

@@ -13,7 +13,9 @@ packed list of tokens instead:
   attending to their prompt's keys (selected per row: the backward adds the G rows'
   gradients into the shared prompt) and causally to their own;
 - only the positions that predict a completion token reach the LM head: each prompt's last
-  (for token 0) and each completion token but the last.
+  (for token 0) and each completion token but the last; the head's matmul runs inside the
+  log-prob chunk loop (r1lab/losses/logprobs.py ``linear_token_logprobs``), so no [C, V]
+  logits are kept, where C is the number of completion tokens.
 
 ``r1lab/train/shared_prefix.py`` (HF's forward with its KV cache) takes the models this does
 not, and the plain padded forward in r1lab/train/forward.py is the slow reference both are
@@ -25,9 +27,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy
+from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy, linear_token_logprobs
 from r1lab.models.adapters import plain_model
 from r1lab.rollout.native import _config_window, supports as native_supports
+
+
+# The plain path's chunks are [N, chunk_size, V] (N rows at a time); here rows are packed
+# tokens, so a chunk of chunk_size * 16 of them costs what the plain one does at N = 16.
+ROWS_PER_POSITION = 16
 
 
 def supports(model) -> bool:
@@ -58,13 +65,19 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
         x = x + block.self_attn.o_proj(_attention(block.self_attn, h, cos, sin, layout))
         x = x + block.mlp(block.post_attention_layernorm(x))
     hidden = hf.model.norm(x[layout.predictors])                                # [C, d]: C completion tokens
-    logits = hf.lm_head(hidden)[None]                                           # [1, C, V]
-    targets = layout.ids[layout.targets][None]                                  # [1, C]
-    if with_entropy:
-        logp, entropy = chunked_token_logprobs_and_entropy(logits, targets, chunk_size, temperature=temperature)
-    else:
-        logp, entropy = chunked_token_logprobs(logits, targets, chunk_size, temperature=temperature), None
-    full = lambda values: torch.zeros(n, width, dtype=values.dtype, device=device).masked_scatter(mask, values[0])
+    targets = layout.ids[layout.targets]                                        # [C]
+    head = hf.lm_head
+    if type(head) is torch.nn.Linear and head.bias is None:                     # no [C, V] logits kept
+        logp, entropy = linear_token_logprobs(hidden, head.weight, targets, chunk_size * ROWS_PER_POSITION,
+                                              temperature=temperature, with_entropy=with_entropy)
+    else:                                                                       # e.g. an adapter on the head
+        logits, targets = head(hidden)[None], targets[None]                     # [1, C, V], [1, C]
+        if with_entropy:
+            logp, entropy = chunked_token_logprobs_and_entropy(logits, targets, chunk_size, temperature=temperature)
+        else:
+            logp, entropy = chunked_token_logprobs(logits, targets, chunk_size, temperature=temperature), None
+        logp, entropy = logp[0], None if entropy is None else entropy[0]
+    full = lambda values: torch.zeros(n, width, dtype=values.dtype, device=device).masked_scatter(mask, values)
     return full(logp), (full(entropy) if with_entropy else None)
 
 
