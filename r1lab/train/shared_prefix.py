@@ -1,4 +1,7 @@
-"""The fast training forward of completions: each distinct prompt once, no padding columns.
+"""A fast training forward of completions through HF's own forward: each distinct prompt once,
+no padding columns. ``completion_logprobs`` (r1lab/train/forward.py) takes it where the packed
+walk (r1lab/train/packed.py, faster: no padding through any weight) does not: under DDP, whose
+gradient hooks need the forward to run through its wrapper, and for other model families.
 
 A GRPO batch holds G completions of each prompt, laid out as the model input of
 ``prompt_completion_batch``: [N, P + L], prompts left-padded to the longest, completions
