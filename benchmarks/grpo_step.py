@@ -53,7 +53,7 @@ from pathlib import Path
 import torch
 
 from r1lab.data.tasks import ArithmeticTask
-from r1lab.pipeline import peak_rss_mb, reset_peak_rss
+from r1lab.pipeline import peak_rss_mb, reset_peak_rss, rss_mb
 from r1lab.rewards import build_rewards, score
 from r1lab.stages.pretrain import PretrainConfig
 
@@ -67,11 +67,6 @@ LR, BETAS, GRAD_CLIP = 1e-5, (0.9, 0.95), 1.0
 REWARDS = {"accuracy": 1.0, "format": 0.5}
 COLUMNS = ("question", "answer", "lang", "category")    # the example fields the rewards may read
 PARTS = ("generation_s", "reference_s", "policy_forward_s", "backward_s", "optimizer_s")
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
 class Split(dict):

@@ -33,7 +33,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from r1lab.models.adapters import Lora, frozen_reference, merged_for_decoding, with_adapters
-from r1lab.pipeline import peak_rss_mb, reset_peak_rss
+from r1lab.pipeline import peak_rss_mb, reset_peak_rss, rss_mb
 from r1lab.stages.context import RunContext
 from r1lab.stages.grpo import GrpoConfig, grpo_batch
 from r1lab.train.forward import logprobs_no_grad
@@ -61,11 +61,6 @@ def a_batch(vocab: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
             "position_ids": torch.arange(PROMPT + COMPLETION).expand(ROWS, -1),
             "completion_mask": torch.ones(ROWS, COMPLETION, dtype=torch.bool)}
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
 
 
 def one_mode(shape: str, mode: str, steps: int) -> dict:

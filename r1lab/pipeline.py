@@ -61,8 +61,18 @@ def reset_peak_rss() -> None:
 
 def peak_rss_mb() -> float | None:
     """This process's resident-memory high-water mark (VmHWM) in MB since the last reset."""
+    return _status_mb("VmHWM")
+
+
+def rss_mb() -> float | None:
+    """This process's resident memory now (VmRSS) in MB."""
+    return _status_mb("VmRSS")
+
+
+def _status_mb(key: str) -> float | None:
+    """A memory figure of /proc/self/status in MB; None where there is none (not Linux)."""
     try:
-        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM:"))
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(f"{key}:"))
     except (OSError, StopIteration):
         return None
     return round(int(line.split()[1]) / 1024, 1)

@@ -4,26 +4,17 @@ completion lengths, prompts shared by adjacent rows, by scattered rows or by non
 micro-batches (the batches of tests/test_shared_prefix.py)."""
 
 import pytest
-import torch
 
 from r1lab.models.adapters import Lora, with_adapters
 from r1lab.train import forward, packed
 from r1lab.train.forward import plain_completion_logprobs
 
 from conftest import tiny_llama
-from test_shared_prefix import MODELS, TOL, group_batch, logp_and_grads
+from test_shared_prefix import MODELS, assert_agree, group_batch, logp_and_grads
 
 
 def packed_path(model, batch, **kw):
     return packed.packed_logprobs(model, batch, chunk_size=4, **kw)
-
-
-def assert_agree(fast, slow):
-    torch.testing.assert_close(fast[0], slow[0], **TOL)
-    torch.testing.assert_close(fast[1], slow[1], **TOL)
-    assert fast[2].keys() == slow[2].keys()
-    for name in slow[2]:
-        torch.testing.assert_close(fast[2][name], slow[2][name], **TOL, msg=name)
 
 
 @pytest.mark.parametrize("parts", [1, 2], ids=["whole", "micro-batches"])

@@ -67,8 +67,12 @@ def logp_and_grads(fn, model, batch, parts: int = 1):
 def test_equals_the_plain_forward(tokenizer, arch, order, parts):
     model = MODELS[arch](tokenizer)
     batch = group_batch(tokenizer, order)
-    fast = logp_and_grads(shared_prefix_path, model, batch, parts)
-    slow = logp_and_grads(plain_completion_logprobs, model, batch, 1)
+    assert_agree(logp_and_grads(shared_prefix_path, model, batch, parts),
+                 logp_and_grads(plain_completion_logprobs, model, batch))
+
+
+def assert_agree(fast, slow):
+    """Two ``logp_and_grads`` results equal within TOL: log-probs, entropy, every gradient."""
     torch.testing.assert_close(fast[0], slow[0], **TOL)
     torch.testing.assert_close(fast[1], slow[1], **TOL)
     assert fast[2].keys() == slow[2].keys()
@@ -98,8 +102,5 @@ def test_lora_model_takes_the_fast_path_and_agrees(tokenizer):
     model = with_adapters(tiny_llama(tokenizer, seed=3), Lora(r=4, alpha=8), seed=0)
     batch = group_batch(tokenizer, "adjacent")
     assert forward._shares_prefix(model)
-    fast = logp_and_grads(shared_prefix_path, model, batch)
-    slow = logp_and_grads(plain_completion_logprobs, model, batch)
-    torch.testing.assert_close(fast[0], slow[0], **TOL)
-    for name in slow[2]:
-        torch.testing.assert_close(fast[2][name], slow[2][name], **TOL, msg=name)
+    assert_agree(logp_and_grads(shared_prefix_path, model, batch),
+                 logp_and_grads(plain_completion_logprobs, model, batch))

@@ -38,12 +38,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         for start in range(0, logits.shape[1], chunk_size):
             cols = slice(start, start + chunk_size)
             chunk = _scaled(logits[:, cols], temperature)                           # [B, C, V]
-            lse[:, cols] = torch.logsumexp(chunk, dim=-1)                           # [B, C]
-            picked = chunk.gather(-1, ids[:, cols, None]).squeeze(-1)               # [B, C]
-            out[:, cols] = picked - lse[:, cols]
-            if with_entropy:
-                logp = chunk.log_softmax(-1)        # [B, C, V]; as entropy_from_logits computes it
-                entropy[:, cols] = -(logp.exp() * logp).sum(-1)                     # [B, C]
+            _chunk_forward(chunk, ids[:, cols], out[:, cols], lse[:, cols], entropy[:, cols] if with_entropy else None)
         ctx.mark_non_differentiable(entropy)
         ctx.save_for_backward(logits, ids, lse)
         ctx.chunk_size, ctx.temperature = chunk_size, temperature
@@ -56,13 +51,8 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         grad = torch.empty_like(logits)                                             # [B, L, V]
         for start in range(0, logits.shape[1], ctx.chunk_size):
             cols = slice(start, start + ctx.chunk_size)
-            probs = torch.exp(_scaled(logits[:, cols], ctx.temperature) - lse[:, cols, None])  # [B, C, V]
-            g = grad_out[:, cols, None].float()                                     # [B, C, 1]
-            if ctx.temperature != 1.0:
-                g = g / ctx.temperature                       # the 1/T of d(logit / T) / d logit
-            chunk_grad = -probs * g                                                 # [B, C, V]
-            chunk_grad.scatter_add_(-1, ids[:, cols, None], g)
-            grad[:, cols] = chunk_grad.to(logits.dtype)
+            grad[:, cols] = _logit_grad(_scaled(logits[:, cols], ctx.temperature), lse[:, cols], ids[:, cols],
+                                        grad_out[:, cols], ctx.temperature).to(logits.dtype)
         return grad, None, None, None, None
 
 
@@ -79,11 +69,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         for start in range(0, len(ids), chunk_size):
             rows = slice(start, start + chunk_size)
             chunk = _scaled(torch.nn.functional.linear(hidden[rows], weight), temperature)  # [c, V]
-            lse[rows] = torch.logsumexp(chunk, dim=-1)
-            out[rows] = chunk.gather(-1, ids[rows, None]).squeeze(-1) - lse[rows]
-            if with_entropy:
-                logp = chunk.log_softmax(-1)
-                entropy[rows] = -(logp.exp() * logp).sum(-1)
+            _chunk_forward(chunk, ids[rows], out[rows], lse[rows], entropy[rows] if with_entropy else None)
         ctx.mark_non_differentiable(entropy)
         ctx.save_for_backward(hidden, weight, ids, lse)
         ctx.chunk_size, ctx.temperature = chunk_size, temperature
@@ -99,9 +85,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         for start in range(0, len(ids), ctx.chunk_size):
             rows = slice(start, start + ctx.chunk_size)
             z = _scaled(torch.nn.functional.linear(hidden[rows], weight), ctx.temperature)     # [c, V]
-            g = grad_out[rows, None].float() / ctx.temperature                      # [c, 1]
-            dz = torch.exp(z - lse[rows, None]).mul_(-g)                            # d loss / d logit: (onehot - p) g / T
-            dz.scatter_add_(-1, ids[rows, None], g)
+            dz = _logit_grad(z, lse[rows], ids[rows], grad_out[rows], ctx.temperature)        # [c, V]
             if want_h:
                 grad_h[rows] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
             if want_w:
@@ -123,6 +107,28 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch
     return logp, (entropy if with_entropy else None)
 
 
+def _chunk_forward(chunk: torch.Tensor, ids: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                   entropy: torch.Tensor | None) -> None:
+    """Fill ``out`` (log p of ``ids``), ``lse`` and, if given, ``entropy`` [...] from one chunk's
+    float32 scaled logits [..., V]."""
+    lse.copy_(torch.logsumexp(chunk, dim=-1))
+    out.copy_(chunk.gather(-1, ids[..., None]).squeeze(-1) - lse)
+    if entropy is not None:
+        logp = chunk.log_softmax(-1)                # [..., V]; as entropy_from_logits computes it
+        entropy.copy_(-(logp.exp() * logp).sum(-1))
+
+
+def _logit_grad(z: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor, grad_out: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    """d loss / d logit of one chunk, float32 [..., V]: (onehot(ids) - softmax(z)) * grad_out / T,
+    where z is the chunk's scaled logits and lse their logsumexp."""
+    g = grad_out[..., None].float()                                                 # [..., 1]
+    if temperature != 1.0:
+        g = g / temperature                                   # the 1/T of d(logit / T) / d logit
+    grad = -torch.exp(z - lse[..., None]) * g                                       # [..., V]
+    return grad.scatter_add_(-1, ids[..., None], g)
+
+
 def _scaled(chunk: torch.Tensor, temperature: float) -> torch.Tensor:
     """A float32 ``chunk / temperature``; at T = 1 only the upcast, so the bits are unchanged."""
     chunk = chunk.float()                                                           # [B, C, V]
@@ -140,6 +146,14 @@ def chunked_token_logprobs(logits: torch.Tensor, ids: torch.Tensor, chunk_size: 
     -100 before calling.
     """
     return _apply(logits, ids, chunk_size, temperature, with_entropy=False)[0]
+
+
+def chunked_logprobs(logits: torch.Tensor, ids: torch.Tensor, chunk_size: int, *, temperature: float = 1.0,
+                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``chunked_token_logprobs``, and the entropy as ``chunked_token_logprobs_and_entropy``
+    gives it where ``with_entropy`` (else None): the shape ``linear_token_logprobs`` returns."""
+    logp, entropy = _apply(logits, ids, chunk_size, temperature, with_entropy)
+    return logp, (entropy if with_entropy else None)
 
 
 def chunked_token_logprobs_and_entropy(logits: torch.Tensor, ids: torch.Tensor, chunk_size: int, *,

@@ -13,7 +13,7 @@ from transformers import PreTrainedModel
 
 from r1lab.models.adapters import AdaptersOff, is_adapted, plain_model
 from r1lab.models.moe import is_moe, with_router_loss
-from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy
+from r1lab.losses.logprobs import chunked_logprobs
 from r1lab.rollout.types import left_pad
 from r1lab.train.distributed import local_module
 from r1lab.train.packed import packed_logprobs, supports as packs
@@ -88,9 +88,7 @@ def plain_completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperat
     float copy is made. ``aux_weight``: see :func:`completion_logits`.
     """
     logits, ids = completion_logits(model, batch, aux_weight)                  # [N, L, V], [N, L]
-    if with_entropy:
-        return chunked_token_logprobs_and_entropy(logits, ids, CHUNK_SIZE, temperature=temperature)
-    return chunked_token_logprobs(logits, ids, CHUNK_SIZE, temperature=temperature), None
+    return chunked_logprobs(logits, ids, CHUNK_SIZE, temperature=temperature, with_entropy=with_entropy)
 
 
 def completion_logits(model, batch: dict[str, torch.Tensor], aux_weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,4 +152,3 @@ def _in_parts(forward, batch: dict[str, torch.Tensor], micro_batch_size: int, au
 def _takes_logits_to_keep(model_class: type) -> bool:
     """Whether ``model_class.forward`` accepts HF's ``logits_to_keep`` (Llama, Qwen2, ... do)."""
     return "logits_to_keep" in inspect.signature(model_class.forward).parameters
-

@@ -27,9 +27,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy, linear_token_logprobs
+from r1lab.losses.logprobs import chunked_logprobs, linear_token_logprobs
 from r1lab.models.adapters import plain_model
 from r1lab.rollout.native import _config_window, supports as native_supports
+from r1lab.train.shared_prefix import completion_width
 
 
 # The plain path's chunks are [N, chunk_size, V] (N rows at a time); here rows are packed
@@ -71,11 +72,8 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
         logp, entropy = linear_token_logprobs(hidden, head.weight, targets, chunk_size * ROWS_PER_POSITION,
                                               temperature=temperature, with_entropy=with_entropy)
     else:                                                                       # e.g. an adapter on the head
-        logits, targets = head(hidden)[None], targets[None]                     # [1, C, V], [1, C]
-        if with_entropy:
-            logp, entropy = chunked_token_logprobs_and_entropy(logits, targets, chunk_size, temperature=temperature)
-        else:
-            logp, entropy = chunked_token_logprobs(logits, targets, chunk_size, temperature=temperature), None
+        logp, entropy = chunked_logprobs(head(hidden)[None], targets[None], chunk_size, temperature=temperature,
+                                         with_entropy=with_entropy)             # [1, C] each
         logp, entropy = logp[0], None if entropy is None else entropy[0]
     full = lambda values: torch.zeros(n, width, dtype=values.dtype, device=device).masked_scatter(mask, values)
     return full(logp), (full(entropy) if with_entropy else None)
@@ -87,7 +85,7 @@ class _Layout:
     Packed order: the U distinct prompts' tokens, prompt by prompt, then the completion tokens
     row by row. ``prompt_cells`` / ``completion_cells``: each packed token's flat index in the
     grid [U, P'] / [N, L'] (the grids attention runs on); ``row_prompt`` [N]: each row's prompt;
-    ``prompt_bias`` [N, 1, L', P' + L'] bool: what each completion query may attend to."""
+    ``completion_bias`` [N, 1, L', P' + L'] bool: what each completion query may attend to."""
 
     def __init__(self, batch: dict[str, torch.Tensor], mask: torch.Tensor, device):
         n, width = mask.shape
@@ -99,7 +97,7 @@ class _Layout:
         u_attn = prompts >= 0                                                   # [U, P]
         lengths = u_attn.sum(1)                                                 # [U]
         self.U, self.P = len(prompts), int(lengths.max())
-        self.L = max(1, int(mask.sum(1).max()))                                 # L': the longest completion
+        self.L = completion_width(mask)                                         # L': the longest completion
         # prompt u's j-th token goes to grid cell (u, j): right-padded, so causal attention needs no mask
         u_cols = torch.arange(self.P, device=device)
         u_grid = u_cols < lengths[:, None]                                      # [U, P'] valid cells

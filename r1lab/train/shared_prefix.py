@@ -34,7 +34,7 @@ import inspect
 
 import torch
 
-from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy
+from r1lab.losses.logprobs import chunked_logprobs
 from r1lab.models.adapters import plain_model
 from r1lab.train.distributed import local_module
 
@@ -46,7 +46,7 @@ def shared_prefix_logprobs(model, batch: dict[str, torch.Tensor], *, temperature
     device = next(model.parameters()).device
     mask = batch["completion_mask"].to(device)                                  # [N, L] bool
     n, width = mask.shape
-    kept = max(1, int(mask.any(0).nonzero().max()) + 1) if mask.any() else 1     # L': the longest completion
+    kept = completion_width(mask)                                               # L'
     ids, attn, pos = (batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids"))
     p_ids, p_attn, p_pos = ids[:, :-width], attn[:, :-width], pos[:, :-width]   # [N, P]
     start = int(p_attn.any(0).nonzero().min())                                  # the common left padding
@@ -66,14 +66,9 @@ def shared_prefix_logprobs(model, batch: dict[str, torch.Tensor], *, temperature
                  position_ids=pos[:, -width:][:, :kept], use_cache=True, **{keyword: cache})
     # the logits predicting completion token 0 are the prompt's last; token t > 0, completion t - 1's
     parts = [(head.logits[row_prompt], c_ids[:, :1]), (tail.logits[:, :-1], c_ids[:, 1:])]
-    logp, entropy = [], []
-    for logits, targets in parts:                                               # [N, 1, V] and [N, L'-1, V]
-        if with_entropy:
-            lp, ent = chunked_token_logprobs_and_entropy(logits, targets, chunk_size, temperature=temperature)
-            entropy.append(ent)
-        else:
-            lp = chunked_token_logprobs(logits, targets, chunk_size, temperature=temperature)
-        logp.append(lp)
+    logp, entropy = zip(*(chunked_logprobs(logits, targets, chunk_size, temperature=temperature,
+                                           with_entropy=with_entropy)
+                          for logits, targets in parts))                        # [N, 1] and [N, L'-1] each
     return _full_width(logp, mask), (_full_width(entropy, mask) if with_entropy else None)
 
 
@@ -85,7 +80,12 @@ def cache_keyword(model_class: type) -> str | None:
     return next((name for name in ("cache", "past_key_values") if name in params), None)
 
 
-def _full_width(parts: list[torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+def completion_width(mask: torch.Tensor) -> int:
+    """L': the columns of a completion mask [N, L] up to its last True one (at least 1)."""
+    return max(1, int(mask.any(0).nonzero().max()) + 1) if mask.any() else 1
+
+
+def _full_width(parts: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
     """The kept columns, then zeros to the batch's width; 0 at every masked position: [N, L]."""
     kept = torch.cat(parts, 1)                                                  # [N, L']
     full = torch.nn.functional.pad(kept, (0, mask.shape[1] - kept.shape[1]))
