@@ -3,7 +3,10 @@ gradients on Llama and Qwen2 (biases, grouped-query attention), with LoRA, mixed
 completion lengths, prompts shared by adjacent rows, by scattered rows or by none, whole and in
 micro-batches (the batches of tests/test_shared_prefix.py)."""
 
+import itertools
+
 import pytest
+import torch
 
 from r1lab.models.adapters import Lora, with_adapters
 from r1lab.train import forward, packed
@@ -44,3 +47,23 @@ def test_masked_positions_are_zero(tokenizer):
     logp, entropy = forward.completion_logprobs(model, batch, with_entropy=True)
     assert (logp[~batch["completion_mask"]] == 0).all() and (entropy[~batch["completion_mask"]] == 0).all()
     assert (logp[batch["completion_mask"]] < 0).all()
+
+
+def test_buckets_are_the_cheapest_split_of_the_rows_by_length():
+    """Every row with a completion token is in one bucket, each bucket's width is its longest
+    row's, and the cells are the fewest of any split of the rows sorted by length into at
+    most MAX_BUCKETS runs (checked by trying every split)."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        widths = torch.randint(0, 12, (int(torch.randint(1, 10, (1,), generator=g)),), generator=g)
+        buckets = packed._buckets(widths, prompt_len=5)
+        rows = torch.cat([b.rows for b in buckets]) if buckets else torch.zeros(0, dtype=torch.long)
+        assert sorted(rows.tolist()) == (widths > 0).nonzero().squeeze(1).tolist()
+        assert len(buckets) <= packed.MAX_BUCKETS
+        assert all(b.width == int(widths[b.rows].max()) for b in buckets)
+        cells = lambda groups: sum(len(r) * (5 + 2 * max(r)) for r in groups)
+        sizes = sorted((w for w in widths.tolist() if w), reverse=True)
+        splits = [[sizes[i:j] for i, j in zip((0, *cut), (*cut, len(sizes)))]
+                  for k in range(min(packed.MAX_BUCKETS, len(sizes)))
+                  for cut in itertools.combinations(range(1, len(sizes)), k)]
+        assert cells([widths[b.rows].tolist() for b in buckets]) == min(map(cells, splits), default=0)

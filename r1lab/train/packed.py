@@ -9,9 +9,13 @@ packed list of tokens instead:
   T = sum of prompt lengths + sum of completion lengths. Norms, q/k/v/o projections, MLP and
   the LM head run on these T rows alone (they hold ~70% of a forward's time);
 - attention alone runs on padded grids: prompts right-aligned at column 0 of [U, P'] with
-  causal attention (a real query never sees the padding after it), and completions [N, L']
-  attending to their prompt's keys (selected per row: the backward adds the G rows'
-  gradients into the shared prompt) and causally to their own;
+  causal attention (a real query never sees the padding after it), and completions attending
+  to their prompt's keys (selected per row: the backward adds the G rows' gradients into the
+  shared prompt) and causally to their own, on up to four grids [n_b, L_b] of rows of like
+  length (``_buckets``), so that a grid is mostly tokens, not padding;
+- norms and MLPs keep less for backward than HF's modules do (r1lab/train/lean_ops.py), and no
+  grid keeps a copy of the tokens it was filled from: autograd keeps 0.59x of what it kept
+  without these, 0.29x of the padded forward's (benchmarks/saved_activations.py);
 - only the positions that predict a completion token reach the LM head: each prompt's last
   (for token 0) and each completion token but the last; the head's matmul runs inside the
   log-prob chunk loop (r1lab/losses/logprobs.py ``linear_token_logprobs``), so no [C, V]
@@ -30,6 +34,7 @@ import torch.nn.functional as F
 from r1lab.losses.logprobs import chunked_logprobs, linear_token_logprobs
 from r1lab.models.adapters import plain_model
 from r1lab.rollout.native import _config_window, supports as native_supports
+from r1lab.train import lean_ops
 from r1lab.train.shared_prefix import completion_width
 
 
@@ -62,10 +67,10 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
     cos, sin = hf.model.rotary_emb(x, layout.pos[None])                         # [1, T, D] each
     cos, sin = cos[0, :, None], sin[0, :, None]                                 # [T, 1, D]
     for block in hf.model.layers:
-        h = block.input_layernorm(x)
+        h = lean_ops.rms_norm(block.input_layernorm, x)
         x = x + block.self_attn.o_proj(_attention(block.self_attn, h, cos, sin, layout))
-        x = x + block.mlp(block.post_attention_layernorm(x))
-    hidden = hf.model.norm(x[layout.predictors])                                # [C, d]: C completion tokens
+        x = x + lean_ops.mlp(block.mlp, lean_ops.rms_norm(block.post_attention_layernorm, x))
+    hidden = lean_ops.rms_norm(hf.model.norm, x[layout.predictors])             # [C, d]: C completion tokens
     targets = layout.ids[layout.targets]                                        # [C]
     head = hf.lm_head
     if type(head) is torch.nn.Linear and head.bias is None:                     # no [C, V] logits kept
@@ -83,9 +88,10 @@ class _Layout:
     """Where each token of the packed list sits in the prompt and completion grids.
 
     Packed order: the U distinct prompts' tokens, prompt by prompt, then the completion tokens
-    row by row. ``prompt_cells`` / ``completion_cells``: each packed token's flat index in the
-    grid [U, P'] / [N, L'] (the grids attention runs on); ``row_prompt`` [N]: each row's prompt;
-    ``completion_bias`` [N, 1, L', P' + L'] bool: what each completion query may attend to."""
+    bucket by bucket, row by row (``_buckets``: rows of like length share a grid, so padding
+    stays small). ``prompt_cells``: each prompt token's flat index in the grid [U, P'];
+    ``predictors`` / ``targets`` [C]: the packed index of the token predicting / being each
+    completion token, in the row-major order of the completion mask."""
 
     def __init__(self, batch: dict[str, torch.Tensor], mask: torch.Tensor, device):
         n, width = mask.shape
@@ -93,37 +99,86 @@ class _Layout:
         pos = batch["position_ids"].to(device)
         p_attn = batch["attention_mask"].to(device)[:, :-width].bool()         # [N, P]
         p_ids = ids[:, :-width].masked_fill(~p_attn, -1)                       # padding -> -1, so prompts compare by content
-        prompts, self.row_prompt = torch.unique(p_ids, dim=0, return_inverse=True)   # [U, P], [N]
+        prompts, row_prompt = torch.unique(p_ids, dim=0, return_inverse=True)  # [U, P], [N]
         u_attn = prompts >= 0                                                   # [U, P]
         lengths = u_attn.sum(1)                                                 # [U]
         self.U, self.P = len(prompts), int(lengths.max())
-        self.L = completion_width(mask)                                         # L': the longest completion
+        L = completion_width(mask)                                              # L': the longest completion
         # prompt u's j-th token goes to grid cell (u, j): right-padded, so causal attention needs no mask
         u_cols = torch.arange(self.P, device=device)
         u_grid = u_cols < lengths[:, None]                                      # [U, P'] valid cells
         self.prompt_cells = u_grid.flatten().nonzero().squeeze(1)               # [Tp]
         p_tokens = prompts[u_attn]                                              # [Tp], in (u, j) order
         p_pos = u_cols.expand(self.U, -1)[u_grid]
-        c_mask = mask[:, :self.L]                                               # [N, L']
-        self.completion_cells = c_mask.flatten().nonzero().squeeze(1)           # [Tc]
-        c_tokens = ids[:, -width:][:, :self.L][c_mask]                          # [Tc]
-        c_pos = pos[:, -width:][:, :self.L][c_mask]
-        self.ids = torch.cat([p_tokens, c_tokens])                              # [T]
-        self.pos = torch.cat([p_pos, c_pos])                                    # [T]
-        tp = len(p_tokens)
+        tp = self.n_prompt_tokens = len(p_tokens)
+        c_mask = mask[:, :L]                                                    # [N, L']
+        widths = torch.where(c_mask.any(1), L - c_mask.flip(1).int().argmax(1), 0)   # [N]: up to the last token
+        self.buckets = _buckets(widths, self.P)
+        order = torch.cat([b.rows for b in self.buckets]) if self.buckets else widths.new_zeros(0)
+        o_mask = c_mask[order]                                                  # [M, L']: rows in packed order
+        r, t = o_mask.nonzero().unbind(1)                                       # each completion token's (row, column)
+        self.ids = torch.cat([p_tokens, ids[:, -width:][:, :L][order][o_mask]])  # [T]
+        self.pos = torch.cat([p_pos, pos[:, -width:][:, :L][order][o_mask]])  # [T]
+        first = 0
+        for b in self.buckets:                                                  # cells of the tokens of rows [first, first + n_b)
+            mine = (r >= first) & (r < first + len(b.rows))
+            b.start, b.stop = tp + int(mine.nonzero()[0]), tp + int(mine.nonzero()[-1]) + 1
+            b.cells = (r[mine] - first) * b.width + t[mine]
+            b.row_prompt = row_prompt[b.rows]
+            keys_prompt = (u_cols < lengths[b.row_prompt, None])[:, None, :].expand(-1, b.width, -1)
+            causal = torch.ones(b.width, b.width, dtype=torch.bool, device=device).tril()
+            keys_own = causal[None] & c_mask[b.rows, None, :b.width]          # [n_b, L_b, L_b]
+            b.bias = torch.cat([keys_prompt, keys_own], -1)[:, None]           # [n_b, 1, L_b, P' + L_b]
+            first += len(b.rows)
         # the packed index of completion cell (i, t): -1 where masked
-        at = torch.full((n * self.L,), -1, dtype=torch.long, device=device)
-        at[self.completion_cells] = tp + torch.arange(len(c_tokens), device=device)
-        at = at.view(n, self.L)
+        at = torch.full((n, L), -1, dtype=torch.long, device=device)
+        at[order[r], t] = tp + torch.arange(len(r), device=device)
         last_prompt = torch.cumsum(lengths, 0) - 1                              # [U]: packed index of each prompt's end
-        before = torch.cat([last_prompt[self.row_prompt, None], at[:, :-1]], 1)  # [N, L']: who predicts (i, t)
-        self.predictors = before[c_mask]                                        # [Tc]
-        self.targets = at[c_mask]                                               # [Tc]
-        keys_prompt = (u_cols < lengths[self.row_prompt, None])[:, None, :].expand(n, self.L, self.P)
-        causal = torch.ones(self.L, self.L, dtype=torch.bool, device=device).tril()
-        keys_own = causal[None] & c_mask[:, None, :]                            # [N, L', L']
-        self.completion_bias = torch.cat([keys_prompt, keys_own], -1)[:, None]  # [N, 1, L', P' + L']
-        self.n_prompt_tokens = tp
+        before = torch.cat([last_prompt[row_prompt, None], at[:, :-1]], 1)      # [N, L']: who predicts (i, t)
+        self.predictors = before[c_mask]                                        # [C]
+        self.targets = at[c_mask]                                               # [C]
+
+
+class _Bucket:
+    """Rows whose completions attend on one grid [n_b, L_b] (``rows``: their indices in the
+    batch, longest first); ``start:stop``, their tokens' span of the packed list; ``cells``,
+    each token's flat index in the grid; ``bias`` [n_b, 1, L_b, P' + L_b]: what each query
+    may attend to (its prompt's tokens, and its own completion causally)."""
+
+    def __init__(self, rows: torch.Tensor, width: int):
+        self.rows, self.width = rows, width
+
+
+# At most this many completion grids per forward: each is one attention call per layer.
+MAX_BUCKETS = 4
+
+
+def _buckets(widths: torch.Tensor, prompt_len: int) -> list[_Bucket]:
+    """Rows with a completion token, longest first, split into at most MAX_BUCKETS runs so that
+    the cells attention works on, sum of n_b * (P' + 2 L_b) (queries, and keys of prompt and
+    completion), are fewest: an exact dynamic programme over the distinct widths."""
+    order = torch.sort(widths, descending=True, stable=True).indices
+    order = order[widths[order] > 0]
+    if not len(order):
+        return []
+    distinct, counts = torch.unique_consecutive(widths[order], return_counts=True)
+    w, c = distinct.tolist(), counts.tolist()                                  # descending widths, rows of each
+    k = len(w)
+    before = [0]
+    for ci in c:
+        before.append(before[-1] + ci)                                          # rows of widths w[:j]
+    cost = lambda i, j: (before[j] - before[i]) * (prompt_len + 2 * w[i])     # one grid for widths w[i:j]
+    best = {(1, j): (cost(0, j), 0) for j in range(1, k + 1)}                  # (groups, j) -> (cells, split)
+    for g in range(2, min(MAX_BUCKETS, k) + 1):
+        for j in range(g, k + 1):
+            best[g, j] = min((best[g - 1, i][0] + cost(i, j), i) for i in range(g - 1, j))
+    g = min(range(1, min(MAX_BUCKETS, k) + 1), key=lambda g: best[g, k][0])
+    splits, j = [], k
+    while g:
+        i = best[g, j][1]
+        splits.append((i, j))
+        j, g = i, g - 1
+    return [_Bucket(order[before[i]:before[j]], w[i]) for i, j in reversed(splits)]
 
 
 def _attention(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: _Layout) -> torch.Tensor:
@@ -137,19 +192,19 @@ def _attention(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layo
     v = attn.v_proj(h).view(T, K, D)
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
-    tp, U, P, L = layout.n_prompt_tokens, layout.U, layout.P, layout.L
-    n = len(layout.row_prompt)
+    tp, U, P = layout.n_prompt_tokens, layout.U, layout.P
 
     def grid(x, rows, cols, cells, start, stop):                                # packed [t, h, D] -> [rows, h, cols, D]
-        out = x.new_zeros(rows * cols, x.shape[1], D).index_copy(0, cells, x[start:stop])
+        out = x.new_zeros(rows * cols, x.shape[1], D).index_put((cells,), x[start:stop])  # keeps no copy of x
         return out.view(rows, cols, x.shape[1], D).transpose(1, 2)
 
-    qp, kp, vp = (grid(x, U, P, layout.prompt_cells, 0, tp) for x in (q, k, v))  # [U, *, P', D]
-    qc, kc, vc = (grid(x, n, L, layout.completion_cells, tp, T) for x in (q, k, v))  # [N, *, L', D]
     gqa = H != K
-    out_p = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=gqa)    # [U, H, P', D]
-    keys = torch.cat([kp.index_select(0, layout.row_prompt), kc], 2)          # [N, K, P' + L', D]
-    values = torch.cat([vp.index_select(0, layout.row_prompt), vc], 2)
-    out_c = F.scaled_dot_product_attention(qc, keys, values, attn_mask=layout.completion_bias, enable_gqa=gqa)
     flat = lambda o, cells: o.transpose(1, 2).reshape(-1, H * D).index_select(0, cells)
-    return torch.cat([flat(out_p, layout.prompt_cells), flat(out_c, layout.completion_cells)])  # [T, H * D]
+    qp, kp, vp = (grid(x, U, P, layout.prompt_cells, 0, tp) for x in (q, k, v))  # [U, *, P', D]
+    out = [flat(F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=gqa), layout.prompt_cells)]
+    for b in layout.buckets:
+        qc, kc, vc = (grid(x, len(b.rows), b.width, b.cells, b.start, b.stop) for x in (q, k, v))  # [n_b, *, L_b, D]
+        keys = torch.cat([kp.index_select(0, b.row_prompt), kc], 2)            # [n_b, K, P' + L_b, D]
+        values = torch.cat([vp.index_select(0, b.row_prompt), vc], 2)
+        out.append(flat(F.scaled_dot_product_attention(qc, keys, values, attn_mask=b.bias, enable_gqa=gqa), b.cells))
+    return torch.cat(out)                                                       # [T, H * D]

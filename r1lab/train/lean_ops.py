@@ -1,0 +1,102 @@
+"""The packed walk's norms and MLPs with what autograd keeps for backward cut to what it needs.
+
+HF's ``LlamaRMSNorm`` (Qwen2's is the same formula) keeps its input and its normalised output
+for backward, and ``LlamaMLP`` keeps gate, silu(gate), up and their product: 2 and 4 tensors
+the size of the layer's tokens. Here the norm keeps its input and one scalar per token, and
+the MLP keeps gate and up (and not silu(gate) * up, the down projection's input, unless an
+adapter sits on it); what backward needs besides is recomputed there, elementwise, at no
+matmul's cost. The forward computes what HF's does, in the same order; each falls back to
+the module itself where it is not the plain HF one (another class, an activation other than
+SiLU, a PEFT adapter on the norm). tests/test_packed.py checks log-probs and gradients
+against the plain HF forward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm
+
+NORMS = (LlamaRMSNorm, Qwen2RMSNorm)
+MLPS = (LlamaMLP, Qwen2MLP)
+
+
+def rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
+    if type(norm) not in NORMS:
+        return norm(x)
+    return _RMSNorm.apply(x, norm.weight, norm.variance_epsilon)
+
+
+def mlp(block_mlp, x: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)); the projections are the module's own (LoRA layers work)."""
+    if type(block_mlp) not in MLPS or block_mlp.config.hidden_act not in ("silu", "swish"):
+        return block_mlp(x)
+    gate, up, down = block_mlp.gate_proj(x), block_mlp.up_proj(x), block_mlp.down_proj
+    if type(down) is torch.nn.Linear:                       # not an adapter: its input need not be kept
+        return _SwiGLUDown.apply(gate, up, down.weight, down.bias)
+    return down(_SwiGLU.apply(gate, up))
+
+
+class _RMSNorm(torch.autograd.Function):
+    """w * x * rsqrt(mean(x^2) + eps) over the last dimension, in float32 (the models here
+    train in float32; HF casts to it and back)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        rstd = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)              # [..., 1]
+        ctx.save_for_backward(x, weight, rstd)
+        return weight * (x * rstd)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        normed = x * rstd
+        grad_weight = (grad * normed).reshape(-1, x.shape[-1]).sum(0) if ctx.needs_input_grad[1] else None
+        gw = grad * weight
+        # d(x * rstd)/dx applied to gw: rstd * (gw - normed * mean(gw * normed))
+        grad_x = rstd * (gw - normed * (gw * normed).mean(-1, keepdim=True))
+        return grad_x, grad_weight, None
+
+
+class _SwiGLU(torch.autograd.Function):
+    """silu(gate) * up, keeping gate and up only."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up = ctx.saved_tensors
+        return _swiglu_grads(gate, up, grad)[:2]
+
+
+class _SwiGLUDown(torch.autograd.Function):
+    """F.linear(silu(gate) * up, weight, bias), keeping gate and up only: backward recomputes
+    the product for the weight's gradient."""
+
+    @staticmethod
+    def forward(ctx, gate, up, weight, bias):
+        ctx.save_for_backward(gate, up, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(F.silu(gate) * up, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, weight = ctx.saved_tensors
+        grad_gate, grad_up, product = _swiglu_grads(gate, up, grad @ weight)
+        flat = grad.reshape(-1, grad.shape[-1])
+        grad_weight = flat.t() @ product.reshape(-1, product.shape[-1]) if ctx.needs_input_grad[2] else None
+        grad_bias = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return grad_gate, grad_up, grad_weight, grad_bias
+
+
+def _swiglu_grads(gate, up, grad):
+    """The gradients to gate and up of silu(gate) * up given the product's gradient ``grad``,
+    and the product itself."""
+    sig = torch.sigmoid(gate)
+    silu = gate * sig
+    # silu'(g) = sig * (1 + g * (1 - sig)) = sig + silu * (1 - sig)
+    return grad * up * (sig + silu * (1 - sig)), grad * silu, silu * up
