@@ -221,10 +221,11 @@ def one_turn(side: str, model_dir: Path, steps: int, mb: int) -> dict:
             "peak_rss_mb": peak, "peak_rss_rise_mb": round(peak - base_rss, 1)}
 
 
-def in_subprocess(side: str, model_dir: Path, steps: int, mb: int, threads: int) -> dict:
+def in_subprocess(side: str, model_dir: Path, steps: int, mb: int, threads: int, tunables: str | None) -> dict:
     cmd = [sys.executable, __file__, "--one", side, "--model", str(model_dir), "--steps", str(steps),
            "--micro-batch", str(mb), "--threads", str(threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **({"GLIBC_TUNABLES": tunables} if tunables else {})}
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
         raise RuntimeError(f"{side} turn failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.splitlines()[-1])
@@ -235,7 +236,7 @@ def compare(shape: str, model_dir: Path, args) -> dict:
     turns = {"r1lab": [], "trl": []}
     for _ in range(args.turns):
         for side in turns:
-            turns[side].append(in_subprocess(side, model_dir, args.steps, mb, args.threads))
+            turns[side].append(in_subprocess(side, model_dir, args.steps, mb, args.threads, args.glibc_tunables))
             print(f"{shape} {side}: {json.dumps(turns[side][-1])}", file=sys.stderr, flush=True)
     from transformers import AutoModelForCausalLM
     entry = {"model": str(model_dir), "params": AutoModelForCausalLM.from_pretrained(model_dir).num_parameters(),
@@ -259,6 +260,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each subprocess")
     ap.add_argument("--micro-batch", type=int, default=None,
                     help=f"rows per forward/backward on both sides, 0 = all {ROWS} (default: {MICRO_BATCH})")
+    ap.add_argument("--glibc-tunables", help="GLIBC_TUNABLES for both sides' turns, e.g. "
+                    "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576 (malloc gives big blocks back at once)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/r1lab-grpo-step"), help="where the bases are pre-trained")
     for shape, steps in PRETRAIN_STEPS.items():
         ap.add_argument(f"--pretrain-steps-{shape}", type=int, default=steps, help=f"pretrain steps of {shape}")
@@ -271,6 +274,7 @@ def main() -> None:
         return
     result = {"bench": "grpo_step", "prompts": PROMPTS, "group": GROUP, "max_new_tokens": MAX_NEW_TOKENS,
               "beta": BETA, "threads": args.threads, "turns": args.turns, "steps": args.steps,
+              "glibc_tunables": args.glibc_tunables,
               "loadavg_start": os.getloadavg()}
     for shape in args.shapes.split(","):
         steps = getattr(args, f"pretrain_steps_{shape}")
