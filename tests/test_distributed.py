@@ -290,6 +290,25 @@ stages:
     micro_batch_size: 3
     sampling: {{max_new_tokens: 12}}
     rewards: {{format: 0.5, reward_model: {{weight: 1.0, model: {rm}}}}}
+  - kind: grpo
+    name: rl-lora
+    init: {lm}
+    steps: 2
+    prompts_per_step: 4
+    general_prompts: 4             # judged by the reward model, whose rewards differ: RL moves
+    group_size: 4
+    micro_batch_size: 4
+    lora: {{r: 4, alpha: 8}}       # the KL reference: the sharded model with its adapters off
+    optim: {{lr: 1e-2}}
+    sampling: {{max_new_tokens: 12}}
+    rewards: {{format: 0.5, reward_model: {{weight: 1.0, model: {rm}}}}}
+  - kind: reward_model
+    name: rm
+    init: base
+    data: {pairs}
+    batch_size: 4
+    micro_batch_size: 2
+    val_fraction: 0.2
 """
 
 
@@ -298,11 +317,17 @@ def test_fsdp2_shards_train_as_one_process_does_and_resume(tmp_path, tokenizer):
     """data_parallel fsdp2 on 2 gloo ranks: weights sharded, gathered for each forward and whole
     for decoding, checkpoints and saved models gathered onto rank 0. Against one process with the
     same global batch: weights to 2e-6 (DPO's summed log-probs at lr 1e-3 round the most) and
-    every logged value but PPO's loss statistics to 1e-4; GRPO resumes on 2 ranks exactly."""
+    every logged value but PPO's loss statistics to 1e-4, for SFT, DPO, distillation, PPO, GRPO
+    (also with LoRA adapters) and a reward model; GRPO resumes on 2 ranks exactly."""
     config, one, two = one_and_two_ranks(tmp_path, tokenizer, FSDP2_CONFIG)
     for stage in ("0-base", "1-sft", "2-dpo", "3-distill", "5-rl"):
         assert_same(one, two, stage, tol=2e-6)
     assert_same(one, two, "4-ppo", tol=2e-6, skip=LOSS_STATS + PPO_STATS)
     assert json.loads((two / "stages" / "5-rl" / "model" / "config.json").read_text())["architectures"] == [
         "LlamaForCausalLM"]                                          # saved as the plain class
+    assert_same(one, two, "6-rl-lora", tol=2e-6)                     # LoRA: adapters decoded merged, saved merged
+    start = load_file(tmp_path / "lm" / "model.safetensors")
+    assert max((w - start[k]).abs().max().item() for k, w in weights(two, "6-rl-lora").items()) > 1e-5
+    assert (two / "stages" / "6-rl-lora" / "adapter" / "adapter_config.json").is_file()
+    assert_same(one, two, "7-rm", tol=2e-6)
     assert_resumes(config, two, "5-rl", tmp_path / "resumed")

@@ -85,14 +85,20 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def sequence_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """[B] float32 rewards: the score head on the backbone's hidden state at each row's last
-    real token. Unlike HF's own pooling it never looks for the pad id, which may equal EOS."""
+    """[B] float32 rewards: the score head's output at each row's last real token. Unlike HF's
+    own pooling it never looks for the pad id, which may equal EOS: the head's output at every
+    position is caught on its way out of the model's own forward (which an FSDP2-sharded model
+    needs to run, to gather its weights) and picked here."""
     device = next(model.parameters()).device
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
-    hidden = model.base_model(**inputs).last_hidden_state                            # [B, L, H]
+    scores = []
+    hook = model.score.register_forward_hook(lambda module, args, out: scores.append(out))
+    try:
+        model(**inputs, use_cache=False)
+    finally:
+        hook.remove()
     last = last_token_index(inputs["attention_mask"])                               # [B]
-    picked = hidden[torch.arange(hidden.shape[0], device=device), last]             # [B, H]
-    return model.score(picked).squeeze(-1).float()                                   # [B]
+    return scores[0][torch.arange(len(last), device=device), last, 0].float()        # [B]
 
 
 class RewardModelScorer:

@@ -22,7 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.distributed.fsdp import FSDPModule
 
-from r1lab.models.adapters import merged_for_decoding
+from r1lab.models.adapters import merged_for_decoding, plain_model
 from r1lab.rollout import hf, native, vllm
 from r1lab.rollout.types import Rollout
 
@@ -60,18 +60,19 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
     once per model type); ``native`` refuses a model it does not decode exactly. A PEFT
     model decodes with its adapters merged (r1lab/models/adapters.py), an FSDP2-sharded one with
     its weights gathered whole for the duration (every rank generates at once)."""
-    with merged_for_decoding(model) as plain:
+    sharded = isinstance(model, FSDPModule)
+    if sharded and backend == "vllm":
+        raise ValueError("the vllm backend does not take an FSDP2-sharded model yet; use data_parallel ddp")
+    if sharded and not native.supports(plain_model(model)):  # hf's loop runs a forward per token: ranks would fall out of step
+        kind = getattr(model.config, "model_type", type(model).__name__)
+        raise ValueError(f"an FSDP2-sharded {kind} model cannot be decoded: the native backend does not "
+                         f"cover it; use data_parallel ddp")
+    with unsharded(model), merged_for_decoding(model) as plain:     # gathered first: adapters merge into whole weights
         if backend == "vllm":
-            if isinstance(plain, FSDPModule):
-                raise ValueError("the vllm backend does not take an FSDP2-sharded model yet; use data_parallel ddp")
             return vllm.generate(plain, prompts, **kw)
         if native.supports(plain) and backend in ("auto", "native"):
-            with unsharded(plain):
-                return native.generate(plain, prompts, **kw)
+            return native.generate(plain, prompts, **kw)
         kind = getattr(plain.config, "model_type", type(plain).__name__)
-        if isinstance(plain, FSDPModule):       # hf's loop runs a forward per token: ranks would fall out of step
-            raise ValueError(f"an FSDP2-sharded {kind} model cannot be decoded: the native backend does not "
-                             f"cover it; use data_parallel ddp")
         if backend == "native":
             raise ValueError(f"backend native does not decode {kind} models exactly; use backend hf or auto")
         if backend == "auto" and kind not in _TOLD:

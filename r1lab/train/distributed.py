@@ -11,7 +11,8 @@ single process would take. The run's ``data_parallel`` picks how the model is he
 - ``fsdp2``: sharded over the ranks with PyTorch's ``fully_shard`` (each decoder layer, then the
   rest), for models whose weights, gradients and AdamW moments do not fit on one device. Weights
   are gathered layer by layer for each forward and whole for decoding (r1lab/rollout); the
-  reference model of a KL penalty stays a whole copy. Not with LoRA or MoE models yet.
+  reference model of a KL penalty stays a whole copy (with LoRA there is none: the reference is
+  the sharded model with its adapters off). Not with MoE models yet.
 
 Both average gradients over ranks during the backward pass; so that the sum over ranks is the
 single-process gradient, a rank's loss is its share of the global batch's loss
@@ -42,6 +43,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_model_state_dict, set_optimizer_state_dict)
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
+
+from r1lab.models.adapters import plain_model
 
 # Ranks wait for rank 0 while it runs a stage that trains nothing (an eval, rejection sampling).
 WAIT = datetime.timedelta(hours=6)
@@ -149,10 +152,11 @@ class Dist:
         included) with gradient exchange off except for the last, which exchanges the sum."""
         size = size or n
         starts = list(range(0, n, size))
+        sharded = [m for m in model.modules() if isinstance(m, FSDPModule)][:1]   # the root (maybe under a forward module)
         for j, i in enumerate(starts):
             last = j == len(starts) - 1
-            if isinstance(model, FSDPModule):
-                model.set_requires_gradient_sync(last)
+            for root in sharded:
+                root.set_requires_gradient_sync(last)
             sync = last or not isinstance(model, DistributedDataParallel)
             with contextlib.nullcontext() if sync else model.no_sync():
                 yield slice(i, i + size)
@@ -177,10 +181,13 @@ def _all_reduce(t: torch.Tensor) -> torch.Tensor:
 
 def _shard(model, find_unused: bool):
     """``fully_shard`` on each of the model's decoder layers (the classes HF lists in
-    ``_no_split_modules``), then on the whole, so that embeddings and a tied head share one unit."""
-    if hasattr(model, "peft_config") or find_unused:
-        raise DistributedError("data_parallel fsdp2 does not cover LoRA adapters or mixture-of-experts "
-                               "models yet; use data_parallel: ddp")
+    ``_no_split_modules``), then on the whole, so that embeddings and a tied head share one unit.
+    A PEFT model is sharded whole, frozen base weights and adapters alike (FSDP2 shards each
+    parameter on its own, so a unit may mix trainable and frozen ones); only the adapters get
+    gradients and AdamW moments."""
+    if find_unused:
+        raise DistributedError("data_parallel fsdp2 does not cover mixture-of-experts models yet; "
+                               "use data_parallel: ddp")
     names = {n for m in model.modules() for n in (getattr(m, "_no_split_modules", None) or [])}
     for layer in [m for m in model.modules() if type(m).__name__ in names]:
         fully_shard(layer)
@@ -210,18 +217,27 @@ def load_full_state_dicts(model, optimizer, model_state: dict, optimizer_state: 
 
 def whole_model(model):
     """A model to save: an FSDP2 model's weights gathered into a plain copy of its class on rank 0
-    (collective; None on the other ranks), any other model as it is."""
+    (collective; None on the other ranks), with its adapters if it has them; any other model as
+    it is."""
     if not isinstance(model, FSDPModule):
         return model
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if tdist.get_rank() != 0:
         return None
-    plain_class = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))
+    inner = plain_model(model)                          # a PEFT model's transformers model, else model
     with torch.device("meta"):
-        plain = plain_class(model.config)
+        plain = _plain_class(inner)(inner.config)
+        if inner is not model:                          # the same adapters around it, to load into
+            from peft import get_peft_model
+            plain = get_peft_model(plain, model.peft_config[model.active_adapter])
     plain.load_state_dict(state, assign=True)
-    plain.tie_weights()
+    plain_model(plain).tie_weights()
     return plain
+
+
+def _plain_class(module) -> type:
+    """The class ``module`` had before ``fully_shard`` swapped in its FSDP subclass."""
+    return next(c for c in type(module).__mro__ if not issubclass(c, FSDPModule))
 
 
 def from_env(strategy: str = "ddp", device: str = "auto") -> Dist:

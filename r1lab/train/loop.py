@@ -31,7 +31,7 @@ import torch
 from r1lab.models.adapters import save_adapted
 from r1lab.models.moe import is_moe, pop_logged
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
-from r1lab.train.distributed import SINGLE, Dist, DistributedError, whole_model
+from r1lab.train.distributed import SINGLE, Dist, whole_model
 from r1lab.train.metrics import MetricsLogger
 from r1lab.train.optim import Optim, build_optimizer, build_scheduler, optimizer_step
 from r1lab.train.progress import progress_bar, show
@@ -73,10 +73,13 @@ class TrainLoop:
         self.skipped = self.in_a_row = 0            # optimizer steps skipped for a non-finite gradient
         self.total, self.checkpoint_every = total_steps, checkpoint_every
         steps = optimizer_steps or total_steps
-        if forward is not None and dist.sharded:
-            raise DistributedError(f"stage {stage!r} ({kind}) does not run under data_parallel fsdp2 yet; use ddp")
-        # wrapped before the optimizers are made: FSDP2 replaces the parameters it shards
-        self.wrapped = dist.wrap(forward or model, find_unused=is_moe(model))  # unrouted experts get no gradient
+        # wrapped before the optimizers are made: FSDP2 replaces the parameters it shards. DDP wraps
+        # the module whose forward the step calls; FSDP2 shards the model in place, under it.
+        if dist.sharded:
+            dist.wrap(model, find_unused=is_moe(model))                 # in place
+            self.wrapped = forward or model
+        else:
+            self.wrapped = dist.wrap(forward or model, find_unused=is_moe(model))  # unrouted experts get no gradient
         self.opt, self.sched = _optimizer_and_schedule(model, optim, steps)
         self.companions = {}
         for name, (m, o) in (companions or {}).items():
