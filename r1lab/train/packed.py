@@ -14,8 +14,8 @@ packed list of tokens instead:
   shared prompt) and causally to their own, on up to four grids [n_b, L_b] of rows of like
   length (``_buckets``), so that a grid is mostly tokens, not padding;
 - norms and MLPs keep less for backward than HF's modules do (r1lab/train/lean_ops.py), and no
-  grid keeps a copy of the tokens it was filled from: autograd keeps 0.59x of what it kept
-  without these, 0.29x of the padded forward's (benchmarks/saved_activations.py);
+  grid keeps a copy of the tokens it was filled from: autograd keeps 0.51x of what it kept
+  without these, 0.25x of the padded forward's (benchmarks/saved_activations.py);
 - only the positions that predict a completion token reach the LM head: each prompt's last
   (for token 0) and each completion token but the last; the head's matmul runs inside the
   log-prob chunk loop (r1lab/losses/logprobs.py ``linear_token_logprobs``), so no [C, V]
