@@ -57,13 +57,13 @@ def test_buckets_are_the_cheapest_split_of_the_rows_by_length():
     for _ in range(20):
         widths = torch.randint(0, 12, (int(torch.randint(1, 10, (1,), generator=g)),), generator=g)
         buckets = packed._buckets(widths, prompt_len=5)
-        rows = torch.cat([b.rows for b in buckets]) if buckets else torch.zeros(0, dtype=torch.long)
+        rows = torch.cat([r for r, _ in buckets]) if buckets else torch.zeros(0, dtype=torch.long)
         assert sorted(rows.tolist()) == (widths > 0).nonzero().squeeze(1).tolist()
         assert len(buckets) <= packed.MAX_BUCKETS
-        assert all(b.width == int(widths[b.rows].max()) for b in buckets)
+        assert all(w == int(widths[r].max()) for r, w in buckets)
         cells = lambda groups: sum(len(r) * (5 + 2 * max(r)) for r in groups)
         sizes = sorted((w for w in widths.tolist() if w), reverse=True)
         splits = [[sizes[i:j] for i, j in zip((0, *cut), (*cut, len(sizes)))]
                   for k in range(min(packed.MAX_BUCKETS, len(sizes)))
                   for cut in itertools.combinations(range(1, len(sizes)), k)]
-        assert cells([widths[b.rows].tolist() for b in buckets]) == min(map(cells, splits), default=0)
+        assert cells([widths[r].tolist() for r, _ in buckets]) == min(map(cells, splits), default=0)

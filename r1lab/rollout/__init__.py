@@ -64,15 +64,14 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
     if sharded and backend == "vllm":
         raise ValueError("the vllm backend does not take an FSDP2-sharded model yet; use data_parallel ddp")
     if sharded and not native.supports(plain_model(model)):  # hf's loop runs a forward per token: ranks would fall out of step
-        kind = getattr(model.config, "model_type", type(model).__name__)
-        raise ValueError(f"an FSDP2-sharded {kind} model cannot be decoded: the native backend does not "
+        raise ValueError(f"an FSDP2-sharded {_kind(model)} model cannot be decoded: the native backend does not "
                          f"cover it; use data_parallel ddp")
     with unsharded(model), merged_for_decoding(model) as plain:     # gathered first: adapters merge into whole weights
         if backend == "vllm":
             return vllm.generate(plain, prompts, **kw)
         if native.supports(plain) and backend in ("auto", "native"):
             return native.generate(plain, prompts, **kw)
-        kind = getattr(plain.config, "model_type", type(plain).__name__)
+        kind = _kind(plain)
         if backend == "native":
             raise ValueError(f"backend native does not decode {kind} models exactly; use backend hf or auto")
         if backend == "auto" and kind not in _TOLD:
@@ -80,6 +79,11 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
             print(f"r1lab: the native decoder does not cover {kind} models (e.g. mixtures of experts); "
                   f"generating with hf", file=sys.stderr)
         return hf.generate(plain, prompts, **kw)
+
+
+def _kind(model) -> str:
+    """The model's type for messages: ``'llama'``, ``'mixtral'``, ..."""
+    return getattr(model.config, "model_type", type(model).__name__)
 
 
 @contextlib.contextmanager

@@ -152,10 +152,10 @@ class Dist:
         included) with gradient exchange off except for the last, which exchanges the sum."""
         size = size or n
         starts = list(range(0, n, size))
-        sharded = [m for m in model.modules() if isinstance(m, FSDPModule)][:1]   # the root (maybe under a forward module)
+        root = next((m for m in model.modules() if isinstance(m, FSDPModule)), None)   # maybe under a forward module
         for j, i in enumerate(starts):
             last = j == len(starts) - 1
-            for root in sharded:
+            if root is not None:
                 root.set_requires_gradient_sync(last)
             sync = last or not isinstance(model, DistributedDataParallel)
             with contextlib.nullcontext() if sync else model.no_sync():

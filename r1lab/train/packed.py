@@ -113,23 +113,16 @@ class _Layout:
         tp = self.n_prompt_tokens = len(p_tokens)
         c_mask = mask[:, :L]                                                    # [N, L']
         widths = torch.where(c_mask.any(1), L - c_mask.flip(1).int().argmax(1), 0)   # [N]: up to the last token
-        self.buckets = _buckets(widths, self.P)
-        order = torch.cat([b.rows for b in self.buckets]) if self.buckets else widths.new_zeros(0)
+        splits = _buckets(widths, self.P)                                       # [(rows, L_b)]
+        order = torch.cat([rows for rows, _ in splits]) if splits else widths.new_zeros(0)
         o_mask = c_mask[order]                                                  # [M, L']: rows in packed order
         r, t = o_mask.nonzero().unbind(1)                                       # each completion token's (row, column)
         self.ids = torch.cat([p_tokens, ids[:, -width:][:, :L][order][o_mask]])  # [T]
         self.pos = torch.cat([p_pos, pos[:, -width:][:, :L][order][o_mask]])  # [T]
-        first = 0
-        for b in self.buckets:                                                  # cells of the tokens of rows [first, first + n_b)
-            mine = (r >= first) & (r < first + len(b.rows))
-            b.start, b.stop = tp + int(mine.nonzero()[0]), tp + int(mine.nonzero()[-1]) + 1
-            b.cells = (r[mine] - first) * b.width + t[mine]
-            b.row_prompt = row_prompt[b.rows]
-            keys_prompt = (u_cols < lengths[b.row_prompt, None])[:, None, :].expand(-1, b.width, -1)
-            causal = torch.ones(b.width, b.width, dtype=torch.bool, device=device).tril()
-            keys_own = causal[None] & c_mask[b.rows, None, :b.width]          # [n_b, L_b, L_b]
-            b.bias = torch.cat([keys_prompt, keys_own], -1)[:, None]           # [n_b, 1, L_b, P' + L_b]
-            first += len(b.rows)
+        self.buckets, first = [], 0
+        for rows, w in splits:
+            self.buckets.append(_Bucket(rows, w, r - first, t, tp, row_prompt[rows], u_grid, c_mask))
+            first += len(rows)
         # the packed index of completion cell (i, t): -1 where masked
         at = torch.full((n, L), -1, dtype=torch.long, device=device)
         at[order[r], t] = tp + torch.arange(len(r), device=device)
@@ -145,16 +138,28 @@ class _Bucket:
     each token's flat index in the grid; ``bias`` [n_b, 1, L_b, P' + L_b]: what each query
     may attend to (its prompt's tokens, and its own completion causally)."""
 
-    def __init__(self, rows: torch.Tensor, width: int):
-        self.rows, self.width = rows, width
+    def __init__(self, rows: torch.Tensor, width: int, r: torch.Tensor, t: torch.Tensor, tp: int,
+                 row_prompt: torch.Tensor, prompt_valid: torch.Tensor, c_mask: torch.Tensor):
+        """``r``, ``t`` [C]: every completion token's row (counted from this bucket's first row)
+        and column, in packed order after the ``tp`` prompt tokens; ``row_prompt`` [n_b]: each
+        row's prompt; ``prompt_valid`` [U, P']: the prompt grid's valid cells; ``c_mask`` [N, L']."""
+        self.rows, self.width, self.row_prompt = rows, width, row_prompt
+        mine = (r >= 0) & (r < len(rows))
+        at = mine.nonzero()
+        self.start, self.stop = tp + int(at[0]), tp + int(at[-1]) + 1
+        self.cells = r[mine] * width + t[mine]
+        keys_prompt = prompt_valid[row_prompt][:, None, :].expand(-1, width, -1)
+        causal = torch.ones(width, width, dtype=torch.bool, device=c_mask.device).tril()
+        keys_own = causal[None] & c_mask[rows, None, :width]                   # [n_b, L_b, L_b]
+        self.bias = torch.cat([keys_prompt, keys_own], -1)[:, None]             # [n_b, 1, L_b, P' + L_b]
 
 
 # At most this many completion grids per forward: each is one attention call per layer.
 MAX_BUCKETS = 4
 
 
-def _buckets(widths: torch.Tensor, prompt_len: int) -> list[_Bucket]:
-    """Rows with a completion token, longest first, split into at most MAX_BUCKETS runs so that
+def _buckets(widths: torch.Tensor, prompt_len: int) -> list[tuple[torch.Tensor, int]]:
+    """Rows with a completion token, longest first, as (rows, width) runs: at most MAX_BUCKETS, so that
     the cells attention works on, sum of n_b * (P' + 2 L_b) (queries, and keys of prompt and
     completion), are fewest: an exact dynamic programme over the distinct widths."""
     order = torch.sort(widths, descending=True, stable=True).indices
@@ -178,7 +183,7 @@ def _buckets(widths: torch.Tensor, prompt_len: int) -> list[_Bucket]:
         i = best[g, j][1]
         splits.append((i, j))
         j, g = i, g - 1
-    return [_Bucket(order[before[i]:before[j]], w[i]) for i, j in reversed(splits)]
+    return [(order[before[i]:before[j]], w[i]) for i, j in reversed(splits)]
 
 
 def _attention(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: _Layout) -> torch.Tensor:
