@@ -30,6 +30,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from r1lab.pipeline import peak_rss_mb, reset_peak_rss, rss_mb
 from r1lab.rollout import native, vllm
 
 SHAPES = {
@@ -106,28 +107,22 @@ def matmul_flops(size: int = 1024, repeats: int = 5) -> float:
     return 2 * size ** 3 / best
 
 
-def _status_bytes(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
-
-
 def rss_of_run(shape: str, backend: str, new_tokens: int) -> None:
-    """In a fresh process: reset the peak-RSS mark once the model is built, run, print the rise."""
+    """In a fresh process: reset the peak-RSS mark once the model is built, run, print the rise (MB)."""
     model, prompts = build(shape)
-    with open("/proc/self/clear_refs", "w") as f:                           # Linux: resets VmHWM
-        f.write("5")
-    before = _status_bytes("VmRSS")
+    reset_peak_rss()
+    before = rss_mb()
     BACKENDS[backend](model, prompts, new_tokens)
-    print(_status_bytes("VmHWM") - before)
+    print(peak_rss_mb() - before)
 
 
-def peak_rss_child(shape: str, backend: str, new_tokens: int) -> int:
-    """Peak-RSS increase (bytes) of one generation run, measured in a fresh subprocess."""
+def peak_rss_child(shape: str, backend: str, new_tokens: int) -> float:
+    """Peak-RSS increase (MB) of one generation run, measured in a fresh subprocess."""
     code = (f"import sys, torch; sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r}); "
             f"torch.set_num_threads({torch.get_num_threads()}); import rollout; "
             f"rollout.rss_of_run({shape!r}, {backend!r}, {new_tokens})")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return int(out.stdout.split()[-1])
+    return round(float(out.stdout.split()[-1]), 1)
 
 
 def main() -> None:
@@ -156,7 +151,7 @@ def main() -> None:
             entry[f"{name}_tok_s"] = round(tps, 1)
             entry[f"{name}_mfu"] = round(2 * params * tps / peak, 4)
             if not args.no_rss:
-                entry[f"{name}_peak_rss_bytes"] = peak_rss_child(shape, name, args.new_tokens)
+                entry[f"{name}_peak_rss_mb"] = peak_rss_child(shape, name, args.new_tokens)
         entry["ratio"] = round(entry["native_tok_s"] / entry["hf_tok_s"], 2)
         if "vllm_tok_s" in entry:
             entry["native_over_vllm"] = round(entry["native_tok_s"] / entry["vllm_tok_s"], 2)

@@ -54,27 +54,33 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: f
             return completion_logprobs(model.model, batch, temperature=temperature, with_entropy=with_entropy,
                                        aux_weight=aux_weight)
     fast = dict(temperature=temperature, with_entropy=with_entropy, chunk_size=CHUNK_SIZE)
-    if _packs(model):
-        return packed_logprobs(model, batch, **fast)
-    if _shares_prefix(model):
-        return shared_prefix_logprobs(model, batch, **fast)
+    if _fast_paths_may_take(model):
+        if _packs(model):
+            return packed_logprobs(model, batch, **fast)
+        if _shares_prefix(model):
+            return shared_prefix_logprobs(model, batch, **fast)
     return plain_completion_logprobs(model, batch, temperature=temperature, with_entropy=with_entropy,
                                      aux_weight=aux_weight)
 
 
+def _fast_paths_may_take(model) -> bool:
+    """Neither fast path takes an FSDP2-sharded model (its hooks gather weights in its own
+    forward) or a mixture of experts (the router loss comes from the plain forward)."""
+    return not isinstance(model, FSDPModule) and not is_moe(plain_model(local_module(model)))
+
+
 def _packs(model) -> bool:
-    """Whether the packed walk (r1lab/train/packed.py) takes ``model``: a transformers or PEFT
-    model itself, as the walk bypasses any wrapper's forward (DDP's and FSDP2's hooks live in
-    theirs), with no router loss."""
-    return ((isinstance(model, PreTrainedModel) or is_adapted(model)) and not isinstance(model, FSDPModule)
-            and not is_moe(plain_model(model)) and packs(model))
+    """Whether the packed walk (r1lab/train/packed.py) takes ``model``, given
+    :func:`_fast_paths_may_take`: a transformers or PEFT model itself, as the walk bypasses any
+    wrapper's forward (DDP's hooks live in its)."""
+    return (isinstance(model, PreTrainedModel) or is_adapted(model)) and packs(model)
 
 
 def _shares_prefix(model) -> bool:
-    """Whether the shared-prefix forward takes ``model`` (its module docstring says which do not)."""
+    """Whether the shared-prefix forward takes ``model``, given :func:`_fast_paths_may_take` (its
+    module docstring says which others it does not)."""
     inner = plain_model(local_module(model))
-    return (not isinstance(model, FSDPModule) and not is_moe(inner)
-            and _takes_logits_to_keep(type(inner)) and cache_keyword(type(inner)) is not None)
+    return _takes_logits_to_keep(type(inner)) and cache_keyword(type(inner)) is not None
 
 
 def plain_completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,
