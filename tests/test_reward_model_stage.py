@@ -54,6 +54,7 @@ stages:
     init: %s
     data: %s
     epochs: %d
+    pooling: %s
     batch_size: 6
     val_fraction: 0.25
     eval_every: 5
@@ -62,11 +63,11 @@ stages:
 """
 
 
-def write_run(tmp_path, llama_dir, epochs, rows=None):
+def write_run(tmp_path, llama_dir, epochs, rows=None, pooling="last"):
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows or synthetic_pairs(40)))
     path = tmp_path / "rm.yaml"
-    path.write_text(CONFIG % (llama_dir, data, epochs))
+    path.write_text(CONFIG % (llama_dir, data, epochs, pooling))
     return load_config(str(path))
 
 
@@ -99,10 +100,26 @@ def test_reward_is_read_at_the_last_real_token_as_hf_pools_an_unpadded_row(llama
             assert sequence_rewards(model, batch).item() == pytest.approx(model(**batch).logits.item(), abs=1e-6)
 
 
+def test_a_summed_reward_is_the_heads_outputs_added_over_an_unpadded_row(llama_dir, tokenizer):
+    """The slow reference for ``pooling: sum``: HF's backbone and head on one row alone, summed."""
+    model, _ = reward_model_from_lm(llama_dir, torch.device("cpu"), seed=0)
+    model.config.reward_pooling = "sum"
+    for row in synthetic_pairs(3):
+        batch = reward_inputs(tokenizer, [row["prompt"]], [row["chosen"]], part="full", max_length=512)
+        with torch.no_grad():
+            want = model.score(model.model(input_ids=batch["input_ids"]).last_hidden_state).sum().item()
+            assert sequence_rewards(model, batch).item() == pytest.approx(want, abs=1e-5)
+    model.config.reward_pooling = "mean"
+    with pytest.raises(ValueError, match="reward_pooling must be 'last' or 'sum', not 'mean'"):
+        sequence_rewards(model, batch)
+
+
+@pytest.mark.parametrize("pooling", ["last", "sum"])
 @pytest.mark.parametrize("which", ["llama", "qwen-pad-is-eos"])
-def test_padded_batch_gives_each_rows_reward_alone_whatever_the_padding_side(which, llama_dir, qwen_dir, tokenizer):
+def test_padded_batch_gives_each_rows_reward_alone_whatever_the_padding_side(which, pooling, llama_dir, qwen_dir, tokenizer):
     path = llama_dir if which == "llama" else qwen_dir
     model, tok = reward_model_from_lm(path, torch.device("cpu"), seed=0)
+    model.config.reward_pooling = pooling
     if which != "llama":
         tok.pad_token = tok.eos_token                                   # as Qwen's: HF's pooling would misread
         model.config.pad_token_id = tok.pad_token_id
@@ -163,6 +180,23 @@ def test_the_saved_model_loads_in_transformers_and_scores_as_the_stage_did(train
     one = reward_inputs(tok, [rows[0]["prompt"]], [rows[0]["chosen"]], part="summary", max_length=1024)
     with torch.no_grad():
         assert hf(**one).logits.item() == pytest.approx(got[0], abs=1e-5)
+
+
+def test_a_summed_reward_model_learns_and_is_scored_as_it_was_trained(tmp_path, llama_dir, tokenizer):
+    trained = run(write_run(tmp_path, llama_dir, epochs=2, pooling="sum"), tmp_path / "run", log=lambda *_: None)
+    val = json.loads((trained / STAGE / "val.json").read_text())
+    assert val["end"]["val/accuracy"] >= 0.9 and val["end"]["val/loss"] < val["start"]["val/loss"] - 0.3, val
+    path = trained / STAGE / "model"
+    assert json.loads((path / "config.json").read_text())["reward_pooling"] == "sum"
+    model, tok = load_reward_model(path, torch.device("cpu"))
+    rows = synthetic_pairs(6, seed=7)
+    scorer = RewardModelScorer(path, torch.device("cpu"), part="summary", batch_size=4)
+    got = scorer([r["prompt"] for r in rows * 2], [r["chosen"] for r in rows] + [r["rejected"] for r in rows], rows * 2)
+    r_c, r_r = pair_rewards(Rewards(model), encode_pairs(rows, tok, cfg()), tok.pad_token_id, CPU, train=False, micro=2)
+    assert got == pytest.approx(torch.cat([r_c, r_r]).tolist(), abs=1e-5)
+    one = reward_inputs(tok, [rows[0]["prompt"]], [rows[0]["chosen"]], part="summary", max_length=1024)
+    with torch.no_grad():                                               # not what HF's last-token pooling reads
+        assert model(**one).logits.item() != pytest.approx(got[0], abs=1e-3)
 
 
 def test_load_reward_model_refuses_what_is_not_one(llama_dir, tmp_path):

@@ -4,8 +4,13 @@ helpfulness is judged on the final summary only, harmlessness on the whole respo
 
 The model reads the prompt followed by the part of the response it judges, tokenized apart as
 the RL stages tokenize them (the prompt with the tokenizer's special tokens, the response
-without), and the reward is the score head's output at the last real token of the row, wherever
-the padding is. Training (r1lab/stages/reward_model.py) and scoring build their inputs with
+without). The reward is the score head's output at the last real token of the row, wherever the
+padding is (``pooling: last``, HF's sequence classification), or the sum of its outputs over
+every real token (``pooling: sum``: the head read as token rewards, their return the reward). The
+prompt's terms of a sum depend on the prompt alone (the model is causal), so they add the same
+constant to every response of a prompt: a pair's order, the Bradley-Terry loss and GRPO's
+group-relative advantages do not see it, unless ``max_length`` cuts into the prompt. A model
+says which it is by ``reward_pooling`` in its config (absent: ``last``). Training (r1lab/stages/reward_model.py) and scoring build their inputs with
 :func:`reward_inputs` (:func:`encode_reward_input` + :func:`collate_reward_inputs`) and read
 rewards with :func:`sequence_rewards`, so a pair scores the same in both.
 
@@ -23,6 +28,7 @@ import torch
 from r1lab.models.io import load_reward_model
 
 On = Literal["summary", "full"]
+Pooling = Literal["last", "sum"]
 THINK_END = "</think>"
 
 
@@ -84,11 +90,21 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * (attention_mask != 0)).argmax(-1)                           # [B]
 
 
+def reward_pooling(model) -> Pooling:
+    """How ``model`` turns its head's outputs into a reward: its config's ``reward_pooling``,
+    ``last`` when it has none (any HF sequence classifier)."""
+    pooling = getattr(model.config, "reward_pooling", "last")
+    if pooling not in ("last", "sum"):
+        raise ValueError(f"reward_pooling must be 'last' or 'sum', not {pooling!r}")
+    return pooling
+
+
 def sequence_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """[B] float32 rewards: the score head's output at each row's last real token. Unlike HF's
-    own pooling it never looks for the pad id, which may equal EOS: the head's output at every
-    position is caught on its way out of the model's own forward (which an FSDP2-sharded model
-    needs to run, to gather its weights) and picked here."""
+    """[B] float32 rewards: the score head's output at each row's last real token, or its sum
+    over the row's real tokens (:func:`reward_pooling`). Unlike HF's own pooling it never looks
+    for the pad id, which may equal EOS: the head's output at every position is caught on its way
+    out of the model's own forward (which an FSDP2-sharded model needs to run, to gather its
+    weights) and picked here."""
     device = next(model.parameters()).device
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids")}
     scores = []
@@ -97,7 +113,10 @@ def sequence_rewards(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         model(**inputs, use_cache=False)
     finally:
         hook.remove()
-    last = last_token_index(inputs["attention_mask"])                               # [B]
+    mask = inputs["attention_mask"]
+    if reward_pooling(model) == "sum":
+        return (scores[0][..., 0].float() * (mask != 0)).sum(-1)                     # [B]
+    last = last_token_index(mask)                                                   # [B]
     return scores[0][torch.arange(len(last), device=device), last, 0].float()        # [B]
 
 

@@ -7,7 +7,9 @@ The causal LM named by ``init`` gets a new ``score`` head (HF's ``*ForSequenceCl
 with one label); each pair's chosen and rejected response are read after its prompt, and the
 loss is -log sigmoid(r(chosen) - r(rejected)) (r1lab/losses/reward_model.py). With
 ``part: summary`` (R1's helpfulness) the model sees only the text after the last ``</think>``; with
-``part: full`` (R1's harmlessness) the whole response. Inputs are built and rewards read by the
+``part: full`` (R1's harmlessness) the whole response. The reward is the head's output at the last
+token (``pooling: last``, HF's) or its sum over the tokens (``pooling: sum``); the saved config
+says which (r1lab/rewards/learned.py). Inputs are built and rewards read by the
 functions the scorer uses (r1lab/rewards/learned.py), so a trained model scores pairs in RL
 exactly as it did here. Pairs are shuffled per epoch from the seed (step ``s`` always trains the
 same pairs, so a resumed run equals an unbroken one); a held-out share of the prompts (all their pairs) gives validation accuracy,
@@ -67,6 +69,9 @@ class RewardModelConfig(StageConfig):
     max_length: int = Field(1024, gt=1, description="Prompt + response tokens at most; longer rows keep their end.")
     part: Literal["summary", "full"] = Field("summary", description="What of a response is judged: the text after "
                                            "the last </think> (R1's helpfulness), or all of it (harmlessness).")
+    pooling: Literal["last", "sum"] = Field("last", description="The reward: the head's output at the last token "
+                                            "(HF's sequence classification), or summed over every token (token rewards; "
+                                            "the prompt's terms are the same for all its responses).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for validation accuracy, whole prompts at a time.")
     eval_every: int = Field(50, gt=0, description="Steps between validation passes (and at the end).")
     lora: LoraBlock = None
@@ -146,6 +151,7 @@ def split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], lis
 
 def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
     model, tokenizer = reward_model_from_lm(ctx.model_path(cfg.init), ctx.device, ctx.seed)
+    model.config.reward_pooling = cfg.pooling                       # read by sequence_rewards, saved with the model
     model = with_adapters(model, cfg.lora, ctx.seed, task_type="SEQ_CLS")   # the new head trains too
     path = ctx.data_path(cfg.data)
     train, val = (encode_pairs(rows, tokenizer, cfg) for rows in split(read_pairs(path), cfg.val_fraction, ctx.seed))
