@@ -164,20 +164,26 @@ def test_training_learns_the_preference_on_held_out_pairs(trained):
     assert val["end"]["val/accuracy"] == metrics[-1]["val/accuracy"]
 
 
-def test_the_saved_model_loads_in_transformers_and_scores_as_the_stage_did(trained, tokenizer):
-    path = trained / STAGE / "model"
-    config = json.loads((path / "config.json").read_text())
-    assert config["architectures"] == ["LlamaForSequenceClassification"] and len(config["id2label"]) == 1
-    assert config["pad_token_id"] == tokenizer.pad_token_id
-    hf = AutoModelForSequenceClassification.from_pretrained(path).eval()
+def scored_as_the_stage_scores(path):
+    """(scorer's rewards of 6 pairs' chosen then rejected replies, the stage's chosen and rejected
+    rewards of them, the first chosen row's input); asserts the scorer equals the stage."""
     model, tok = load_reward_model(path, torch.device("cpu"))
     rows = synthetic_pairs(6, seed=7)
     scorer = RewardModelScorer(path, torch.device("cpu"), part="summary", batch_size=4)
     got = scorer([r["prompt"] for r in rows * 2], [r["chosen"] for r in rows] + [r["rejected"] for r in rows], rows * 2)
     r_c, r_r = pair_rewards(Rewards(model), encode_pairs(rows, tok, cfg()), tok.pad_token_id, CPU, train=False, micro=2)
     assert got == pytest.approx(torch.cat([r_c, r_r]).tolist(), abs=1e-5)  # the scorer == the stage
+    return got, r_c, r_r, reward_inputs(tok, [rows[0]["prompt"]], [rows[0]["chosen"]], part="summary", max_length=1024)
+
+
+def test_the_saved_model_loads_in_transformers_and_scores_as_the_stage_did(trained, tokenizer):
+    path = trained / STAGE / "model"
+    config = json.loads((path / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"] and len(config["id2label"]) == 1
+    assert config["pad_token_id"] == tokenizer.pad_token_id
+    hf = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    got, r_c, r_r, one = scored_as_the_stage_scores(path)
     assert all(c > r for c, r in zip(r_c, r_r))
-    one = reward_inputs(tok, [rows[0]["prompt"]], [rows[0]["chosen"]], part="summary", max_length=1024)
     with torch.no_grad():
         assert hf(**one).logits.item() == pytest.approx(got[0], abs=1e-5)
 
@@ -188,13 +194,8 @@ def test_a_summed_reward_model_learns_and_is_scored_as_it_was_trained(tmp_path, 
     assert val["end"]["val/accuracy"] >= 0.9 and val["end"]["val/loss"] < val["start"]["val/loss"] - 0.3, val
     path = trained / STAGE / "model"
     assert json.loads((path / "config.json").read_text())["reward_pooling"] == "sum"
-    model, tok = load_reward_model(path, torch.device("cpu"))
-    rows = synthetic_pairs(6, seed=7)
-    scorer = RewardModelScorer(path, torch.device("cpu"), part="summary", batch_size=4)
-    got = scorer([r["prompt"] for r in rows * 2], [r["chosen"] for r in rows] + [r["rejected"] for r in rows], rows * 2)
-    r_c, r_r = pair_rewards(Rewards(model), encode_pairs(rows, tok, cfg()), tok.pad_token_id, CPU, train=False, micro=2)
-    assert got == pytest.approx(torch.cat([r_c, r_r]).tolist(), abs=1e-5)
-    one = reward_inputs(tok, [rows[0]["prompt"]], [rows[0]["chosen"]], part="summary", max_length=1024)
+    model, _ = load_reward_model(path, torch.device("cpu"))
+    got, _, _, one = scored_as_the_stage_scores(path)
     with torch.no_grad():                                               # not what HF's last-token pooling reads
         assert model(**one).logits.item() != pytest.approx(got[0], abs=1e-3)
 

@@ -10,8 +10,8 @@ every real token (``pooling: sum``: the head read as token rewards, their return
 prompt's terms of a sum depend on the prompt alone (the model is causal), so they add the same
 constant to every response of a prompt: a pair's order, the Bradley-Terry loss and GRPO's
 group-relative advantages do not see it, unless ``max_length`` cuts into the prompt. A model
-says which it is by ``reward_pooling`` in its config (absent: ``last``). Training (r1lab/stages/reward_model.py) and scoring build their inputs with
-:func:`reward_inputs` (:func:`encode_reward_input` + :func:`collate_reward_inputs`) and read
+says which it is by ``reward_pooling`` in its config (absent: ``last``). Training
+(r1lab/stages/reward_model.py) and scoring build their inputs with :func:`reward_inputs` (:func:`encode_reward_input` + :func:`collate_reward_inputs`) and read
 rewards with :func:`sequence_rewards`, so a pair scores the same in both.
 
     scorer = RewardModelScorer("runs/r1/stages/3-rm/model", torch.device("cpu"))
@@ -21,7 +21,7 @@ rewards with :func:`sequence_rewards`, so a pair scores the same in both.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -94,7 +94,7 @@ def reward_pooling(model) -> Pooling:
     """How ``model`` turns its head's outputs into a reward: its config's ``reward_pooling``,
     ``last`` when it has none (any HF sequence classifier)."""
     pooling = getattr(model.config, "reward_pooling", "last")
-    if pooling not in ("last", "sum"):
+    if pooling not in get_args(Pooling):
         raise ValueError(f"reward_pooling must be 'last' or 'sum', not {pooling!r}")
     return pooling
 

@@ -42,7 +42,7 @@ from r1lab.data.jsonl import read_pairs
 from r1lab.losses.reward_model import bradley_terry_loss
 from r1lab.models.io import reward_model_from_lm
 from r1lab.models.adapters import LoraBlock, with_adapters
-from r1lab.rewards.learned import collate_reward_inputs, encode_reward_input, sequence_rewards
+from r1lab.rewards.learned import Pooling, collate_reward_inputs, encode_reward_input, sequence_rewards
 from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.stages.sft import batch_rows, check_shares
@@ -69,7 +69,7 @@ class RewardModelConfig(StageConfig):
     max_length: int = Field(1024, gt=1, description="Prompt + response tokens at most; longer rows keep their end.")
     part: Literal["summary", "full"] = Field("summary", description="What of a response is judged: the text after "
                                            "the last </think> (R1's helpfulness), or all of it (harmlessness).")
-    pooling: Literal["last", "sum"] = Field("last", description="The reward: the head's output at the last token "
+    pooling: Pooling = Field("last", description="The reward: the head's output at the last token "
                                             "(HF's sequence classification), or summed over every token (token rewards; "
                                             "the prompt's terms are the same for all its responses).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for validation accuracy, whole prompts at a time.")
