@@ -11,8 +11,9 @@ prompt's terms of a sum depend on the prompt alone (the model is causal), so the
 constant to every response of a prompt: a pair's order, the Bradley-Terry loss and GRPO's
 group-relative advantages do not see it, unless ``max_length`` cuts into the prompt. A model
 says which it is by ``reward_pooling`` in its config (absent: ``last``). Training
-(r1lab/stages/reward_model.py) and scoring build their inputs with :func:`reward_inputs` (:func:`encode_reward_input` + :func:`collate_reward_inputs`) and read
-rewards with :func:`sequence_rewards`, so a pair scores the same in both.
+(r1lab/stages/reward_model.py) and scoring build their inputs with :func:`reward_inputs`
+(:func:`encode_reward_input` + :func:`collate_reward_inputs`) and read rewards with
+:func:`sequence_rewards`, so a pair scores the same in both.
 
     scorer = RewardModelScorer("runs/r1/stages/3-rm/model", torch.device("cpu"))
     scorer(prompts, completions, examples)   # -> one float per completion
@@ -95,7 +96,7 @@ def reward_pooling(model) -> Pooling:
     ``last`` when it has none (any HF sequence classifier)."""
     pooling = getattr(model.config, "reward_pooling", "last")
     if pooling not in get_args(Pooling):
-        raise ValueError(f"reward_pooling must be 'last' or 'sum', not {pooling!r}")
+        raise ValueError(f"reward_pooling must be {' or '.join(map(repr, get_args(Pooling)))}, not {pooling!r}")
     return pooling
 
 

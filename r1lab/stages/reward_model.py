@@ -70,8 +70,8 @@ class RewardModelConfig(StageConfig):
     part: Literal["summary", "full"] = Field("summary", description="What of a response is judged: the text after "
                                            "the last </think> (R1's helpfulness), or all of it (harmlessness).")
     pooling: Pooling = Field("last", description="The reward: the head's output at the last token "
-                                            "(HF's sequence classification), or summed over every token (token rewards; "
-                                            "the prompt's terms are the same for all its responses).")
+                             "(HF's sequence classification), or summed over every token (token rewards; "
+                             "the prompt's terms are the same for all its responses).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for validation accuracy, whole prompts at a time.")
     eval_every: int = Field(50, gt=0, description="Steps between validation passes (and at the end).")
     lora: LoraBlock = None
