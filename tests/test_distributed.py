@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from r1lab.rollout import hf, native
-from r1lab.train.distributed import Dist, DistributedError
+from r1lab.train.distributed import Dist, DistributedError, in_row_order, micro_batch_slices
 
 from conftest import random_reward_model, tiny_llama
 
@@ -30,6 +30,18 @@ def test_shards_cover_a_batch_in_order_and_differ_by_at_most_one(world):
         with pytest.raises(DistributedError, match="equal shares"):    # fsdp2: every forward is collective
             Dist(rank=0, world=world, strategy="fsdp2").check_share(world + 1, "prompts_per_step")
         Dist(rank=0, world=world, strategy="fsdp2").check_share(2 * world, "prompts_per_step")
+
+
+def test_micro_batches_cover_the_rows_once_the_largest_first():
+    assert micro_batch_slices(7, 3) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert micro_batch_slices(7, 0) == [slice(0, 7)]
+    lengths = torch.tensor([1, 1, 9, 9, 5, 0, 4])                           # slices hold 2, 18, 9 tokens
+    slices = micro_batch_slices(7, 2, lengths)
+    assert slices == [slice(2, 4), slice(4, 6), slice(6, 7), slice(0, 2)]
+    assert micro_batch_slices(4, 2, torch.tensor([3, 3, 2, 4])) == [slice(0, 2), slice(2, 4)]   # ties: row order
+    rows = torch.arange(7)
+    assert torch.equal(in_row_order({s.start: rows[s] for s in slices}), rows)
+    assert [s.start for s in Dist().micro_batches(torch.nn.Linear(1, 1), 7, 2, lengths)] == [2, 4, 6, 0]
 
 
 def test_more_ranks_than_gpus_is_one_clear_error(monkeypatch):

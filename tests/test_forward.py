@@ -72,6 +72,14 @@ def test_equals_full_logits_reference(tokenizer, temperature, keep):
     assert grads["lm_head.weight"].abs().sum() > 0
 
 
+def test_frozen_forward_in_micro_batches_equals_the_whole_batch_in_row_order(tokenizer):
+    model = tiny_llama(tokenizer, seed=3)
+    batch = make_batch(tokenizer)                        # the rows' lengths are not in row order
+    whole = forward.logprobs_no_grad(model, batch, temperature=0.7)
+    assert torch.allclose(forward.logprobs_no_grad(model, batch, temperature=0.7, micro_batch_size=1), whole, atol=1e-6)
+    assert torch.allclose(forward.logprobs_no_grad(model, batch, temperature=0.7, micro_batch_size=3), whole, atol=1e-6)
+
+
 def test_entropy_is_none_unless_asked(tokenizer):
     model = tiny_llama(tokenizer)
     batch = make_batch(tokenizer)

@@ -25,7 +25,7 @@ def test_micro_batches_give_the_full_batch_gradient(tokenizer, loss):
     torch.manual_seed(0)
     prompts = [tokenizer(t)["input_ids"] for t in ["User: 1+2*3 mod 10\nAssistant:", "7-1*2", "x", "a b c"]]
     completions = torch.randint(0, len(tokenizer), (4, 6))                   # [N, L]
-    mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3, [1] * 5 + [0], [1] + [0] * 5]).bool()
+    mask = torch.tensor([[1] * 6, [1] + [0] * 5, [1] * 5 + [0], [1] * 3 + [0] * 3]).bool()  # taken as rows 0, 3, 1, 2
     batch = prompt_completion_batch(prompts, completions, mask, tokenizer.pad_token_id)
     adv = torch.tensor([1.0, -0.5, 0.3, -1.2])
     old = torch.randn(4, 6) * 0.1 - 5.0                                     # ratios far from 1: clipping bites

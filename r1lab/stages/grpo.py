@@ -43,6 +43,7 @@ from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.forward import completion_logprobs, logprobs_no_grad, prompt_completion_batch
+from r1lab.train.distributed import in_row_order
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
 
@@ -117,8 +118,8 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
     n_tokens = int(batch["completion_mask"].sum())
     extra, batch_normalized = loss_keywords(cfg, n_tokens)
     token_share = n_tokens / dist.sum(n_tokens) if batch_normalized else None  # this rank's part of dapo's normaliser
-    logps, entropies = [], []
-    for rows in dist.micro_batches(policy, n, cfg.micro_batch_size):
+    logps, entropies = {}, {}                                                # slice start -> [b, L]
+    for rows in dist.micro_batches(policy, n, cfg.micro_batch_size, batch["attention_mask"].sum(1)):
         part = {k: v[rows] for k, v in batch.items()}
         with ctx.autocast():
             logp, entropy = completion_logprobs(policy, part, temperature=cfg.sampling.temperature,
@@ -129,13 +130,13 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
         loss, _ = loss_fn(logp, old, dev(ref_logp), dev(advantages), mask,
                           clip_eps=cfg.clip_eps, beta=cfg.beta, **extra)
         dist.backward(loss * token_share if batch_normalized else loss * (len(mask) / n_global))
-        logps.append(logp.detach().float().cpu())
-        entropies.append(entropy.float().cpu())
-    logp, mask = torch.cat(logps), batch["completion_mask"]                  # [N, L]
+        logps[rows.start] = logp.detach().float().cpu()
+        entropies[rows.start] = entropy.float().cpu()
+    logp, mask = in_row_order(logps), batch["completion_mask"]               # [N, L]
     with torch.no_grad():
         _, stats = loss_fn(logp, logp if old_logp is None else old_logp, ref_logp, advantages, mask,
                            clip_eps=cfg.clip_eps, beta=cfg.beta, **extra)
-    stats["entropy"] = masked_mean(torch.cat(entropies), mask).item()
+    stats["entropy"] = masked_mean(in_row_order(entropies), mask).item()
     return stats
 
 

@@ -15,7 +15,7 @@ from r1lab.models.adapters import AdaptersOff, is_adapted, plain_model
 from r1lab.models.moe import is_moe, with_router_loss
 from r1lab.losses.logprobs import chunked_logprobs
 from r1lab.rollout.types import left_pad
-from r1lab.train.distributed import local_module
+from r1lab.train.distributed import in_row_order, local_module, micro_batch_slices
 from r1lab.train.packed import packed_logprobs, supports as packs
 from r1lab.train.shared_prefix import cache_keyword, shared_prefix_logprobs
 
@@ -145,13 +145,13 @@ def values_no_grad(critic, batch: dict[str, torch.Tensor], *, micro_batch_size: 
 
 
 def _in_parts(forward, batch: dict[str, torch.Tensor], micro_batch_size: int, autocast) -> torch.Tensor:
-    n = batch["input_ids"].shape[0]
-    mb = micro_batch_size or n
-    parts = []
-    for i in range(0, n, mb):
+    """``forward`` over the batch's micro-batches, largest first (as training takes them:
+    :func:`micro_batch_slices`), its results put back in row order."""
+    parts = {}
+    for rows in micro_batch_slices(batch["input_ids"].shape[0], micro_batch_size, batch["attention_mask"].sum(1)):
         with autocast():
-            parts.append(forward({k: v[i:i + mb] for k, v in batch.items()}).float().cpu())
-    return torch.cat(parts)                                                  # [N, L]
+            parts[rows.start] = forward({k: v[rows] for k, v in batch.items()}).float().cpu()
+    return in_row_order(parts)                                               # [N, L]
 
 
 @functools.cache
