@@ -76,3 +76,30 @@ def test_sampling_is_deterministic_under_a_seed(tokenizer, generate):
     assert torch.equal(a.completion_ids, b.completion_ids) and torch.equal(a.logprobs, b.logprobs)
     assert not torch.equal(a.completion_ids, c.completion_ids)
     assert a.completion_ids.shape[0] == 12                              # prompt-major n samples
+
+
+def test_a_rollout_first_gives_the_heaps_free_pages_back(tokenizer, monkeypatch):
+    """Tensors freed in the middle of the C heap stay resident until ``release_free_heap``,
+    which every CPU rollout calls first (r1lab/rollout/heap.py), when enough is free."""
+    from r1lab.pipeline import rss_mb
+    from r1lab.rollout import heap
+    if heap._glibc() is None or rss_mb() is None:
+        pytest.skip("glibc and /proc only")
+    blocks = [torch.ones(4096) for _ in range(5000)]                 # 80 MB of 16 KB heap blocks
+    pins = blocks[99::100]                                            # the last one among them: no trim at the top
+    before = rss_mb()
+    del blocks
+    assert rss_mb() > before - 20 and heap.free_heap_bytes() > 70 << 20    # 99% freed, still resident
+    monkeypatch.setattr(heap, "TRIM_ABOVE", heap.free_heap_bytes() + 1)
+    assert not heap.release_free_heap(torch.device("cpu")) and rss_mb() > before - 20   # not enough free
+    monkeypatch.setattr(heap, "TRIM_ABOVE", 60 << 20)
+    assert not heap.release_free_heap(torch.device("meta"))
+    assert heap.release_free_heap(torch.device("cpu"))
+    assert rss_mb() < before - 60
+    del pins
+    calls = []
+    monkeypatch.setattr(heap, "TRIM_ABOVE", -1)
+    monkeypatch.setattr(heap, "_glibc", lambda: (heap._Mallinfo2, calls.append))
+    dispatch(tiny_llama(tokenizer), [[1, 2]], max_new_tokens=2, eos_token_id=tokenizer.eos_token_id,
+             pad_token_id=tokenizer.pad_token_id)
+    assert calls == [0]

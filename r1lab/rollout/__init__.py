@@ -24,6 +24,7 @@ from torch.distributed.fsdp import FSDPModule
 
 from r1lab.models.adapters import merged_for_decoding, plain_model
 from r1lab.rollout import hf, native, vllm
+from r1lab.rollout.heap import release_free_heap
 from r1lab.rollout.types import Rollout
 
 Backend = Literal["auto", "native", "hf", "vllm"]
@@ -67,6 +68,7 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
         raise ValueError(f"an FSDP2-sharded {_kind(model)} model cannot be decoded: the native backend does not "
                          f"cover it; use data_parallel ddp")
     with unsharded(model), merged_for_decoding(model) as plain:     # gathered first: adapters merge into whole weights
+        release_free_heap(next(plain.parameters()).device)          # training's freed pages before the KV cache
         if backend == "vllm":
             return vllm.generate(plain, prompts, **kw)
         if native.supports(plain) and backend in ("auto", "native"):
