@@ -42,8 +42,8 @@ from r1lab.rewards import RewardsSpec, Scorer, build_rewards, learned_models, me
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.train.forward import completion_logprobs, logprobs_no_grad, prompt_completion_batch
 from r1lab.train.distributed import in_row_order
+from r1lab.train.forward import completion_logprobs, logprobs_no_grad, prompt_completion_batch
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
 
