@@ -67,8 +67,10 @@ def release_free_heap(device: torch.device) -> bool:
     """Give the free pages of the C heap back to the kernel when ``device`` is the CPU (its
     tensors live in that heap), the C library is glibc, the process did not ask to keep freed
     memory and more than :data:`TRIM_ABOVE` bytes are free; return whether it did."""
-    calls = _glibc()
-    if device.type != "cpu" or calls is None or keeps_freed_memory() or calls[0]().fordblks <= TRIM_ABOVE:
+    if device.type != "cpu" or keeps_freed_memory():
         return False
-    calls[1](0)
+    free = free_heap_bytes()
+    if free is None or free <= TRIM_ABOVE:
+        return False
+    _glibc()[1](0)
     return True
