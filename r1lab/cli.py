@@ -66,14 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     report_p.add_argument("run_dir", type=Path, help="a run directory (runs/<name>)")
 
     args = parser.parse_args(argv)
-    from r1lab.config import ConfigError, load_config
-    from r1lab.data.jsonl import DataError
-    from r1lab.models.io import CheckpointError
-    from r1lab.pipeline import RunDirError
-    from r1lab.report import ReportError
-    from r1lab.train.distributed import DistributedError
-    from r1lab.train.checkpoint import CheckpointStateError
-    from r1lab.train.loop import NonFiniteError
+    from r1lab.config import load_config
+    from r1lab.errors import R1labError
 
     try:
         if args.command == "report":
@@ -82,13 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(config, args.run_dir)
         return cmd_eval(config, args.model)
-    except (ConfigError, DataError, CheckpointError, RunDirError, ReportError, DistributedError,
-            NonFiniteError) as e:
+    except R1labError as e:                      # every error r1lab raises on purpose (r1lab/errors.py)
         print(f"r1lab: error: {e}", file=sys.stderr)
-        return 2
-    except CheckpointStateError as e:
-        print(f"r1lab: error: {e}; the checkpoint is damaged: delete its folder to run that stage from its start",
-              file=sys.stderr)
         return 2
     except OSError as e:
         if e.errno not in DISK_ERRORS:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from r1lab.data.tasks import Task
+from r1lab.errors import R1labError
 from r1lab.stages import STAGES
 from r1lab.stages.common import PlainName
 from r1lab.stages.lineage import tokenizer_problem
@@ -100,7 +101,7 @@ class RunConfig(BaseModel):
         return None
 
 
-class ConfigError(ValueError):
+class ConfigError(R1labError, ValueError):
     """A config the user wrote is wrong; the message names file, line and field."""
 
 

@@ -39,14 +39,15 @@ except ImportError:                     # not on Windows
 
 from r1lab.config import RunConfig
 from r1lab.data.jsonl import skipping_bad_rows
+from r1lab.errors import R1labError
 from r1lab.models.io import quiet_transformers
 from r1lab.stages import STAGES
+from r1lab.io import write_atomic
 from r1lab.stages.context import RunContext, pick_device
-from r1lab.train.checkpoint import write_atomic
 from r1lab.train.distributed import SINGLE, from_env
 
 
-class RunDirError(ValueError):
+class RunDirError(R1labError, ValueError):
     """The run directory holds a different run."""
 
 

@@ -57,6 +57,7 @@ WALL_CLOCK = {"seconds", "time_s", "tokens_per_s", "rollout_s", "peak_rss_mb", "
 WRAPPER = """
 import atexit, os, signal, sys
 from pathlib import Path
+import r1lab.io as rio
 from r1lab.train import checkpoint as ck
 kill_at, count = int(sys.argv[1]), [0]
 atexit.register(lambda: Path(os.environ["R1LAB_WRITES_FILE"]).write_text(str(count[0])))
@@ -92,7 +93,8 @@ def save_pretrained_atomic(model, tokenizer, out_dir):
         die_halfway(tmp / "model.safetensors")
     return real_model(model, tokenizer, out_dir)
 
-ck.write_atomic, ck.save_file, ck.save_pretrained_atomic = write_atomic, save_file, save_pretrained_atomic
+rio.write_atomic = ck.write_atomic = write_atomic
+ck.save_file, ck.save_pretrained_atomic = save_file, save_pretrained_atomic
 from r1lab.cli import main                       # after the patch: modules bind write_atomic on import
 sys.exit(main(sys.argv[2:]))
 """

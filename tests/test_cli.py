@@ -47,3 +47,33 @@ def test_the_console_script_restarts_once_with_the_malloc_limits(monkeypatch):
     with pytest.raises(SystemExit):
         cli.entry()
     assert len(calls) == 1
+
+
+def test_a_backend_refusal_is_one_line_not_a_traceback(qwen_dir, capsys, monkeypatch):
+    """A backend that cannot decode the model raises an R1labError, which the command prints as
+    one line (it was a plain ValueError, and a traceback after the earlier stages had run)."""
+    import r1lab.rollout as rollout
+    monkeypatch.setattr(rollout.native, "supports", lambda model: False)
+    rc = main(["eval", str(qwen_dir), "--config", "r1-zero-tiny", "--set", "task.n_test=3",
+               "--set", "stages.eval-r1-zero.sampling.backend=native"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert err == "r1lab: error: backend native does not decode qwen2 models exactly; use backend hf or auto\n"
+
+
+def test_every_error_class_of_r1lab_derives_from_the_one_the_command_catches():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import r1lab
+    from r1lab.errors import R1labError
+    found = []
+    for info in pkgutil.walk_packages(r1lab.__path__, "r1lab."):
+        if info.name in ("r1lab.__main__",):
+            continue
+        module = importlib.import_module(info.name)
+        found += [cls for _, cls in inspect.getmembers(module, inspect.isclass)
+                  if issubclass(cls, Exception) and cls.__module__ == info.name]
+    assert len(found) >= 10
+    assert [cls.__name__ for cls in found if not issubclass(cls, R1labError)] == []

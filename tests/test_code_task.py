@@ -9,7 +9,7 @@ import json
 import pytest
 
 from r1lab.data.code import read_code_jsonl, sample_code_problems
-from r1lab.data.jsonl import DataError
+from r1lab.errors import DataError
 from r1lab.rewards import RewardSpec, build_rewards, score
 
 from conftest import tiny_llama

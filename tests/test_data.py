@@ -8,7 +8,8 @@ from transformers import AutoTokenizer
 
 from r1lab.data.arithmetic import is_test_question, sample_problems
 from r1lab.data.corpus import CorpusMix, completion_text, documents
-from r1lab.data.jsonl import DataError, read_pairs, read_qa_jsonl, read_sft_jsonl
+from r1lab.errors import DataError
+from r1lab.data.jsonl import read_pairs, read_qa_jsonl, read_sft_jsonl
 from r1lab.data.tasks import ArithmeticTask
 from r1lab.data.templates import render
 from r1lab.models.tokenizer import TAGS, train_tokenizer

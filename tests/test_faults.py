@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from r1lab.data.jsonl import DataError
+from r1lab.errors import DataError
 from r1lab.pipeline import RunDirError, run_lock
 from r1lab.train.loop import MAX_SKIPPED_IN_A_ROW, NonFiniteError, TrainLoop
 from r1lab.train.metrics import MetricsLogger, read_metrics

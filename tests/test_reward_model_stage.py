@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 from r1lab.config import load_config
-from r1lab.data.jsonl import DataError
+from r1lab.errors import DataError
 from r1lab.models.io import CheckpointError, load_reward_model, reward_model_from_lm
 from r1lab.pipeline import run
 from r1lab.rewards.learned import RewardModelScorer, collate_reward_inputs, reward_inputs, sequence_rewards

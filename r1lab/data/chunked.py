@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from r1lab.train.checkpoint import write_atomic
+from r1lab.io import write_atomic
 
 
 class ChunkedJsonl:

@@ -15,7 +15,8 @@ import random
 from pathlib import Path
 
 from r1lab.data.arithmetic import is_test_question
-from r1lab.data.jsonl import DataError, read_rows, require
+from r1lab.errors import DataError
+from r1lab.data.jsonl import read_rows, require
 
 # (question with {k}, reference solution with {k}, input maker, output maker) for stdin/stdout
 # tasks; an input maker returns the stdin text, an output maker the expected stdout from it.

@@ -15,9 +15,7 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from pathlib import Path
 
-
-class DataError(ValueError):
-    """A data file the user gave is wrong; the message names file, line and field."""
+from r1lab.errors import DataError
 
 
 MAX_LINE_BYTES = 4 << 20     # one row; longer lines are refused before parsing

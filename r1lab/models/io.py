@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 import transformers
 from safetensors import SafetensorError
+from r1lab.errors import R1labError
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
                           AutoModelForTokenClassification, AutoTokenizer)
 
@@ -17,7 +18,7 @@ def quiet_transformers() -> None:
     transformers.utils.logging.set_verbosity_error()
 
 
-class CheckpointError(ValueError):
+class CheckpointError(R1labError, ValueError):
     """A model directory the user named cannot be loaded; the message names it."""
 
 

@@ -17,7 +17,8 @@ import yaml
 
 from r1lab.report.plots import eval_plot, matching_keys, stage_plot
 from r1lab.report.table import eval_results, eval_table, is_number, markdown_table
-from r1lab.train.checkpoint import write_atomic
+from r1lab.errors import R1labError
+from r1lab.io import write_atomic
 
 # the final values shown in the stage table, per kind (fnmatch patterns over metrics.jsonl's
 # last values, eval.json and stats.json)
@@ -29,7 +30,7 @@ FINAL = {"grpo": RL_FINAL, "ppo": RL_FINAL, "pretrain": LOSS_FINAL, "sft": LOSS_
          "rejection_sample": ["kept", "drawn"]}
 
 
-class ReportError(ValueError):
+class ReportError(R1labError, ValueError):
     """The path given is not a run directory."""
 
 

@@ -37,11 +37,13 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from r1lab.errors import R1labError
+
 NOBODY = 65534
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-class SandboxError(RuntimeError):
+class SandboxError(R1labError, RuntimeError):
     """The strong layer was required (``strict``) but is not available here."""
 
 

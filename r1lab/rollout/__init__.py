@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.distributed.fsdp import FSDPModule
 
+from r1lab.errors import BackendError
 from r1lab.models.adapters import merged_for_decoding, plain_model
 from r1lab.rollout import hf, native, vllm
 from r1lab.rollout.heap import release_free_heap
@@ -63,10 +64,10 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
     its weights gathered whole for the duration (every rank generates at once)."""
     sharded = isinstance(model, FSDPModule)
     if sharded and backend == "vllm":
-        raise ValueError("the vllm backend does not take an FSDP2-sharded model yet; use data_parallel ddp")
+        raise BackendError("the vllm backend does not take an FSDP2-sharded model yet; use data_parallel ddp")
     if sharded and not native.supports(plain_model(model)):  # hf's loop runs a forward per token: ranks would fall out of step
-        raise ValueError(f"an FSDP2-sharded {_kind(model)} model cannot be decoded: the native backend does not "
-                         f"cover it; use data_parallel ddp")
+        raise BackendError(f"an FSDP2-sharded {_kind(model)} model cannot be decoded: the native backend does not "
+                           f"cover it; use data_parallel ddp")
     with unsharded(model), merged_for_decoding(model) as plain:     # gathered first: adapters merge into whole weights
         release_free_heap(next(plain.parameters()).device)          # training's freed pages before the KV cache
         if backend == "vllm":
@@ -75,7 +76,7 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
             return native.generate(plain, prompts, **kw)
         kind = _kind(plain)
         if backend == "native":
-            raise ValueError(f"backend native does not decode {kind} models exactly; use backend hf or auto")
+            raise BackendError(f"backend native does not decode {kind} models exactly; use backend hf or auto")
         if backend == "auto" and kind not in _TOLD:
             _TOLD.add(kind)
             print(f"r1lab: the native decoder does not cover {kind} models (e.g. mixtures of experts); "

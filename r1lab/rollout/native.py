@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from r1lab.errors import BackendError
 from r1lab.rollout.types import Rollout, left_pad
 from r1lab.rollout.sampling import sample_next
 
@@ -232,7 +233,7 @@ def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int
     rows_in: these rows' place in a batch split among ranks, as :func:`r1lab.rollout.hf.generate` takes it.
     """
     if not supports(model):
-        raise ValueError(f"the native backend does not support {type(model).__name__}; use the hf backend")
+        raise BackendError(f"the native backend does not support {type(model).__name__}; use the hf backend")
     with torch.inference_mode():
         out = _generate(model, prompts, n=n, max_new_tokens=max_new_tokens, eos_token_id=eos_token_id,
                         pad_token_id=pad_token_id, temperature=temperature, top_p=top_p, top_k=top_k,

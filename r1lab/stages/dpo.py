@@ -41,7 +41,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from r1lab.data.jsonl import DataError, read_pairs
+from r1lab.errors import DataError
+from r1lab.data.jsonl import read_pairs
 from r1lab.losses.dpo import sequence_logp
 from r1lab.losses.registry import DPO_EXTRA_KEYWORDS, DPO_LOSSES
 from r1lab.models.io import load_model
@@ -49,7 +50,7 @@ from r1lab.models.adapters import LoraBlock, with_adapters
 from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.stages.sft import batch_rows, check_shares, collate, encode
-from r1lab.train.checkpoint import write_atomic
+from r1lab.io import write_atomic
 from r1lab.train.forward import completion_logprobs
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim

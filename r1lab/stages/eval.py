@@ -39,7 +39,7 @@ from r1lab.rewards.readable import has_summary
 from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.train.checkpoint import write_atomic
+from r1lab.io import write_atomic
 
 
 class EvalConfig(TaskStageConfig):

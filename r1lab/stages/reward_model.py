@@ -46,7 +46,7 @@ from r1lab.rewards.learned import Pooling, collate_reward_inputs, encode_reward_
 from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.stages.sft import batch_rows, check_shares
-from r1lab.train.checkpoint import write_atomic
+from r1lab.io import write_atomic
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
 

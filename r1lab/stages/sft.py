@@ -26,7 +26,8 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from r1lab.data.jsonl import DataError, read_sft_jsonl
+from r1lab.errors import DataError
+from r1lab.data.jsonl import read_sft_jsonl
 from r1lab.losses.sft import sft_nll
 from r1lab.models.io import load_model
 from r1lab.models.adapters import LoraBlock, with_adapters

@@ -24,26 +24,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from r1lab.errors import R1labError
+from r1lab.io import write_atomic
 from r1lab.train.distributed import full_state_dicts, load_full_state_dicts
 
 STATE_FILE = "state.json"
 TAGS = ("__tensor__", "__ndarray__", "__tuple__", "__float__", "__items__")
 
 
-class CheckpointStateError(ValueError):
+class CheckpointStateError(R1labError, ValueError):
     """A checkpoint's ``state.json`` or the tensor file it names cannot be read; the message names it."""
 
-
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temporary sibling, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    def __str__(self) -> str:
+        return f"{super().__str__()}; the checkpoint is damaged: delete its folder to run that stage from its start"
 
 
 def encode_state(obj, tensors: dict[str, torch.Tensor]):

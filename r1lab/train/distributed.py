@@ -44,13 +44,14 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
+from r1lab.errors import R1labError
 from r1lab.models.adapters import plain_model
 
 # Ranks wait for rank 0 while it runs a stage that trains nothing (an eval, rejection sampling).
 WAIT = datetime.timedelta(hours=6)
 
 
-class DistributedError(ValueError):
+class DistributedError(R1labError, ValueError):
     """A setting the ranks cannot run: a batch too small to share, a model FSDP2 cannot shard."""
 
 

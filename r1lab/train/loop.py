@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 
+from r1lab.errors import R1labError
 from r1lab.models.adapters import save_adapted
 from r1lab.models.moe import is_moe, pop_logged
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
@@ -41,7 +42,7 @@ SUMMED = ("tokens_per_s", "tokens")     # logged values that count work: summed 
 MAX_SKIPPED_IN_A_ROW = 5                # optimizer steps skipped for a non-finite gradient before the stage stops
 
 
-class NonFiniteError(RuntimeError):
+class NonFiniteError(R1labError, RuntimeError):
     """Training produced non-finite gradients step after step; the message says where."""
 
 

@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from r1lab.data.jsonl import DataError
-from r1lab.train.checkpoint import write_atomic
+from r1lab.errors import DataError
+from r1lab.io import write_atomic
 
 
 class MetricsLogger:
