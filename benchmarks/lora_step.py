@@ -36,7 +36,7 @@ from r1lab.models.adapters import Lora, frozen_reference, merged_for_decoding, w
 from r1lab.pipeline import peak_rss_mb, reset_peak_rss, rss_mb
 from r1lab.stages.context import RunContext
 from r1lab.stages.grpo import GrpoConfig, grpo_batch
-from r1lab.train.forward import logprobs_no_grad
+from r1lab.forward import logprobs_no_grad
 from r1lab.train.optim import build_optimizer
 
 SHAPES = {

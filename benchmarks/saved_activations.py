@@ -23,7 +23,7 @@ from r1lab.models.io import load_model
 from r1lab.rewards import build_rewards
 from r1lab.rollout import Sampling
 from r1lab.stages.grpo import scored_rollout
-from r1lab.train.forward import completion_logprobs, plain_completion_logprobs
+from r1lab.forward import completion_logprobs, plain_completion_logprobs
 
 
 def saved_mb(forward, model, batch) -> float:

@@ -20,7 +20,7 @@ from r1lab.data.tasks import Task
 from r1lab.errors import R1labError
 from r1lab.stages import STAGES
 from r1lab.stages.common import PlainName
-from r1lab.stages.lineage import tokenizer_problem
+from r1lab.lineage import tokenizer_problem
 
 DEFAULT_CONFIG = "r1-tiny"
 
@@ -54,7 +54,7 @@ class RunConfig(BaseModel):
         kind: a reference (one of a stage's ``references()``) naming neither an earlier stage
         that writes that kind of output nor an existing path, a task a stage cannot run on, a
         data file that is not there, models that must share a tokenizer and do not
-        (r1lab/stages/lineage.py), or a device this machine lacks."""
+        (r1lab/lineage.py), or a device this machine lacks."""
         found = [self._dangling_reference(), self._task_problem(), tokenizer_problem(self), self._device_problem()]
         return [p for p in found if p is not None]
 

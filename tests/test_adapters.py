@@ -15,7 +15,7 @@ from r1lab.rewards import REWARDS
 from r1lab.rollout import generate
 from r1lab.stages.context import RunContext
 from r1lab.stages.grpo import GrpoConfig, grpo_batch
-from r1lab.train.forward import logprobs_no_grad, prompt_completion_batch
+from r1lab.forward import logprobs_no_grad, prompt_completion_batch
 from r1lab.train.optim import build_optimizer
 
 from conftest import assert_same_stage, broken_and_unbroken, tiny_llama

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1lab.advantages import (gae, gae_reference, group_advantages, masked_whiten, reinforce_pp_advantages,
+from r1lab.losses.advantages import (gae, gae_reference, group_advantages, masked_whiten, reinforce_pp_advantages,
                               rloo_advantages)
 
 # ---- group-relative, RLOO, REINFORCE++ --------------------------------------------------------

@@ -240,7 +240,7 @@ def test_two_ranks_train_as_one_process_does_and_resume(tmp_path, tokenizer):
         assert_same(one, two, stage, tol=1e-6)
     assert_same(one, two, "6-ppo", tol=1e-6, skip=LOSS_STATS + PPO_STATS)
     # One process scores completions on the packed walk, DDP ranks on the shared-prefix forward
-    # (r1lab/train/forward.py): two exact paths whose float32 rounding differs (each is within
+    # (r1lab/forward/__init__.py): two exact paths whose float32 rounding differs (each is within
     # 2e-5 of the plain forward, tests/test_packed.py), so RL's weights agree to 2e-6, as fsdp2's do.
     assert_same(one, two, "7-rl-uneven", tol=2e-6, skip=LOSS_STATS)
     assert any(m["on_policy"] for m in metrics(two, "4-distill"))

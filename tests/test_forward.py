@@ -9,8 +9,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from r1lab.losses.common import entropy_from_logits, token_logprobs
-from r1lab.train import forward
-from r1lab.train.forward import completion_logprobs, plain_completion_logprobs, prompt_completion_batch
+from r1lab import forward
+from r1lab.forward import completion_logprobs, plain_completion_logprobs, prompt_completion_batch
 
 from conftest import tiny_llama
 

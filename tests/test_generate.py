@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from r1lab.rollout import generate as dispatch
-from r1lab.train.forward import completion_logprobs, prompt_completion_batch
+from r1lab.forward import completion_logprobs, prompt_completion_batch
 
 from conftest import tiny_llama
 

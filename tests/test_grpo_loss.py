@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from r1lab.advantages import group_advantages
+from r1lab.losses.advantages import group_advantages
 from r1lab.losses.grpo import grpo_loss
 from r1lab.losses.kl import k3_kl
 

@@ -6,7 +6,7 @@ import torch
 from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.stages.context import RunContext
 from r1lab.stages.grpo import GrpoConfig, grpo_batch
-from r1lab.train.forward import prompt_completion_batch
+from r1lab.forward import prompt_completion_batch
 
 from conftest import random_reward_model, tiny_llama
 

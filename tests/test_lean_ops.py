@@ -8,7 +8,7 @@ from transformers import LlamaConfig, Qwen2Config
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm
 
-from r1lab.train import lean_ops
+from r1lab.forward import lean_ops
 
 
 def agree(lean, module, x):

@@ -10,7 +10,7 @@ from r1lab.models.moe import pop_logged
 from r1lab.models.tiny import TinyModelConfig, build_tiny_model
 from r1lab.pipeline import run
 from r1lab.rollout import generate
-from r1lab.train.forward import completion_logprobs, prompt_completion_batch
+from r1lab.forward import completion_logprobs, prompt_completion_batch
 from r1lab.train.metrics import read_metrics
 
 SHAPE = dict(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=2, intermediate_size=48)

@@ -6,7 +6,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from r1lab.rollout import hf, native
-from r1lab.train.forward import completion_logprobs, prompt_completion_batch
+from r1lab.forward import completion_logprobs, prompt_completion_batch
 
 from conftest import tiny_llama
 

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from r1lab.models.adapters import Lora, with_adapters
-from r1lab.train import forward, packed
-from r1lab.train.forward import plain_completion_logprobs
+from r1lab import forward
+from r1lab.forward import packed
+from r1lab.forward import plain_completion_logprobs
 
 from conftest import tiny_llama
 from test_shared_prefix import MODELS, assert_agree, group_batch, logp_and_grads

@@ -13,7 +13,7 @@ from r1lab.rewards import REWARDS
 from r1lab.stages import ppo
 from r1lab.stages.context import RunContext
 from r1lab.stages.ppo import PpoConfig, policy_batch, value_batch
-from r1lab.train.forward import completion_logprobs, completion_values, prompt_completion_batch
+from r1lab.forward import completion_logprobs, completion_values, prompt_completion_batch
 from r1lab.train.metrics import read_metrics
 
 from conftest import tiny_llama

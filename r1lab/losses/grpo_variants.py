@@ -11,7 +11,7 @@ logp, old_logp, ref_logp, mask are [N, L] (N completions, L token slots); advant
 - ``dr_grpo_loss``: Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical
   Perspective"). Per-token terms summed and divided by the constant N * max_len instead of each
   completion's length, which removes GRPO's length bias. Its other change, no division by the
-  group's reward std, lives in r1lab/advantages.py (``group_advantages(..., scale="none")``).
+  group's reward std, lives in r1lab/losses/advantages.py (``group_advantages(..., scale="none")``).
 - ``gspo_loss``: GSPO (Zheng et al. 2025, "Group Sequence Policy Optimization"). One ratio per
   completion, s_i = exp(mean_t (logp - old_logp)), clipped per completion and multiplied by the
   completion's advantage.

@@ -57,7 +57,7 @@ def sft_nll(logp: torch.Tensor, mask: torch.Tensor, *, reduction: str,
     """The same loss from the response tokens' log-probs: logp, mask [B, L] -> (loss, stats).
 
     ``logp`` is what the memory-lean training forward returns
-    (:func:`r1lab.train.forward.completion_logprobs`), so no [B, L, V] logits reach the loss;
+    (:func:`r1lab.forward.completion_logprobs`), so no [B, L, V] logits reach the loss;
     :func:`sft_loss` on full logits is its slow reference. ``normalizer`` replaces the batch's
     own denominator (response tokens for "token", rows with a response token for "sequence")
     so that micro-batch losses of one batch add up to the full batch's loss:

@@ -45,7 +45,7 @@ class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     reads: ClassVar[dict[str, Artifact]] = {}     # field -> what it names: an earlier stage's output or a path
     writes: ClassVar[tuple[Artifact, ...]] = ()   # what later stages may read from this one
-    # model fields whose models must share one tokenizer, checked at load (r1lab/stages/lineage.py);
+    # model fields whose models must share one tokenizer, checked at load (r1lab/lineage.py);
     # a stage that writes a model is traced back through its ``init`` field
     same_tokenizer: ClassVar[tuple[str, ...]] = ()
     # runs on every rank under torchrun, each on its share of the batch (r1lab/train/distributed.py);

@@ -17,7 +17,7 @@ positions at a time (``chunked_distill_loss``), so no [N, L, V] float copy is ma
 two models' logits and the student's gradient. The teacher runs under no_grad in eval mode.
 
 Student and teacher must share a tokenizer ("the student may be smaller"): the config loader
-traces both back to their origin and refuses a mismatch (r1lab/stages/lineage.py).
+traces both back to their origin and refuses a mismatch (r1lab/lineage.py).
 
 Departures: logit and on-policy modes are GKD's, not R1's; the data is a laptop's, not 800k
 rows. In logit mode the loss averages over tokens (``reduction`` is for sequence mode), and
@@ -49,7 +49,7 @@ from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.stages.sft import (batch_rows, check_shares, collate, encode, nll_batch, prompt_and_completion,
                               split_rows)
-from r1lab.train.forward import CHUNK_SIZE, completion_logits
+from r1lab.forward import CHUNK_SIZE, completion_logits
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
 

@@ -51,7 +51,7 @@ from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.stages.sft import batch_rows, check_shares, collate, encode
 from r1lab.io import write_atomic
-from r1lab.train.forward import completion_logprobs
+from r1lab.forward import completion_logprobs
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
 

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from r1lab.advantages import ADVANTAGE_ESTIMATORS
+from r1lab.losses.advantages import ADVANTAGE_ESTIMATORS
 from r1lab.data.general import REQUESTS
 from r1lab.losses.common import masked_mean
 from r1lab.losses.registry import GRPO_LOSSES
@@ -43,7 +43,7 @@ from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.distributed import in_row_order
-from r1lab.train.forward import completion_logprobs, logprobs_no_grad, prompt_completion_batch
+from r1lab.forward import completion_logprobs, logprobs_no_grad, prompt_completion_batch
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
 

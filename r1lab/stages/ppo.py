@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from r1lab.advantages import gae, masked_whiten
+from r1lab.losses.advantages import gae, masked_whiten
 from r1lab.losses.common import masked_mean
 from r1lab.losses.ppo import kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
 from r1lab.models.io import load_model, load_value_model
@@ -46,7 +46,7 @@ from r1lab.rollout import Sampling
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.stages.grpo import monitor_scorers, scored_rollout
-from r1lab.train.forward import completion_logprobs, completion_values, logprobs_no_grad, values_no_grad
+from r1lab.forward import completion_logprobs, completion_values, logprobs_no_grad, values_no_grad
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
 

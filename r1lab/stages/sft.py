@@ -33,7 +33,7 @@ from r1lab.models.io import load_model
 from r1lab.models.adapters import LoraBlock, with_adapters
 from r1lab.stages.common import StageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.train.forward import completion_logprobs, prompt_completion_batch
+from r1lab.forward import completion_logprobs, prompt_completion_batch
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
 

@@ -1,5 +1,11 @@
-"""The forward rung shared by RL stages: per-token log-probs of completions after prompts, and
-a value model's per-token values at the same positions."""
+"""The training forward: per-token log-probs of completions after prompts (every stage that
+scores completions: GRPO, PPO, SFT, DPO, distillation, and RL's reference and old-policy
+forwards), and a value model's per-token values at the same positions.
+
+:func:`completion_logprobs` takes the fastest exact path the model allows: packed.py (Llama and
+Qwen2 families), shared_prefix.py (under DDP, and any other HF causal LM), or the plain padded
+forward defined here, the slow reference both are tested against. lean_ops.py holds the
+packed walk's memory-lean elementwise ops."""
 
 from __future__ import annotations
 
@@ -11,13 +17,13 @@ import torch
 from torch.distributed.fsdp import FSDPModule
 from transformers import PreTrainedModel
 
+from r1lab.forward.packed import packed_logprobs, supports as packs
+from r1lab.forward.shared_prefix import cache_keyword, shared_prefix_logprobs
+from r1lab.losses.logprobs import chunked_logprobs
 from r1lab.models.adapters import AdaptersOff, is_adapted, plain_model
 from r1lab.models.moe import is_moe, with_router_loss
-from r1lab.losses.logprobs import chunked_logprobs
 from r1lab.rollout.types import left_pad
 from r1lab.train.distributed import in_row_order, local_module, micro_batch_slices
-from r1lab.train.packed import packed_logprobs, supports as packs
-from r1lab.train.shared_prefix import cache_keyword, shared_prefix_logprobs
 
 # Sequence positions whose logits are upcast to float32 at once: [N, 64, V] is 0.6 GB for
 # Qwen's 151,936-token vocabulary at N = 16, against 5.0 GB for all 512 positions.
@@ -45,9 +51,9 @@ def completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: f
     """log pi(completion token) for each completion position: [N, L], and optionally entropy [N, L];
     masked positions hold no log-prob to use (0 on the fast path).
 
-    Fast paths, where they take the model: the packed walk (r1lab/train/packed.py: each distinct
+    Fast paths, where they take the model: the packed walk (r1lab/forward/packed.py: each distinct
     prompt once, no padding through any weight), else HF's forward with a shared prompt KV cache
-    (r1lab/train/shared_prefix.py); else ``plain_completion_logprobs``, the reference of both.
+    (r1lab/forward/shared_prefix.py); else ``plain_completion_logprobs``, the reference of both.
     """
     if isinstance(model, AdaptersOff):        # a LoRA policy's reference: the same paths, adapters off
         with model.model.disable_adapter():
@@ -70,7 +76,7 @@ def _fast_paths_may_take(model) -> bool:
 
 
 def _packs(model) -> bool:
-    """Whether the packed walk (r1lab/train/packed.py) takes ``model``, given
+    """Whether the packed walk (r1lab/forward/packed.py) takes ``model``, given
     :func:`_fast_paths_may_take`: a transformers or PEFT model itself, as the walk bypasses any
     wrapper's forward (DDP's hooks live in its)."""
     return (isinstance(model, PreTrainedModel) or is_adapted(model)) and packs(model)

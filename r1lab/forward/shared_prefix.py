@@ -1,12 +1,12 @@
 """A fast training forward of completions through HF's own forward: each distinct prompt once,
-no padding columns. ``completion_logprobs`` (r1lab/train/forward.py) takes it where the packed
-walk (r1lab/train/packed.py, faster: no padding through any weight) does not: under DDP, whose
+no padding columns. ``completion_logprobs`` (r1lab/forward/__init__.py) takes it where the packed
+walk (r1lab/forward/packed.py, faster: no padding through any weight) does not: under DDP, whose
 gradient hooks need the forward to run through its wrapper, and for other model families.
 
 A GRPO batch holds G completions of each prompt, laid out as the model input of
 ``prompt_completion_batch``: [N, P + L], prompts left-padded to the longest, completions
 right-padded to the longest. The plain forward (``plain_completion_logprobs`` in
-r1lab/train/forward.py, the slow reference) runs all N * (P + L) positions. Here:
+r1lab/forward/__init__.py, the slow reference) runs all N * (P + L) positions. Here:
 
 1. the distinct prompts (U of them, U = N / G in GRPO; the chosen/rejected pairs of DPO share
    theirs too) run once, with the KV cache on and only the last prompt position's logits;

@@ -13,7 +13,7 @@ packed list of tokens instead:
   to their prompt's keys (selected per row: the backward adds the G rows' gradients into the
   shared prompt) and causally to their own, on up to four grids [n_b, L_b] of rows of like
   length (``_buckets``), so that a grid is mostly tokens, not padding;
-- norms and MLPs keep less for backward than HF's modules do (r1lab/train/lean_ops.py), and no
+- norms and MLPs keep less for backward than HF's modules do (r1lab/forward/lean_ops.py), and no
   grid keeps a copy of the tokens it was filled from: autograd keeps 0.51x of what it kept
   without these, 0.25x of the padded forward's (benchmarks/saved_activations.py);
 - only the positions that predict a completion token reach the LM head: each prompt's last
@@ -21,8 +21,8 @@ packed list of tokens instead:
   log-prob chunk loop (r1lab/losses/logprobs.py ``linear_token_logprobs``), so no [C, V]
   logits are kept, where C is the number of completion tokens.
 
-``r1lab/train/shared_prefix.py`` (HF's forward with its KV cache) takes the models this does
-not, and the plain padded forward in r1lab/train/forward.py is the slow reference both are
+``r1lab/forward/shared_prefix.py`` (HF's forward with its KV cache) takes the models this does
+not, and the plain padded forward in r1lab/forward/__init__.py is the slow reference both are
 tested against (tests/test_packed.py).
 """
 
@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from r1lab.losses.logprobs import chunked_logprobs, linear_token_logprobs
 from r1lab.models.adapters import plain_model
 from r1lab.rollout.native import _config_window, supports as native_supports
-from r1lab.train import lean_ops
-from r1lab.train.shared_prefix import completion_width
+from r1lab.forward import lean_ops
+from r1lab.forward.shared_prefix import completion_width
 
 
 # The plain path's chunks are [N, chunk_size, V] (N rows at a time); here rows are packed
