@@ -102,7 +102,8 @@ def r1lab_turn(model_dir: Path, steps: int, mb: int) -> tuple[list[dict], float,
     from r1lab.models.adapters import frozen_reference
     from r1lab.models.io import load_model
     from r1lab.stages.context import RunContext
-    from r1lab.stages.grpo import GrpoConfig, grpo_batch, scored_rollout
+    from r1lab.stages.grpo import GrpoConfig, grpo_batch
+    from r1lab.train.rl_step import scored_rollout
     from r1lab.train.distributed import Dist
     from r1lab.forward import logprobs_no_grad
     from r1lab.train.optim import build_optimizer, build_scheduler, optimizer_step

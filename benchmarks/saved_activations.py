@@ -22,7 +22,7 @@ from r1lab.data.tasks import ArithmeticTask
 from r1lab.models.io import load_model
 from r1lab.rewards import build_rewards
 from r1lab.rollout import Sampling
-from r1lab.stages.grpo import scored_rollout
+from r1lab.train.rl_step import scored_rollout
 from r1lab.forward import completion_logprobs, plain_completion_logprobs
 
 

@@ -55,12 +55,13 @@ def test_grpo_on_the_code_task_keeps_training_when_samples_are_hostile(tmp_path,
     from r1lab.config import load_config
     from r1lab.pipeline import run
     from r1lab.stages import grpo
+    from r1lab.train import rl_step
     from r1lab.train.metrics import read_metrics
     tiny_llama(tokenizer, seed=1).save_pretrained(tmp_path / "lm")
     tokenizer.save_pretrained(tmp_path / "lm")
     hostile = ["import os\nwhile True:\n    os.fork()", "while True:\n    pass", "x = bytearray(10 ** 10)",
                "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"]
-    inner, seen = grpo.sample, []
+    inner, seen = rl_step.sample, []
 
     def sample_with_hostile_rows(*args, **kw):
         prompts, rollout = inner(*args, **kw)
@@ -80,7 +81,7 @@ def test_grpo_on_the_code_task_keeps_training_when_samples_are_hostile(tmp_path,
     def scored_rollout(policy, tok, task, examples, *args, **kw):
         seen_examples[:] = examples
         return real_scored(policy, tok, task, examples, *args, **kw)
-    monkeypatch.setattr(grpo, "sample", sample_with_hostile_rows)
+    monkeypatch.setattr(rl_step, "sample", sample_with_hostile_rows)
     monkeypatch.setattr(grpo, "scored_rollout", scored_rollout)
     (tmp_path / "c.yaml").write_text(f"""\
 name: t

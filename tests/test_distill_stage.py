@@ -17,8 +17,8 @@ from r1lab.pipeline import run
 from r1lab.stages import distill
 from r1lab.stages.context import RunContext
 from r1lab.stages.distill import DistillConfig, logit_batch
-from r1lab.stages.sft import collate, encode
 from r1lab.train.metrics import read_metrics
+from r1lab.train.supervised import collate, encode
 
 from conftest import assert_same_stage, broken_and_unbroken, tiny_llama
 from test_forward import LogitShapedTensors

@@ -2,6 +2,7 @@
 read, accumulation, learning a preference, resume, the saved model, bad data, ``part: summary``."""
 
 import json
+from pathlib import Path
 import random
 
 import pytest
@@ -14,8 +15,9 @@ from r1lab.models.io import CheckpointError, load_reward_model, reward_model_fro
 from r1lab.pipeline import run
 from r1lab.rewards.learned import RewardModelScorer, collate_reward_inputs, reward_inputs, sequence_rewards
 from r1lab.stages.context import RunContext
-from r1lab.stages.reward_model import RewardModelConfig, Rewards, encode_pairs, pair_rewards, split
+from r1lab.stages.reward_model import RewardModelConfig, Rewards, encode_pairs, pair_rewards
 from r1lab.train.metrics import read_metrics
+from r1lab.train.supervised import split_rows
 
 from conftest import assert_same_stage, broken_and_unbroken, tiny_llama
 
@@ -84,11 +86,12 @@ def test_held_out_pairs_come_from_prompts_never_trained_on():
     """With every two replies paired, one prompt gives many pairs: splitting pairs would put the
     same replies on both sides and overstate held-out accuracy."""
     rows = [{"prompt": f"p{i % 7}", "chosen": f"c{i}", "rejected": f"r{i}"} for i in range(70)]
-    train, val = split(rows, 0.25, seed=0)
+    split = lambda fraction: split_rows(rows, fraction, "rm-val-0", Path("p.jsonl"), group=lambda r: r["prompt"])
+    train, val = split(0.25)
     assert {r["prompt"] for r in train}.isdisjoint({r["prompt"] for r in val})
     assert len(train) + len(val) == 70 and 0.25 * 70 <= len(val) < 0.25 * 70 + 10
-    assert split(rows, 0.25, seed=0) == (train, val)
-    assert split(rows, 0.99, seed=0)[0]            # one prompt is always left to train on
+    assert split(0.25) == (train, val)
+    assert split(0.99)[0]                          # one prompt is always left to train on
 
 
 def test_reward_is_read_at_the_last_real_token_as_hf_pools_an_unpadded_row(llama_dir, tokenizer):

@@ -8,8 +8,9 @@ import torch
 from r1lab.config import load_config
 from r1lab.pipeline import run
 from r1lab.stages.context import RunContext
-from r1lab.stages.sft import SftConfig, batch_rows, collate, encode, nll_batch
+from r1lab.stages.sft import SftConfig
 from r1lab.train.metrics import read_metrics
+from r1lab.train.supervised import batch_rows, collate, encode, nll_batch
 
 from conftest import assert_same_stage, broken_and_unbroken, tiny_llama
 
@@ -45,7 +46,7 @@ def test_loss_counts_completion_tokens_only(tokenizer):
         targets = ids[0, 1:]
         picked = logp.gather(-1, targets[:, None]).squeeze(-1)[len(p) - 1:]          # completion only
         nll, count = nll - picked.sum().item(), count + len(c)
-    got = nll_batch(model, pairs, tokenizer.pad_token_id, cfg(), CPU, train=False, micro=0)
+    got = nll_batch(model, pairs, tokenizer.pad_token_id, "token", CPU, train=False, micro=0)
     assert got == pytest.approx(nll / count, abs=1e-5)
 
 
@@ -69,7 +70,7 @@ def test_gradient_accumulation_equals_one_big_batch(tokenizer, reduction):
     grads = []
     for micro in (0, 1):
         model = tiny_llama(tokenizer, seed=3)
-        loss = nll_batch(model, pairs, tokenizer.pad_token_id, cfg(reduction=reduction), CPU, train=True, micro=micro)
+        loss = nll_batch(model, pairs, tokenizer.pad_token_id, reduction, CPU, train=True, micro=micro)
         grads.append((loss, {k: p.grad.clone() for k, p in model.named_parameters()}))
     (full_loss, full), (acc_loss, acc) = grads
     assert acc_loss == pytest.approx(full_loss, abs=1e-6)

@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from r1lab.data.tasks import Task
+from r1lab.models.adapters import LoraBlock
 
 Artifact = Literal["model", "data", "eval"]
 
@@ -70,3 +71,24 @@ class StageConfig(BaseModel):
 class TaskStageConfig(StageConfig):
     """A stage that draws questions from a task: the run's, unless it names its own."""
     task: Task | None = Field(None, description="This stage's own task; default: the run's task.")
+
+
+class SupervisedStageConfig(StageConfig):
+    """A stage that trains the model ``init`` names on the rows of ``data``, in epochs of shuffled
+    batches with a held-out share for validation (sft, distill, dpo, reward_model; the shared
+    code is r1lab/train/supervised.py). Each sets its own ``optim:`` defaults and may override
+    any default here."""
+    reads = {"init": "model", "data": "data"}
+    writes = ("model",)
+    data_parallel = True
+    init: str = Field(description="Model to train: an earlier stage's name or a model path.")
+    data: str = Field(description="Rows: an earlier stage that writes data.jsonl, or a JSONL path.")
+    epochs: int = Field(2, gt=0, description="Passes over the training rows.")
+    batch_size: int = Field(16, gt=0, description="Rows per optimizer step.")
+    micro_batch_size: int = Field(0, ge=0, description="Rows per forward/backward (0 = the whole batch); "
+                                  "gradients accumulate to the full batch's.")
+    max_length: int = Field(512, gt=1, description="Prompt + completion tokens at most; longer completions are cut.")
+    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of rows held out for validation.")
+    eval_every: int = Field(50, gt=0, description="Steps between validation passes (and at the end).")
+    lora: LoraBlock = None
+    checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")

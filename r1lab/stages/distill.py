@@ -43,22 +43,20 @@ from pydantic import Field, model_validator
 from r1lab.data.jsonl import read_sft_jsonl
 from r1lab.losses.distill import DIVERGENCES, chunked_distill_loss
 from r1lab.models.io import CheckpointError, load_model
-from r1lab.models.adapters import LoraBlock, with_adapters
-from r1lab.rollout import Sampling, sample
-from r1lab.stages.common import StageConfig, block
-from r1lab.stages.context import RunContext
-from r1lab.stages.sft import (batch_rows, check_shares, collate, encode, nll_batch, prompt_and_completion,
-                              split_rows)
 from r1lab.forward import CHUNK_SIZE, completion_logits
+from r1lab.models.adapters import with_adapters
+from r1lab.rollout import Sampling, sample
+from r1lab.stages.common import SupervisedStageConfig, block
+from r1lab.stages.context import RunContext
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
+from r1lab.train.supervised import (batch_rows, check_shares, collate, encode, nll_batch, prompt_and_completion,
+                                    should_validate, split_rows)
 
 
-class DistillConfig(StageConfig):
-    """Distillation of a teacher into a student."""
+class DistillConfig(SupervisedStageConfig):
+    """Distillation of a teacher into a student (R1: 2 to 3 epochs)."""
     reads = {"init": "model", "teacher": "model", "data": "data"}
-    writes = ("model",)
-    data_parallel = True
     same_tokenizer = ("init", "teacher")
     kind: Literal["distill"]
     init: str = Field(description="The student: an earlier stage's name or a model path.")
@@ -77,19 +75,10 @@ class DistillConfig(StageConfig):
                              "the student samples itself from the rows' prompts (logit mode).")
     sampling: block(Sampling, "How on-policy completions are sampled.", max_new_tokens=96, temperature=1.0,
                     top_p=1.0)
-    epochs: int = Field(2, gt=0, description="Passes over the training rows (R1: 2 to 3).")
-    batch_size: int = Field(16, gt=0, description="Rows per optimizer step.")
-    micro_batch_size: int = Field(0, ge=0, description="Rows per forward/backward (0 = the whole batch); "
-                                  "gradients accumulate to the full batch's.")
-    max_length: int = Field(512, gt=1, description="Prompt + completion tokens at most; longer completions are cut.")
     reduction: Literal["token", "sequence"] = Field("token", description="Sequence mode: average over all "
                                                     "completion tokens of a batch, or per completion then over completions.")
-    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of rows held out for validation loss.")
-    eval_every: int = Field(50, gt=0, description="Steps between validation losses (and at the end).")
-    lora: LoraBlock = None
     optim: block(Optim, "Optimizer and schedule (R1: cosine to a tenth of the initial rate).",
                  lr=1e-4, warmup_steps=10, min_lr_ratio=0.1)
-    checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
 
     @model_validator(mode="after")
     def _modes_fit(self):
@@ -172,7 +161,7 @@ def run(ctx: RunContext, cfg: DistillConfig, out: Path) -> None:
     path = ctx.data_path(cfg.data)
     rows = read_sft_jsonl(path)
     train, val = split_rows(list(zip(rows, encode(rows, tokenizer, cfg.max_length))), cfg.val_fraction,
-                            ctx.seed, path)                        # (row, (prompt ids, completion ids))
+                            f"sft-val-{ctx.seed}", path)           # (row, (prompt ids, completion ids))
     val = [pair for _, pair in val]
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * per_epoch
@@ -183,7 +172,8 @@ def run(ctx: RunContext, cfg: DistillConfig, out: Path) -> None:
 
     def batch_loss(model, pairs, *, train: bool, micro: int, normalizer: int | None = None) -> dict[str, float]:
         if cfg.method == "sequence":
-            return {"loss": nll_batch(model, pairs, pad, cfg, ctx, train=train, micro=micro, normalizer=normalizer)}
+            return {"loss": nll_batch(model, pairs, pad, cfg.reduction, ctx, train=train, micro=micro,
+                                      normalizer=normalizer)}
         stats = logit_batch(model, teacher, pairs, pad, vocab, cfg, ctx, train=train, micro=micro, tokens=normalizer)
         return {**stats, cfg.loss: stats["loss"] / cfg.temperature ** 2}
 
@@ -204,7 +194,7 @@ def run(ctx: RunContext, cfg: DistillConfig, out: Path) -> None:
                       tokens=float(sum(len(c) for _, c in pairs)))
         if cfg.method == "logit":
             values["on_policy"] = float(sampled)
-        if val and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
+        if val and should_validate(step, total, cfg.eval_every):
             student.eval()
             values["val_loss"] = batch_loss(student, val, train=False, micro=cfg.micro_batch_size or cfg.batch_size)["loss"]
             student.train()

@@ -34,36 +34,31 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from r1lab.errors import DataError
 from r1lab.data.jsonl import read_pairs
 from r1lab.losses.dpo import sequence_logp
 from r1lab.losses.registry import DPO_EXTRA_KEYWORDS, DPO_LOSSES
 from r1lab.models.io import load_model
-from r1lab.models.adapters import LoraBlock, with_adapters
-from r1lab.stages.common import StageConfig, block
-from r1lab.stages.context import RunContext
-from r1lab.stages.sft import batch_rows, check_shares, collate, encode
-from r1lab.io import write_atomic
 from r1lab.forward import completion_logprobs
+from r1lab.io import write_atomic
+from r1lab.models.adapters import with_adapters
+from r1lab.stages.common import SupervisedStageConfig, block
+from r1lab.stages.context import RunContext
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
+from r1lab.train.supervised import batch_rows, check_shares, collate, encode, should_validate, split_rows
 
 Pair = tuple[list[int], list[int], list[int]]         # prompt ids, chosen ids + EOS, rejected ids + EOS
 TokenLogps = list[tuple[torch.Tensor, torch.Tensor]]  # per pair: chosen [Lw], rejected [Ll] token log-probs
 
 
-class DpoConfig(StageConfig):
+class DpoConfig(SupervisedStageConfig):
     """Direct preference optimization on chosen/rejected pairs."""
-    reads = {"init": "model", "data": "data"}
-    writes = ("model",)
-    data_parallel = True
     kind: Literal["dpo"]
     init: str = Field(description="Policy start and frozen reference: an earlier stage's name or a model path.")
     data: str = Field(description="Preference pairs: an earlier stage that writes data.jsonl, or a JSONL/JSON path.")
@@ -76,15 +71,8 @@ class DpoConfig(StageConfig):
                           "instead of the sum over its tokens (the papers).")
     epochs: int = Field(1, gt=0, description="Passes over the training pairs.")
     batch_size: int = Field(64, gt=0, description="Pairs per optimizer step (the paper: 64).")
-    micro_batch_size: int = Field(0, ge=0, description="Pairs per forward/backward (0 = the whole batch); "
-                                  "gradients accumulate to the full batch's.")
-    max_length: int = Field(512, gt=1, description="Prompt + response tokens at most; longer responses are cut.")
-    val_fraction: float = Field(0.05, ge=0, lt=1, description="Share of pairs held out for validation.")
-    eval_every: int = Field(50, gt=0, description="Steps between validations (and at the end).")
-    lora: LoraBlock = None
     optim: block(Optim, "Optimizer and schedule (the paper: LR 1e-6, warmup, then constant).",
                  lr=1e-6, warmup_steps=10, min_lr_ratio=1.0)
-    checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
 
 
 def encode_pairs(rows: list[dict], tokenizer, max_length: int) -> list[Pair]:
@@ -185,12 +173,7 @@ def run(ctx: RunContext, cfg: DpoConfig, out: Path) -> None:
     model.eval()     # still the initial model (TrainLoop restores a checkpoint after this): the reference
     ref = reference_logprobs(model, pairs, pad_id, ctx, eval_micro)
     model = with_adapters(model, cfg.lora, ctx.seed)                         # B = 0: ref unchanged
-    order = list(range(len(pairs)))
-    random.Random(f"dpo-val-{ctx.seed}").shuffle(order)
-    n_val = min(len(pairs) - 1, math.ceil(cfg.val_fraction * len(pairs))) if cfg.val_fraction > 0 else 0
-    val, train = order[:n_val], sorted(order[n_val:])
-    if not train:
-        raise DataError(f"{path}: no pairs left to train on after holding out {n_val} for validation")
+    train, val = split_rows(list(range(len(pairs))), cfg.val_fraction, f"dpo-val-{ctx.seed}", path)
     val_pairs, val_ref = [pairs[i] for i in val], [ref[i] for i in val]
     start = preference_stats(val_ref, val_ref, cfg) if val else None      # policy = reference
 
@@ -214,7 +197,7 @@ def run(ctx: RunContext, cfg: DpoConfig, out: Path) -> None:
         grad_norm = loop.optimizer_step()
         values = {k: v for k, v in stats.items() if k != "logp_accuracy"}
         values.update({"lr": loop.lr, "grad_norm": grad_norm, "epoch": (step + 1) / per_epoch})
-        if val and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
+        if val and should_validate(step, total, cfg.eval_every):
             final = validate()
             values.update({f"val/{k}": v for k, v in final.items()})
         loop.end_step(values, show_keys=("loss", "rewards/accuracies"), rows=len(rows))

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -38,14 +37,15 @@ from r1lab.losses.common import masked_mean
 from r1lab.losses.registry import GRPO_LOSSES
 from r1lab.models.io import load_model
 from r1lab.models.adapters import LoraBlock, frozen_reference, with_adapters
-from r1lab.rewards import RewardsSpec, Scorer, build_rewards, learned_models, mean_where_scored, score
-from r1lab.rollout import Sampling, sample
+from r1lab.rewards import RewardsSpec, build_rewards, learned_models
+from r1lab.rollout import Sampling
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.distributed import in_row_order
-from r1lab.forward import completion_logprobs, logprobs_no_grad, prompt_completion_batch
+from r1lab.forward import completion_logprobs, logprobs_no_grad
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
+from r1lab.train.rl_step import monitor_scorers, scored_rollout
 
 
 class GrpoConfig(TaskStageConfig):
@@ -138,52 +138,6 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
                            clip_eps=cfg.clip_eps, beta=cfg.beta, **extra)
     stats["entropy"] = masked_mean(in_row_order(entropies), mask).item()
     return stats
-
-
-def monitor_scorers(task, rewards: RewardsSpec) -> list[Scorer]:
-    """The task's verifier, format, language consistency and the judge of general replies where
-    ``rewards`` does not train on them: always logged (where they apply), trained on or not."""
-    monitored = {task.verifier: 0.0, "format": 0.0, "language": 0.0, "judge": 0.0}
-    return [s for s in build_rewards(monitored) if s.name not in rewards]
-
-
-@dataclass
-class ScoredRollout:
-    """A step's sampled completions, scored: where GRPO and PPO (r1lab/stages/ppo.py) start."""
-    batch: dict[str, torch.Tensor]  # prompts + completions as one model input (prompt_completion_batch)
-    rewards: torch.Tensor           # [N] weighted total of the trained rewards
-    metrics: dict[str, float]       # reward/mean, reward/<fn>, accuracy, format_rate, completion_len/mean, truncated_rate
-    n_tokens: int                   # completion tokens sampled
-    rollout_s: float                # seconds spent sampling
-
-
-def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampling: Sampling, seed: int,
-                   scorers: list[Scorer], monitors: list[Scorer], rows_in: tuple[int, int] | None = None) -> ScoredRollout:
-    """Sample ``n`` completions of each example's prompt (rows prompt-major) and score them;
-    ``rows_in``: their place in a batch split among ranks (r1lab/rollout/hf.py)."""
-    t0 = time.time()
-    policy.eval()
-    prompt_texts = [task.prompt(e) for e in examples]
-    prompts, rollout = sample(policy, tokenizer, prompt_texts, n=n, sampling=sampling, seed=seed, rows_in=rows_in)
-    rollout_s = time.time() - t0
-    texts = rollout.texts(tokenizer)
-    rows = [e for e in examples for _ in range(n)]
-    row_prompts = [p for p in prompt_texts for _ in range(n)]
-    totals, per_fn = score(scorers, row_prompts, texts, rows)
-    per_fn.update(score(monitors, row_prompts, texts, rows)[1])
-    means = {k: m for k, v in per_fn.items() if (m := mean_where_scored(v)) is not None}
-    rewards = torch.tensor(totals)                                           # [N]
-    metrics = {
-        "reward/mean": rewards.mean().item(),
-        **{f"reward/{k}": m for k, m in means.items()},
-        "accuracy": means.get(task.verifier, 0.0),
-        "format_rate": means["format"],
-        "completion_len/mean": rollout.lengths.float().mean().item(),
-        "truncated_rate": rollout.finish_reasons.count("length") / len(texts),
-    }
-    batch = prompt_completion_batch([p for p in prompts for _ in range(n)], rollout.completion_ids,
-                                    rollout.mask, tokenizer.pad_token_id)
-    return ScoredRollout(batch, rewards, metrics, int(rollout.mask.sum()), rollout_s)
 
 
 def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:

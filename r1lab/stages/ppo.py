@@ -45,10 +45,10 @@ from r1lab.rewards import RewardsSpec, build_rewards, learned_models
 from r1lab.rollout import Sampling
 from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
-from r1lab.stages.grpo import monitor_scorers, scored_rollout
 from r1lab.forward import completion_logprobs, completion_values, logprobs_no_grad, values_no_grad
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
+from r1lab.train.rl_step import monitor_scorers, scored_rollout
 
 
 class PpoConfig(TaskStageConfig):

@@ -28,6 +28,7 @@ from r1lab.stages.common import TaskStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
+from r1lab.train.supervised import should_validate
 
 
 class CorpusConfig(BaseModel):
@@ -127,7 +128,7 @@ def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
         tokens_seen += batch.numel()
         values = {"loss": loss.item(), "grad_norm": grad_norm, "lr": loop.lr,
                   "tokens_per_s": tokens_seen / max(1e-9, loop.log.elapsed() - loop.resumed_elapsed)}
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+        if should_validate(step, cfg.steps, cfg.eval_every):
             values["val_loss"] = validation_loss(model, val, ctx)
             model.train()
         loop.end_step(values, show_keys=("loss", "lr", "tokens_per_s"), rows=len(batch))

@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
-from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -41,31 +39,25 @@ from pydantic import Field
 from r1lab.data.jsonl import read_pairs
 from r1lab.losses.reward_model import bradley_terry_loss
 from r1lab.models.io import reward_model_from_lm
-from r1lab.models.adapters import LoraBlock, with_adapters
-from r1lab.rewards.learned import Pooling, collate_reward_inputs, encode_reward_input, sequence_rewards
-from r1lab.stages.common import StageConfig, block
-from r1lab.stages.context import RunContext
-from r1lab.stages.sft import batch_rows, check_shares
 from r1lab.io import write_atomic
+from r1lab.models.adapters import with_adapters
+from r1lab.rewards.learned import Pooling, collate_reward_inputs, encode_reward_input, sequence_rewards
+from r1lab.stages.common import SupervisedStageConfig, block
+from r1lab.stages.context import RunContext
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
+from r1lab.train.supervised import batch_rows, check_shares, should_validate, split_rows
 
 Pair = tuple[list[int], list[int]]          # (chosen ids, rejected ids), prompt included in each
 
 
-class RewardModelConfig(StageConfig):
-    """A Bradley-Terry reward model on preference pairs."""
-    reads = {"init": "model", "data": "data"}
-    writes = ("model",)
-    data_parallel = True
+class RewardModelConfig(SupervisedStageConfig):
+    """A Bradley-Terry reward model on preference pairs (R1: one epoch)."""
     kind: Literal["reward_model"]
     init: str = Field(description="Causal LM to put a scalar head on: an earlier stage's name or a model path.")
     data: str = Field(description="Preference pairs {prompt, chosen, rejected}: an earlier stage that "
                       "writes data.jsonl, or a JSONL (or JSON array) path.")
     epochs: int = Field(1, gt=0, description="Passes over the training pairs (R1: 1).")
-    batch_size: int = Field(16, gt=0, description="Pairs per optimizer step.")
-    micro_batch_size: int = Field(0, ge=0, description="Pairs per forward/backward (0 = the whole batch); "
-                                  "gradients accumulate to the full batch's.")
     max_length: int = Field(1024, gt=1, description="Prompt + response tokens at most; longer rows keep their end.")
     part: Literal["summary", "full"] = Field("summary", description="What of a response is judged: the text after "
                                            "the last </think> (R1's helpfulness), or all of it (harmlessness).")
@@ -73,10 +65,7 @@ class RewardModelConfig(StageConfig):
                              "(HF's sequence classification), or summed over every token (token rewards; "
                              "the prompt's terms are the same for all its responses).")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of pairs held out for validation accuracy, whole prompts at a time.")
-    eval_every: int = Field(50, gt=0, description="Steps between validation passes (and at the end).")
-    lora: LoraBlock = None
     optim: block(Optim, "Optimizer and schedule.", lr=1e-5, warmup_steps=10, min_lr_ratio=0.1)
-    checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
 
 
 def encode_pairs(rows: list[dict], tokenizer, cfg: RewardModelConfig) -> list[Pair]:
@@ -131,30 +120,13 @@ def validate(model, val: list[Pair], pad_id: int, cfg: RewardModelConfig, ctx: R
     return {f"val/{k}": v for k, v in stats.items()}
 
 
-def split(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, val) rows: a seeded share of the *prompts* held out with all their pairs, so no
-    held-out prompt is seen in training (pairs of one prompt share replies); at least one
-    prompt is left to train on."""
-    prompts = list(dict.fromkeys(row["prompt"] for row in rows))
-    random.Random(f"rm-val-{seed}").shuffle(prompts)
-    held: set[str] = set()
-    n_val, want = 0, math.ceil(fraction * len(rows)) if fraction > 0 else 0
-    per_prompt = Counter(row["prompt"] for row in rows)
-    for prompt in prompts[:-1]:
-        if n_val >= want:
-            break
-        held.add(prompt)
-        n_val += per_prompt[prompt]
-    return ([row for row in rows if row["prompt"] not in held],
-            [row for row in rows if row["prompt"] in held])
-
-
 def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
     model, tokenizer = reward_model_from_lm(ctx.model_path(cfg.init), ctx.device, ctx.seed)
     model.config.reward_pooling = cfg.pooling                       # read by sequence_rewards, saved with the model
     model = with_adapters(model, cfg.lora, ctx.seed, task_type="SEQ_CLS")   # the new head trains too
     path = ctx.data_path(cfg.data)
-    train, val = (encode_pairs(rows, tokenizer, cfg) for rows in split(read_pairs(path), cfg.val_fraction, ctx.seed))
+    split = split_rows(read_pairs(path), cfg.val_fraction, f"rm-val-{ctx.seed}", path, group=lambda row: row["prompt"])
+    train, val = (encode_pairs(rows, tokenizer, cfg) for rows in split)
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * per_epoch
     dist = ctx.dist
@@ -177,7 +149,7 @@ def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
         grad_norm = loop.optimizer_step()
         values = {**stats, "reward/chosen": r_c.mean().item(), "reward/rejected": r_r.mean().item(),
                   "grad_norm": grad_norm, "lr": loop.lr, "epoch": (step + 1) / per_epoch}
-        if val and ((step + 1) % cfg.eval_every == 0 or step + 1 == total):
+        if val and should_validate(step, total, cfg.eval_every):
             values.update(validate(model, val, pad, cfg, ctx))
             if step + 1 == total:
                 summary["end"] = {k: values[k] for k in ("val/loss", "val/accuracy", "val/margin")}
