@@ -98,7 +98,7 @@ def base_model(shape: str, steps: int, work: Path) -> Path:
 
 
 def r1lab_turn(model_dir: Path, steps: int, mb: int) -> tuple[list[dict], float, float]:
-    from r1lab.losses.advantages import ADVANTAGE_ESTIMATORS
+    from r1lab.losses.registry import ADVANTAGE_ESTIMATORS
     from r1lab.models.adapters import frozen_reference
     from r1lab.models.io import load_model
     from r1lab.stages.context import RunContext

@@ -169,3 +169,21 @@ def test_masked_whiten_over_ranks_equals_one_process_over_all_rows():
         summed = iter(totals)
         parts.append(masked_whiten(h, m, total=lambda v: next(summed)))
     assert torch.allclose(torch.cat(parts), masked_whiten(x, mask), atol=1e-5)
+
+
+def test_every_estimator_a_config_names_resolves_to_its_function():
+    from r1lab.losses import advantages as adv
+    from r1lab.losses.registry import ADVANTAGE_ESTIMATORS
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
+    want = {"group": adv.group_advantages(rewards, 3), "batch": adv.group_advantages(rewards, 3, scale="batch"),
+            "none": adv.group_advantages(rewards, 3, scale="none"), "rloo": adv.rloo_advantages(rewards, 3),
+            "reinforce_pp": adv.reinforce_pp_advantages(rewards)}
+    assert set(ADVANTAGE_ESTIMATORS) == set(want)
+    for name, estimator in ADVANTAGE_ESTIMATORS.items():
+        assert torch.equal(estimator(rewards, 3), want[name]), name
+
+
+def test_the_distillation_divergences_a_config_names_are_the_ones_the_loss_has():
+    from r1lab.losses import distill
+    from r1lab.losses.registry import DIVERGENCES
+    assert set(DIVERGENCES) == set(distill.DIVERGENCES)

@@ -116,6 +116,18 @@ def test_the_registry_is_the_one_list_of_kinds():
     assert kinds == set(STAGES)
     for kind, module in STAGES.items():
         assert callable(module.run) and set(module.Config.reads.values()) <= {"model", "data", "eval"}
+        assert module.Config.model_fields["kind"].annotation.__args__ == (kind,)
+
+
+def test_every_registered_kind_declares_what_the_report_shows_of_it():
+    """A kind's plots and final-table values come from its own module (REPORT); a kind that
+    logs training curves has panels for them, so a new kind cannot silently get no plot."""
+    from r1lab.stages import STAGES
+    from r1lab.stages.common import ReportEntries
+    for kind, module in STAGES.items():
+        assert isinstance(module.REPORT, ReportEntries), kind
+        trains = "model" in module.Config.writes
+        assert bool(module.REPORT.panels) == trains and (module.REPORT.final or kind == "preference_pairs"), kind
 
 
 def test_pretrain_on_a_jsonl_task_fails_at_load(tmp_path):

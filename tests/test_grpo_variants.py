@@ -10,6 +10,7 @@ from r1lab.losses.grpo import grpo_loss
 from r1lab.losses.grpo_variants import dapo_loss, dr_grpo_loss, dual_clip_grpo_loss, gspo_loss
 from r1lab.losses.kl import k1_kl, k2_kl, k3_kl
 from r1lab.losses.registry import GRPO_LOSSES
+from r1lab.stages.grpo import GrpoConfig
 
 # Two completions, three token slots; the last slot of completion 1 is padding.
 # log ratios logp - old:  completion 0: 0.25, 0.22, -0.5     completion 1: -0.5, 1.2
@@ -22,9 +23,9 @@ REF = [[-1.1, -2.0, -0.6], [-1.5, -0.5, 0.0]]
 MASK = [[1, 1, 1], [1, 1, 0]]
 ADV = [1.0, -2.0]
 
-# The keyword each registry entry needs beyond clip_eps and beta.
-EXTRA = {"grpo": {}, "dapo": {"clip_eps_high": 0.28}, "dr_grpo": {"max_len": 8},
-         "gspo": {"clip_eps_high": 0.28}, "dual_clip": {"dual_clip_c": 3.0}}
+# The keywords each registry entry takes beyond clip_eps and beta, from a stage config.
+CFG = GrpoConfig(kind="grpo", name="rl", init="m", clip_eps_high=0.28, sampling={"max_new_tokens": 8})
+EXTRA = {name: entry.keywords(CFG, sum(map(sum, MASK))) for name, entry in GRPO_LOSSES.items()}
 
 
 def call(fn, adv=ADV, beta=0.1, **kw):
@@ -284,7 +285,13 @@ def test_gspo_equals_grpo_when_every_completion_has_one_token(batch, beta):
     assert torch.allclose(logp_s.grad, grad_g, atol=1e-6)
 
 
-def test_registry_names_its_functions():
-    assert GRPO_LOSSES == {"grpo": grpo_loss, "dapo": dapo_loss, "dr_grpo": dr_grpo_loss,
-                           "gspo": gspo_loss, "dual_clip": dual_clip_grpo_loss}
-    assert set(EXTRA) == set(GRPO_LOSSES)
+def test_each_registry_entry_calls_its_loss_with_the_keywords_it_reads_from_the_config():
+    assert EXTRA == {"grpo": {}, "dapo": {"clip_eps_high": 0.28, "num_tokens": 5}, "dr_grpo": {"max_len": 8},
+                     "gspo": {"clip_eps_high": 0.28}, "dual_clip": {"dual_clip_c": 3.0}}
+    args = (torch.tensor(LOGP), torch.tensor(OLD), torch.tensor(REF), torch.tensor(ADV), torch.tensor(MASK))
+    for name, fn in {"grpo": grpo_loss, "dapo": dapo_loss, "dr_grpo": dr_grpo_loss, "gspo": gspo_loss,
+                     "dual_clip": dual_clip_grpo_loss}.items():
+        got, _ = GRPO_LOSSES[name](*args, clip_eps=0.2, beta=0.1, **EXTRA[name])
+        want, _ = fn(*args, clip_eps=0.2, beta=0.1, **EXTRA[name])
+        assert got.item() == want.item(), name
+    assert [e.batch_normalized for e in GRPO_LOSSES.values()] == [False, True, False, False, False]

@@ -151,11 +151,24 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
     return torch.where(mask, out, torch.zeros_like(out))
 
 
-ADVANTAGE_ESTIMATORS = {
-    "group": lambda rewards, group_size: group_advantages(rewards, group_size),
-    "batch": lambda rewards, group_size: group_advantages(rewards, group_size, scale="batch"),
-    "none": lambda rewards, group_size: group_advantages(rewards, group_size, scale="none"),
-    "rloo": rloo_advantages,
-    "reinforce_pp": lambda rewards, group_size: reinforce_pp_advantages(rewards),
-}
-"""Estimators by the name a config uses; each maps (rewards [N], group_size) to advantages [N]."""
+# The estimators a grpo config names (r1lab/losses/registry.py: ADVANTAGE_ESTIMATORS), each
+# (rewards [N], group_size) -> advantages [N]; rloo_advantages is one as it is.
+
+def group_std_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """R1's: (r - group mean) / group std."""
+    return group_advantages(rewards, group_size)
+
+
+def batch_std_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(r - group mean) / the whole batch's std."""
+    return group_advantages(rewards, group_size, scale="batch")
+
+
+def mean_only_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Dr. GRPO's: r - group mean, not scaled."""
+    return group_advantages(rewards, group_size, scale="none")
+
+
+def reinforce_pp_estimator(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """REINFORCE++'s batch-normalized rewards (the group plays no part)."""
+    return reinforce_pp_advantages(rewards)

@@ -1,9 +1,8 @@
 """PNG plots of a run: training curves per stage, and the eval results of every model.
 
-Which metrics a stage kind plots is a table (``PANELS``), not code: a panel is a title, the
-metric names (``fnmatch`` patterns) it draws over steps, and its y scale. A metric a stage
-did not log is left out, a panel with nothing to draw is dropped, and a kind not in the table
-gets no plot.
+Which metrics a stage kind plots its module declares (``REPORT.panels``, r1lab/stages/common.py):
+a panel is a title, the metric names (``fnmatch`` patterns) it draws over steps, and its y
+scale. A metric a stage did not log is left out, and a panel with nothing to draw is dropped.
 Figures are drawn on matplotlib's Agg canvas without pyplot, so no global backend is set.
 """
 
@@ -18,15 +17,8 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from r1lab.report.table import is_number
+from r1lab.stages.common import Panel
 
-RL_PANELS = [("reward", ["reward/mean", "reward/*"], "linear"),
-             ("accuracy and format", ["accuracy", "format_rate"], "linear"),
-             ("completion length (tokens)", ["completion_len/mean"], "linear"),
-             ("language consistency", ["reward/language"], "linear"),
-             ("KL(policy || reference)", ["kl"], "linear")]
-LOSS_PANELS = [("loss", ["loss", "val_loss", "val/*"], "log")]     # log: linear when a value is <= 0
-PANELS = {"grpo": RL_PANELS, "ppo": RL_PANELS, "pretrain": LOSS_PANELS, "sft": LOSS_PANELS,
-          "distill": LOSS_PANELS, "dpo": LOSS_PANELS, "reward_model": LOSS_PANELS}
 # learned reward against the hidden judge: drawn together when a stage logged both
 HACKING = ("reward/reward_model", "reward/judge")
 # (bar chart title, eval.json key) of the model comparison
@@ -98,16 +90,16 @@ def _draw_hacking(ax, rows: list[dict]) -> None:
     ax.set_title(hacking_verdict(rm, judge), fontsize="medium")
 
 
-def stage_plot(rows: list[dict], kind: str, title: str, path: Path) -> Path | None:
-    """One PNG of a stage's curves, a panel per entry of ``PANELS[kind]`` that has data (and
-    the reward-hacking panel when the stage logged both ``HACKING`` keys); None if nothing to draw."""
+def stage_plot(rows: list[dict], kind_panels: tuple[Panel, ...], title: str, path: Path) -> Path | None:
+    """One PNG of a stage's curves, a panel per entry of ``kind_panels`` that has data (and the
+    reward-hacking panel when the stage logged both ``HACKING`` keys); None if nothing to draw."""
     panels = []
-    for name, patterns, scale in PANELS.get(kind, []):
-        lines = [(k, *series(rows, k)) for k in matching_keys(rows, patterns)]
+    for panel in kind_panels:
+        lines = [(k, *series(rows, k)) for k in matching_keys(rows, list(panel.metrics))]
         lines = [line for line in lines if line[1]]
         if lines:
-            panels.append((name, lines, scale))
-    hacking = kind in PANELS and all(series(rows, k)[0] for k in HACKING)
+            panels.append((panel.title, lines, panel.scale))
+    hacking = bool(kind_panels) and all(series(rows, k)[0] for k in HACKING)
     if not panels and not hacking:
         return None
     fig, axes = _grid(len(panels) + hacking, PANEL_H)

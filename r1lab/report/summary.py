@@ -19,15 +19,9 @@ from r1lab.report.plots import eval_plot, matching_keys, stage_plot
 from r1lab.report.table import eval_results, eval_table, is_number, markdown_table
 from r1lab.errors import R1labError
 from r1lab.io import write_atomic
+from r1lab.stages import STAGES
+from r1lab.stages.common import ReportEntries
 
-# the final values shown in the stage table, per kind (fnmatch patterns over metrics.jsonl's
-# last values, eval.json and stats.json)
-RL_FINAL = ["step", "reward/mean", "accuracy", "format_rate", "reward/language", "completion_len/mean", "kl",
-            "reward/reward_model", "reward/judge"]
-LOSS_FINAL = ["step", "loss", "val_loss", "val/*"]
-FINAL = {"grpo": RL_FINAL, "ppo": RL_FINAL, "pretrain": LOSS_FINAL, "sft": LOSS_FINAL, "distill": LOSS_FINAL,
-         "dpo": LOSS_FINAL, "reward_model": LOSS_FINAL, "eval": ["pass@1", "cons@k", "general/judge"],
-         "rejection_sample": ["kept", "drawn"]}
 
 
 class ReportError(R1labError, ValueError):
@@ -46,6 +40,12 @@ class StageRecord:
     eval: dict | None = None
     stats: dict | None = None
     unreadable: list[str] = field(default_factory=list)   # its files there that do not parse
+
+    @property
+    def report(self) -> ReportEntries:
+        """What its kind's module says to show (nothing for a kind r1lab does not know)."""
+        module = STAGES.get(self.kind)
+        return module.REPORT if module else ReportEntries()
 
     @property
     def status(self) -> str:
@@ -117,7 +117,7 @@ def _num(v) -> str:
 
 def _final_cell(stage: StageRecord) -> str:
     final = stage.final()
-    keys = matching_keys([final], FINAL.get(stage.kind, []))
+    keys = matching_keys([final], list(stage.report.final))
     shown = [f"{k} {_num(final[k])}" for k in keys if is_number(final[k])]
     return ", ".join(shown + [f"**{f} unreadable** (delete the stage folder to run it again)" for f in stage.unreadable])
 
@@ -164,7 +164,7 @@ def write_report(run_dir: Path) -> Path:
 
     curves = []
     for s in stages:
-        png = stage_plot(s.metrics, s.kind, f"{s.name} ({s.kind})", plots / f"{s.index}-{s.name}.png")
+        png = stage_plot(s.metrics, s.report.panels, f"{s.name} ({s.kind})", plots / f"{s.index}-{s.name}.png")
         if png:
             curves += [f"### {s.name} ({s.kind})", "", f"![{s.name}](plots/{png.name})", ""]
     if curves:

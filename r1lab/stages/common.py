@@ -8,6 +8,7 @@ starts, so a typo or a reference to a later stage fails at load time with file a
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
@@ -16,6 +17,33 @@ from r1lab.data.tasks import Task
 from r1lab.models.adapters import LoraBlock
 
 Artifact = Literal["model", "data", "eval"]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One panel of a stage's training-curve plot: the metrics it draws over steps."""
+    title: str
+    metrics: tuple[str, ...]                    # metrics.jsonl keys, fnmatch patterns
+    scale: Literal["linear", "log"] = "linear"  # log: linear when a value is <= 0
+
+
+@dataclass(frozen=True)
+class ReportEntries:
+    """What ``r1lab report`` shows of a stage of this kind (r1lab/report/): the panels of its
+    curves, and the final values (fnmatch patterns over the last metrics line, eval.json and
+    stats.json) in the stage table. A stage module declares its own as ``REPORT``."""
+    panels: tuple[Panel, ...] = ()
+    final: tuple[str, ...] = ()
+
+
+RL_REPORT = ReportEntries(
+    panels=(Panel("reward", ("reward/mean", "reward/*")), Panel("accuracy and format", ("accuracy", "format_rate")),
+            Panel("completion length (tokens)", ("completion_len/mean",)),
+            Panel("language consistency", ("reward/language",)), Panel("KL(policy || reference)", ("kl",))),
+    final=("step", "reward/mean", "accuracy", "format_rate", "reward/language", "completion_len/mean", "kl",
+           "reward/reward_model", "reward/judge"))
+LOSS_REPORT = ReportEntries(panels=(Panel("loss", ("loss", "val_loss", "val/*"), "log"),),
+                            final=("step", "loss", "val_loss", "val/*"))
 
 _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 

@@ -41,12 +41,13 @@ import torch
 from pydantic import Field, model_validator
 
 from r1lab.data.jsonl import read_sft_jsonl
-from r1lab.losses.distill import DIVERGENCES, chunked_distill_loss
+from r1lab.losses.distill import chunked_distill_loss
+from r1lab.losses.registry import DIVERGENCES
 from r1lab.models.io import CheckpointError, load_model
 from r1lab.forward import CHUNK_SIZE, completion_logits
 from r1lab.models.adapters import with_adapters
 from r1lab.rollout import Sampling, sample
-from r1lab.stages.common import SupervisedStageConfig, block
+from r1lab.stages.common import LOSS_REPORT, SupervisedStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
@@ -203,3 +204,4 @@ def run(ctx: RunContext, cfg: DistillConfig, out: Path) -> None:
 
 
 Config = DistillConfig
+REPORT = LOSS_REPORT

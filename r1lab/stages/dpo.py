@@ -42,12 +42,12 @@ from pydantic import Field
 
 from r1lab.data.jsonl import read_pairs
 from r1lab.losses.dpo import sequence_logp
-from r1lab.losses.registry import DPO_EXTRA_KEYWORDS, DPO_LOSSES
+from r1lab.losses.registry import DPO_LOSSES
 from r1lab.models.io import load_model
 from r1lab.forward import completion_logprobs
 from r1lab.io import write_atomic
 from r1lab.models.adapters import with_adapters
-from r1lab.stages.common import SupervisedStageConfig, block
+from r1lab.stages.common import LOSS_REPORT, SupervisedStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
@@ -122,8 +122,7 @@ def reference_logprobs(model, pairs: list[Pair], pad_id: int, ctx: RunContext, m
 
 def loss_keywords(cfg: DpoConfig) -> dict:
     """``beta``, ``average`` and whatever else the chosen loss takes, read from the config."""
-    return {"beta": cfg.beta, "average": cfg.average,
-            **{k: getattr(cfg, k) for k in DPO_EXTRA_KEYWORDS.get(cfg.loss, ())}}
+    return {"beta": cfg.beta, "average": cfg.average, **DPO_LOSSES[cfg.loss].keywords(cfg)}
 
 
 def preference_stats(policy: TokenLogps, ref: TokenLogps, cfg: DpoConfig) -> dict[str, float]:
@@ -208,3 +207,4 @@ def run(ctx: RunContext, cfg: DpoConfig, out: Path) -> None:
 
 
 Config = DpoConfig
+REPORT = LOSS_REPORT

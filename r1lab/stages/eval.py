@@ -37,7 +37,7 @@ from r1lab.rewards.judge import judge
 from r1lab.rewards.language import extract_think, word_scripts
 from r1lab.rewards.readable import has_summary
 from r1lab.rollout import Sampling, sample
-from r1lab.stages.common import TaskStageConfig, block
+from r1lab.stages.common import ReportEntries, TaskStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.io import write_atomic
 
@@ -201,3 +201,4 @@ def run(ctx: RunContext, cfg: EvalConfig, out: Path) -> None:
 
 
 Config = EvalConfig
+REPORT = ReportEntries(final=("pass@1", "cons@k", "general/judge"))

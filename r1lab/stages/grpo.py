@@ -31,15 +31,14 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from r1lab.losses.advantages import ADVANTAGE_ESTIMATORS
 from r1lab.data.general import REQUESTS
 from r1lab.losses.common import masked_mean
-from r1lab.losses.registry import GRPO_LOSSES
+from r1lab.losses.registry import ADVANTAGE_ESTIMATORS, GRPO_LOSSES
 from r1lab.models.io import load_model
 from r1lab.models.adapters import LoraBlock, frozen_reference, with_adapters
 from r1lab.rewards import RewardsSpec, build_rewards, learned_models
 from r1lab.rollout import Sampling
-from r1lab.stages.common import TaskStageConfig, block
+from r1lab.stages.common import RL_REPORT, TaskStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.distributed import in_row_order
 from r1lab.forward import completion_logprobs, logprobs_no_grad
@@ -91,15 +90,6 @@ class GrpoConfig(TaskStageConfig):
         return None
 
 
-def loss_keywords(cfg: GrpoConfig, n_tokens: int) -> tuple[dict, bool]:
-    """The chosen loss's extra keywords, and whether it already divides by the whole batch's
-    token count (then micro-batch losses simply add up)."""
-    high = cfg.clip_eps_high or cfg.clip_eps
-    extra = {"dapo": {"clip_eps_high": high, "num_tokens": n_tokens}, "gspo": {"clip_eps_high": high},
-             "dr_grpo": {"max_len": cfg.sampling.max_new_tokens}, "dual_clip": {"dual_clip_c": cfg.dual_clip_c}}
-    return extra.get(cfg.loss, {}), cfg.loss == "dapo"
-
-
 def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Tensor | None,
                ref_logp: torch.Tensor | None, cfg: GrpoConfig, ctx: RunContext,
                n_global: int | None = None) -> dict[str, float]:
@@ -116,7 +106,7 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
     n_global = n_global or n
     loss_fn = GRPO_LOSSES[cfg.loss]
     n_tokens = int(batch["completion_mask"].sum())
-    extra, batch_normalized = loss_keywords(cfg, n_tokens)
+    extra, batch_normalized = loss_fn.keywords(cfg, n_tokens), loss_fn.batch_normalized
     token_share = n_tokens / dist.sum(n_tokens) if batch_normalized else None  # this rank's part of dapo's normaliser
     logps, entropies = {}, {}                                                # slice start -> [b, L]
     for rows in dist.micro_batches(policy, n, cfg.micro_batch_size, batch["attention_mask"].sum(1)):
@@ -183,3 +173,4 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     loop.finish(tokenizer)
 
 Config = GrpoConfig
+REPORT = RL_REPORT

@@ -43,7 +43,7 @@ from r1lab.models.io import load_model, load_value_model
 from r1lab.models.adapters import LoraBlock, frozen_reference, with_adapters
 from r1lab.rewards import RewardsSpec, build_rewards, learned_models
 from r1lab.rollout import Sampling
-from r1lab.stages.common import TaskStageConfig, block
+from r1lab.stages.common import RL_REPORT, TaskStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.forward import completion_logprobs, completion_values, logprobs_no_grad, values_no_grad
 from r1lab.train.loop import TrainLoop
@@ -202,3 +202,4 @@ def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
     loop.finish(tokenizer)                                                     # out/model and out/critic
 
 Config = PpoConfig
+REPORT = RL_REPORT

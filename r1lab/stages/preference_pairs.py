@@ -32,7 +32,7 @@ from r1lab.data.general import REQUESTS
 from r1lab.models.io import load_model
 from r1lab.rewards.judge import judge
 from r1lab.rollout import Sampling, sample
-from r1lab.stages.common import TaskStageConfig, block
+from r1lab.stages.common import ReportEntries, TaskStageConfig, block
 from r1lab.stages.context import RunContext
 
 
@@ -119,3 +119,4 @@ def run(ctx: RunContext, cfg: PreferencePairsConfig, out: Path) -> None:
 
 
 Config = PreferencePairsConfig
+REPORT = ReportEntries()

@@ -24,7 +24,7 @@ from r1lab.data.corpus import CorpusMix, documents
 from r1lab.models.moe import record, router_loss_off
 from r1lab.models.tiny import TinyModelConfig, build_tiny_model
 from r1lab.models.tokenizer import train_tokenizer
-from r1lab.stages.common import TaskStageConfig, block
+from r1lab.stages.common import LOSS_REPORT, TaskStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
@@ -150,3 +150,4 @@ def validation_loss(model, rows: torch.Tensor, ctx: RunContext, batch_size: int 
 
 
 Config = PretrainConfig
+REPORT = LOSS_REPORT

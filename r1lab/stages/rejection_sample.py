@@ -42,7 +42,7 @@ from r1lab.rewards import REWARDS
 from r1lab.rewards.format import format_reward
 from r1lab.rewards.language import detect_language
 from r1lab.rollout import Sampling, sample
-from r1lab.stages.common import TaskStageConfig, block
+from r1lab.stages.common import ReportEntries, TaskStageConfig, block
 from r1lab.stages.context import RunContext
 
 class Filters(BaseModel, extra="forbid"):
@@ -199,3 +199,4 @@ def run(ctx: RunContext, cfg: RejectionSampleConfig, out: Path) -> None:
 
 
 Config = RejectionSampleConfig
+REPORT = ReportEntries(final=("kept", "drawn"))

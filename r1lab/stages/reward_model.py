@@ -42,7 +42,7 @@ from r1lab.models.io import reward_model_from_lm
 from r1lab.io import write_atomic
 from r1lab.models.adapters import with_adapters
 from r1lab.rewards.learned import Pooling, collate_reward_inputs, encode_reward_input, sequence_rewards
-from r1lab.stages.common import SupervisedStageConfig, block
+from r1lab.stages.common import LOSS_REPORT, SupervisedStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
@@ -160,3 +160,4 @@ def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
 
 
 Config = RewardModelConfig
+REPORT = LOSS_REPORT

@@ -27,7 +27,7 @@ from pydantic import Field
 from r1lab.data.jsonl import read_sft_jsonl
 from r1lab.models.io import load_model
 from r1lab.models.adapters import with_adapters
-from r1lab.stages.common import SupervisedStageConfig, block
+from r1lab.stages.common import LOSS_REPORT, SupervisedStageConfig, block
 from r1lab.stages.context import RunContext
 from r1lab.train.loop import TrainLoop
 from r1lab.train.optim import Optim
@@ -73,3 +73,4 @@ def run(ctx: RunContext, cfg: SftConfig, out: Path) -> None:
 
 
 Config = SftConfig
+REPORT = LOSS_REPORT
