@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1lab.eval_metrics import (answer_key, cons_at_k, majority_vote, mean_pass_at_1,
+from r1lab.metrics import (answer_key, cons_at_k, majority_vote, mean_pass_at_1,
                                 mean_pass_at_k, pass_at_k)
 
 

@@ -71,6 +71,35 @@ def test_reduced_r1_zero_run(reduced_run):
     assert "base" in table and "r1-zero" in table and "pass@1" in table
 
 
+def documented_metrics() -> dict[str, list[str]]:
+    """Section (a stage kind) -> the metric names docs/metrics.md defines in its table, as fnmatch
+    patterns (``reward/<fn>`` -> ``reward/*``); "*" holds those its introduction defines for all."""
+    import re
+    sections: dict[str, list[str]] = {"*": ["stage", "step", "time_s", "skipped_steps"]}
+    kind = "*"
+    for line in (Path(__file__).parent.parent / "docs" / "metrics.md").read_text().splitlines():
+        if line.startswith("## "):
+            kind = line[3:].split()[0]
+            sections[kind] = []
+        elif line.startswith("| `"):
+            names = re.findall(r"`([^`]+)`", line.split("|")[1])
+            sections[kind] += [re.sub(r"<[^>]+>", "*", name) for name in names]
+    return sections
+
+
+@pytest.mark.slow
+def test_every_key_a_run_logs_is_defined_in_docs_metrics(reduced_run):
+    from fnmatch import fnmatch
+    documented = documented_metrics()
+    kinds = {"0-base": "pretrain", "1-eval-base": "eval", "2-r1-zero": "grpo", "3-eval-r1-zero": "eval"}
+    for name, kind in kinds.items():
+        folder = reduced_run / "stages" / name
+        keys = set(json.loads((folder / "eval.json").read_text())) if kind == "eval" else \
+            {k for row in read_metrics(folder / "metrics.jsonl") for k in row}
+        undefined = [k for k in sorted(keys) if not any(fnmatch(k, p) for p in documented[kind] + documented["*"])]
+        assert undefined == [], (name, undefined)
+
+
 VARIANT_CONFIG = """\
 name: variant
 seed: 1

@@ -21,14 +21,13 @@ judge's win rate of this model over that one on the same general prompts is logg
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field
 
-from r1lab.eval_metrics import cons_at_k, mean_pass_at_1, mean_pass_at_k
+from r1lab.metrics import EVAL_METRICS, GENERAL_METRICS, mean, win_rate
 from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS
 from r1lab.rewards.accuracy import extract_answer
@@ -58,62 +57,6 @@ class EvalConfig(TaskStageConfig):
 
     def task_problem(self, task) -> str | None:
         return task.test_problem()
-
-
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else 0.0
-
-
-def _flat(groups: list[list[dict]]) -> list[dict]:
-    return [r for g in groups for r in g]
-
-
-def _languages(groups: list[list[dict]]) -> list[float]:
-    return [r["language"] for r in _flat(groups) if r["language"] is not None]
-
-
-# name -> metric of the k sampled records of every question (one list per question)
-EVAL_METRICS: dict[str, Callable[[list[list[dict]]], float]] = {
-    "pass@1": mean_pass_at_1,
-    "cons@k": cons_at_k,
-    "pass@k": lambda groups: mean_pass_at_k(groups, len(groups[0])),
-    "format_rate": lambda groups: _mean(r["formatted"] for r in _flat(groups)),
-    "accuracy_if_formatted": lambda groups: _mean(r["correct"] for r in _flat(groups) if r["formatted"]),
-    "completion_len/mean": lambda groups: _mean(r["length"] for r in _flat(groups)),
-    "language_consistency": lambda groups: _mean(_languages(groups)),
-    "language_consistent_rate": lambda groups: _mean(v == 1.0 for v in _languages(groups)),
-    "readability": lambda groups: _mean(r["readable"] for r in _flat(groups)),
-}
-
-# name -> metric of the non-reasoning prompts' sampled records, logged as general/<name>
-GENERAL_METRICS: dict[str, Callable[[list[list[dict]]], float]] = {
-    "judge": lambda groups: _mean(r["judge"] for r in _flat(groups)),
-    "judge_list": lambda groups: _mean(r["judge"] for r in _flat(groups) if r["request"] == "list"),
-    "accuracy": lambda groups: _mean(r["judge"] == 1.0 for r in _flat(groups)),
-    "direct_rate": lambda groups: _mean(r["direct"] for r in _flat(groups)),
-}
-
-
-def win_rate(ours: list[dict], theirs: list[dict]) -> float:
-    """The judge's win rate of one model's general samples over another's on the same prompts:
-    every sample of ours against every sample of theirs for the same question, a tie counting
-    half, averaged over questions.
-
-    >>> a = [{"question": "q", "judge": 1.0}, {"question": "q", "judge": 0.5}]
-    >>> win_rate(a, [{"question": "q", "judge": 0.5}])    # (1 + 0.5) / 2
-    0.75
-    """
-    by_question: dict[str, list[float]] = {}
-    for r in theirs:
-        by_question.setdefault(r["question"], []).append(r["judge"])
-    rates = []
-    for q in dict.fromkeys(r["question"] for r in ours):
-        mine = [r["judge"] for r in ours if r["question"] == q]
-        other = by_question.get(q, [])
-        if other:
-            rates.append(_mean((a > b) + 0.5 * (a == b) for a in mine for b in other))
-    return _mean(rates)
 
 
 def score_samples(texts: list[str], lengths: list[int], examples: list[dict], verifier: str) -> list[dict]:
@@ -146,7 +89,7 @@ def evaluate(model, tokenizer, task, seed: int, cfg: EvalConfig) -> tuple[dict[s
     model.eval()
     groups, greedy = sample_groups(model, tokenizer, task, examples, seed, cfg, with_greedy=True)
     metrics = {name: fn(groups) for name, fn in EVAL_METRICS.items()}
-    metrics["greedy_accuracy"] = _mean(r["correct"] for r in greedy)
+    metrics["greedy_accuracy"] = mean(r["correct"] for r in greedy)
     metrics |= {"n_questions": len(examples), "samples": cfg.samples, "temperature": cfg.sampling.temperature}
     records = []
     for q, (example, group, g) in enumerate(zip(examples, groups, greedy)):

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from r1lab.forward import prompt_completion_batch
+from r1lab.metrics import ROLLOUT_METRICS
 from r1lab.rewards import RewardsSpec, Scorer, build_rewards, mean_where_scored, score
+from r1lab.rewards.format import format_reward
 from r1lab.rollout import Sampling, sample
 
 
@@ -51,14 +53,10 @@ def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampli
     per_fn.update(score(monitors, row_prompts, texts, rows)[1])
     means = {k: m for k, v in per_fn.items() if (m := mean_where_scored(v)) is not None}
     rewards = torch.tensor(totals)                                           # [N]
-    metrics = {
-        "reward/mean": rewards.mean().item(),
-        **{f"reward/{k}": m for k, m in means.items()},
-        "accuracy": means.get(task.verifier, 0.0),
-        "format_rate": means["format"],
-        "completion_len/mean": rollout.lengths.float().mean().item(),
-        "truncated_rate": rollout.finish_reasons.count("length") / len(texts),
-    }
+    records = [{"formatted": format_reward(t, e, allow_summary=True), "length": n, "truncated": finish == "length"}
+               for t, e, n, finish in zip(texts, rows, rollout.lengths.tolist(), rollout.finish_reasons)]
+    metrics = {"reward/mean": rewards.mean().item(), **{f"reward/{k}": m for k, m in means.items()},
+               "accuracy": means.get(task.verifier, 0.0), **{k: fn(records) for k, fn in ROLLOUT_METRICS.items()}}
     batch = prompt_completion_batch([p for p in prompts for _ in range(n)], rollout.completion_ids,
                                     rollout.mask, tokenizer.pad_token_id)
     return ScoredRollout(batch, rewards, metrics, int(rollout.mask.sum()), rollout_s)

@@ -1,4 +1,8 @@
-"""Metrics over k sampled answers per question: pure functions of plain records.
+"""Every metric of sampled completions, one meaning per name: pure functions of per-sample records.
+
+Eval (r1lab/stages/eval.py) and the RL stages' rollouts (r1lab/train/rl_step.py) both score each
+completion into a record and compute their metrics here, so a name such as ``format_rate`` means
+the same thing wherever it is logged (docs/metrics.md defines each).
 
 - ``mean_pass_at_1``: DeepSeek-R1 (2025) reports pass@1 as the mean correctness of k samples
   per question, averaged over questions.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Callable
 from fractions import Fraction
 
 from r1lab.rewards.accuracy import parse_number
@@ -128,3 +133,81 @@ def mean_pass_at_k(groups: list[list[dict]], k: int) -> float:
     """
     _check(groups)
     return sum(pass_at_k(len(g), sum(map(_correct, g)), k) for g in groups) / len(groups)
+
+
+# ---- per-sample metrics shared by eval and the RL rollouts ---------------------------------------
+# A record: "formatted" (R1's format, a summary between the think and answer blocks allowed),
+# "length" (tokens), and in a rollout "truncated" (cut at max_new_tokens).
+
+def mean(values) -> float:
+    """Mean of ``values``; 0.0 when there are none."""
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def _flat(groups: list[list[dict]]) -> list[dict]:
+    return [r for g in groups for r in g]
+
+
+def _languages(groups: list[list[dict]]) -> list[float]:
+    return [r["language"] for r in _flat(groups) if r["language"] is not None]
+
+
+def format_rate(records: list[dict]) -> float:
+    """Share of completions in R1's format, ``<think>..</think> [summary] <answer>..</answer>``."""
+    return mean(r["formatted"] for r in records)
+
+
+def mean_length(records: list[dict]) -> float:
+    return mean(r["length"] for r in records)
+
+
+# name -> metric of a rollout step's records (GRPO, PPO), beside reward/<fn> and accuracy
+ROLLOUT_METRICS: dict[str, Callable[[list[dict]], float]] = {
+    "format_rate": format_rate,
+    "completion_len/mean": mean_length,
+    "truncated_rate": lambda records: mean(r["truncated"] for r in records),
+}
+
+
+# name -> metric of the k sampled records of every question (one list per question)
+EVAL_METRICS: dict[str, Callable[[list[list[dict]]], float]] = {
+    "pass@1": mean_pass_at_1,
+    "cons@k": cons_at_k,
+    "pass@k": lambda groups: mean_pass_at_k(groups, len(groups[0])),
+    "format_rate": lambda groups: format_rate(_flat(groups)),
+    "accuracy_if_formatted": lambda groups: mean(r["correct"] for r in _flat(groups) if r["formatted"]),
+    "completion_len/mean": lambda groups: mean_length(_flat(groups)),
+    "language_consistency": lambda groups: mean(_languages(groups)),
+    "language_consistent_rate": lambda groups: mean(v == 1.0 for v in _languages(groups)),
+    "readability": lambda groups: mean(r["readable"] for r in _flat(groups)),
+}
+
+# name -> metric of the non-reasoning prompts' sampled records, logged as general/<name>
+GENERAL_METRICS: dict[str, Callable[[list[list[dict]]], float]] = {
+    "judge": lambda groups: mean(r["judge"] for r in _flat(groups)),
+    "judge_list": lambda groups: mean(r["judge"] for r in _flat(groups) if r["request"] == "list"),
+    "accuracy": lambda groups: mean(r["judge"] == 1.0 for r in _flat(groups)),
+    "direct_rate": lambda groups: mean(r["direct"] for r in _flat(groups)),
+}
+
+
+def win_rate(ours: list[dict], theirs: list[dict]) -> float:
+    """The judge's win rate of one model's general samples over another's on the same prompts:
+    every sample of ours against every sample of theirs for the same question, a tie counting
+    half, averaged over questions.
+
+    >>> a = [{"question": "q", "judge": 1.0}, {"question": "q", "judge": 0.5}]
+    >>> win_rate(a, [{"question": "q", "judge": 0.5}])    # (1 + 0.5) / 2
+    0.75
+    """
+    by_question: dict[str, list[float]] = {}
+    for r in theirs:
+        by_question.setdefault(r["question"], []).append(r["judge"])
+    rates = []
+    for q in dict.fromkeys(r["question"] for r in ours):
+        mine = [r["judge"] for r in ours if r["question"] == q]
+        other = by_question.get(q, [])
+        if other:
+            rates.append(mean((a > b) + 0.5 * (a == b) for a in mine for b in other))
+    return mean(rates)
