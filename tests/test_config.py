@@ -263,3 +263,21 @@ def test_negative_stage_indexes_count_from_the_end(tmp_path):
     assert load_config(path, ["stages.-1.steps=7"]).stages[1].steps == 7
     with pytest.raises(ConfigError, match="no stage with index or name '-100'"):
         load_config(path, ["stages.-100.steps=7"])
+
+
+def test_a_task_verifier_must_be_a_known_reward(tmp_path):
+    msg = error_of(tmp_path, GOOD.replace("  n_test: 10\n", "  n_test: 10\n  verifier: acuracy\n"))
+    assert "c.yaml:6: task.verifier:" in msg and "unknown reward 'acuracy'" in msg
+
+
+def test_non_reasoning_rows_on_a_task_without_general_requests_fail_at_load(tmp_path):
+    """The check that could never fire (every task has general_examples): it now asks has_general."""
+    (tmp_path / "q.jsonl").write_text('{"question": "1+1", "answer": "2"}\n')
+    text = f"""\
+name: t
+task: {{kind: jsonl, train_path: {tmp_path}/q.jsonl, test_path: {tmp_path}/q.jsonl}}
+stages:
+  - {{kind: rejection_sample, name: d, model: {tmp_path}, non_reasoning: 4}}
+"""
+    msg = error_of(tmp_path, text)
+    assert "stages[0].kind: non_reasoning rows need general questions, which a jsonl task does not have" in msg

@@ -156,7 +156,7 @@ def test_config_defaults_and_checks():
     with pytest.raises(ValidationError, match="rewrite needs filters.format"):
         RejectionSampleConfig(kind="rejection_sample", name="rs", model="m", rewrite=True, filters={"format": False})
     cfg = RejectionSampleConfig(kind="rejection_sample", name="rs", model="m", non_reasoning=4)
-    assert "general questions" in cfg.task_problem(SimpleNamespace(kind="arithmetic"))
+    assert "general questions" in cfg.task_problem(SimpleNamespace(kind="arithmetic", has_general=False))
     assert cfg.task_problem(FakeTask()) is None
 
 
@@ -167,7 +167,7 @@ SEED = 7
 
 class FakeTask:
     """Question ``what is N?`` with answer N, N = 10 * chunk + index + 1; general questions too."""
-    kind, verifier = "fake", "accuracy"
+    kind, verifier, has_general = "fake", "accuracy", True
 
     def __init__(self, zh=()):
         self.zh = set(zh)

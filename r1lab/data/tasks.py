@@ -5,6 +5,9 @@ GSM8K; ``code`` asks for programs, judged by running their tests (synthetic or J
 plain dicts with ``question`` and ``answer`` that rewards check, plus ``lang`` where known (the
 language reward detects it from the question otherwise) and ``category`` (``reasoning``, or
 ``general`` for the non-reasoning prompts of ``general_examples``).
+
+Every task is a :class:`BaseTask`: a new kind is one subclass (``kind``, ``sample_train``,
+``test_examples``, and whatever else it overrides) plus one entry in the ``Task`` union below.
 """
 
 from __future__ import annotations
@@ -13,13 +16,14 @@ import random
 from functools import cached_property
 from typing import Annotated, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from r1lab.data.arithmetic import LANGUAGES, n_test_questions, sample_problems
 from r1lab.data.code import n_test_problems, read_code_jsonl, sample_code_problems
 from r1lab.data.general import REQUESTS, general_examples
 from r1lab.data.jsonl import read_qa_jsonl
 from r1lab.data.templates import TEMPLATES, render
+from r1lab.rewards import REWARDS
 
 TemplateName = Literal[tuple(TEMPLATES)]
 
@@ -30,10 +34,50 @@ def _draw(rows: list[dict], seed: int, step: int | str, n: int) -> list[dict]:
     return [rng.choice(rows) for _ in range(n)]
 
 
-class ArithmeticTask(BaseModel):
-    """Synthetic repeated addition/subtraction mod 10, e.g. 7+8*4 mod 10 (r1lab/data/arithmetic.py)."""
+class BaseTask(BaseModel):
+    """What every task offers the stages: training draws, the held-out split, prompts, and the
+    reward that decides correctness (``verifier``, a name in r1lab.rewards.REWARDS)."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     data_fields: ClassVar[tuple[str, ...]] = ()   # fields naming files that must exist
+    kind: str
+    template: TemplateName = Field("r1", description="Prompt template name.")
+    verifier: str = Field("accuracy", description="Reward that decides correctness (a name in r1lab.rewards.REWARDS).")
+
+    @field_validator("verifier")
+    @classmethod
+    def _known_reward(cls, name: str) -> str:
+        if name not in REWARDS:
+            raise ValueError(f"unknown reward {name!r}; known: {sorted(REWARDS)}")
+        return name
+
+    def sample_train(self, seed: int, step: int | str, n: int) -> list[dict]:
+        """``n`` training examples for one step; the same (seed, step) gives the same draw."""
+        raise NotImplementedError
+
+    def test_examples(self, seed: int) -> list[dict]:
+        """The held-out examples eval stages score."""
+        raise NotImplementedError
+
+    def test_problem(self) -> str | None:
+        """Why ``test_examples`` cannot be drawn, or None."""
+        return None
+
+    def general_examples(self, seed: int | str, n: int | None, *, split: str,
+                         requests: tuple[str, ...] = REQUESTS) -> list[dict]:
+        """Non-reasoning requests, to answer directly (``category`` "general"): none by default."""
+        return []
+
+    @property
+    def has_general(self) -> bool:
+        """Whether it has non-reasoning requests (all-scenario RL, preference pairs, non_reasoning rows need them)."""
+        return bool(self.general_examples(0, 1, split="train"))
+
+    def prompt(self, example: dict) -> str:
+        return render(self.template, example["question"])
+
+
+class ArithmeticTask(BaseTask):
+    """Synthetic repeated addition/subtraction mod 10, e.g. 7+8*4 mod 10 (r1lab/data/arithmetic.py)."""
     kind: Literal["arithmetic"]
     template: TemplateName = Field("r1-compact", description="Prompt template name.")
     n_test: int = Field(120, gt=0, description="Held-out problems used by eval stages.")
@@ -42,7 +86,6 @@ class ArithmeticTask(BaseModel):
     max_count: int = Field(6, ge=1, le=9, description="Most repetitions (steps) in a question.")
     languages: list[Literal[LANGUAGES]] = Field(["en", "zh"], min_length=1,
                                                 description="Languages questions are worded in, drawn uniformly.")
-    verifier: Literal["accuracy", "math_verify"] = Field("accuracy", description="Reward that decides correctness.")
 
     @model_validator(mode="after")
     def _counts_in_order(self):
@@ -51,7 +94,6 @@ class ArithmeticTask(BaseModel):
         return self
 
     def test_problem(self) -> str | None:
-        """Why ``test_examples`` cannot be drawn, or None."""
         available = n_test_questions(self.test_fraction, self.min_count, self.max_count)
         if self.n_test > available:
             return (f"n_test ({self.n_test}) exceeds the {available} distinct test questions of this task "
@@ -64,7 +106,6 @@ class ArithmeticTask(BaseModel):
                 "max_count": self.max_count, "languages": tuple(self.languages)}
 
     def sample_train(self, seed: int, step: int | str, n: int) -> list[dict]:
-        """``n`` training problems for one step; the same (seed, step) gives the same draw."""
         return sample_problems(f"{seed}-{step}", n, split="train", **self.problem_kw())
 
     def test_examples(self, seed: int) -> list[dict]:
@@ -77,22 +118,17 @@ class ArithmeticTask(BaseModel):
         return general_examples(seed, n, split=split, test_fraction=self.test_fraction,
                                 languages=tuple(self.languages), requests=requests)
 
-    def prompt(self, example: dict) -> str:
-        return render(self.template, example["question"])
 
-
-class JsonlTask(BaseModel):
+class JsonlTask(BaseTask):
     """Question/answer pairs from local JSONL files (e.g. GSM8K: answers ending '#### 42')."""
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     data_fields: ClassVar[tuple[str, ...]] = ("train_path", "test_path")
     kind: Literal["jsonl"]
-    template: TemplateName = Field("r1", description="Prompt template name.")
     train_path: str = Field(description="JSONL file of training questions.")
     test_path: str = Field(description="JSONL file of held-out questions.")
     question_field: str = Field("question", description="Key holding the question text.")
     answer_field: str = Field("answer", description="Key holding the reference answer.")
     n_test: int | None = Field(None, gt=0, description="Use only the first n test rows (all when unset).")
-    verifier: Literal["accuracy", "math_verify"] = Field("math_verify", description="Reward that decides correctness.")
+    verifier: str = Field("math_verify", description="Reward that decides correctness (a name in r1lab.rewards.REWARDS).")
 
     @cached_property
     def _train(self) -> list[dict]:
@@ -103,33 +139,21 @@ class JsonlTask(BaseModel):
 
     def test_examples(self, seed: int) -> list[dict]:
         rows = read_qa_jsonl(self.test_path, self.question_field, self.answer_field)
-        return rows[: self.n_test] if self.n_test else rows
-
-    def test_problem(self) -> str | None:
-        return None                                 # n_test past the file's end takes every row
-
-    def general_examples(self, seed: int, n: int | None, *, split: str, requests: tuple[str, ...] = ()) -> list[dict]:
-        """None: a JSONL task has no non-reasoning prompts of its own."""
-        return []
-
-    def prompt(self, example: dict) -> str:
-        return render(self.template, example["question"])
+        return rows[: self.n_test] if self.n_test else rows   # n_test past the file's end takes every row
 
 
-class CodeTask(BaseModel):
+class CodeTask(BaseTask):
     """Programs judged by running them in the sandbox (the ``code`` reward): the synthetic tiny
     Python tasks of r1lab/data/code.py, or local JSONL files of ``{"prompt", "tests", "solution"}``
     rows when ``train_path`` and ``test_path`` are set."""
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     data_fields: ClassVar[tuple[str, ...]] = ("train_path", "test_path")
     kind: Literal["code"]
-    template: TemplateName = Field("r1", description="Prompt template name.")
     train_path: str | None = Field(None, description="JSONL file of training tasks (unset: synthetic).")
     test_path: str | None = Field(None, description="JSONL file of held-out tasks (unset: synthetic).")
     n_test: int | None = Field(None, gt=0, description="Held-out tasks used by eval stages (synthetic: 12 "
                                "when unset; JSONL: the first n, all when unset).")
     test_fraction: float = Field(0.25, gt=0, lt=1, description="Synthetic: share of tasks reserved for test.")
-    verifier: Literal["code"] = Field("code", description="Reward that decides correctness.")
+    verifier: str = Field("code", description="Reward that decides correctness (a name in r1lab.rewards.REWARDS).")
 
     @model_validator(mode="after")
     def _paths_together(self):
@@ -138,7 +162,6 @@ class CodeTask(BaseModel):
         return self
 
     def test_problem(self) -> str | None:
-        """Why ``test_examples`` cannot be drawn, or None."""
         if self.train_path is None and self._synthetic_n_test > (available := n_test_problems(self.test_fraction)):
             return (f"n_test ({self._synthetic_n_test}) exceeds the {available} synthetic test tasks "
                     f"(test_fraction {self.test_fraction})")
@@ -162,13 +185,6 @@ class CodeTask(BaseModel):
             return sample_code_problems(seed, self._synthetic_n_test, split="test", test_fraction=self.test_fraction)
         rows = read_code_jsonl(self.test_path)
         return rows[: self.n_test] if self.n_test else rows
-
-    def general_examples(self, seed: int, n: int | None, *, split: str, requests: tuple[str, ...] = ()) -> list[dict]:
-        """None: a code task has no non-reasoning prompts of its own."""
-        return []
-
-    def prompt(self, example: dict) -> str:
-        return render(self.template, example["question"])
 
 
 Task = Annotated[Union[ArithmeticTask, JsonlTask, CodeTask], Field(discriminator="kind")]

@@ -85,7 +85,7 @@ class GrpoConfig(TaskStageConfig):
     def task_problem(self, task) -> str | None:
         if self.general_prompts > self.prompts_per_step:
             return f"general_prompts ({self.general_prompts}) is more than prompts_per_step ({self.prompts_per_step})"
-        if self.general_prompts and not task.general_examples(0, 1, split="train"):
+        if self.general_prompts and not task.has_general:
             return f"general_prompts needs general requests, which a {task.kind} task does not have"
         return None
 

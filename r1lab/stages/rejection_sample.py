@@ -86,7 +86,7 @@ class RejectionSampleConfig(TaskStageConfig):
         return self
 
     def task_problem(self, task) -> str | None:
-        if self.non_reasoning and not hasattr(task, "general_examples"):
+        if self.non_reasoning and not task.has_general:
             return f"non_reasoning rows need general questions, which a {task.kind} task does not have"
         return None
 
