@@ -54,7 +54,6 @@ def test_code_rows_keep_their_tests_and_solution(tmp_path):
 def test_grpo_on_the_code_task_keeps_training_when_samples_are_hostile(tmp_path, tokenizer, monkeypatch):
     from r1lab.config import load_config
     from r1lab.pipeline import run
-    from r1lab.stages import grpo
     from r1lab.train import rl_step
     from r1lab.train.metrics import read_metrics
     tiny_llama(tokenizer, seed=1).save_pretrained(tmp_path / "lm")
@@ -76,13 +75,13 @@ def test_grpo_on_the_code_task_keeps_training_when_samples_are_hostile(tmp_path,
         rollout.texts = texts
         return prompts, rollout
 
-    seen_examples, real_scored = [], grpo.scored_rollout
+    seen_examples, real_scored = [], rl_step.scored_rollout
 
     def scored_rollout(policy, tok, task, examples, *args, **kw):
         seen_examples[:] = examples
         return real_scored(policy, tok, task, examples, *args, **kw)
     monkeypatch.setattr(rl_step, "sample", sample_with_hostile_rows)
-    monkeypatch.setattr(grpo, "scored_rollout", scored_rollout)
+    monkeypatch.setattr(rl_step, "scored_rollout", scored_rollout)
     (tmp_path / "c.yaml").write_text(f"""\
 name: t
 task: {{kind: code}}

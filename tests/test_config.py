@@ -281,3 +281,27 @@ stages:
 """
     msg = error_of(tmp_path, text)
     assert "stages[0].kind: non_reasoning rows need general questions, which a jsonl task does not have" in msg
+
+
+def test_the_config_layer_needs_no_torch_so_a_config_error_comes_at_once(tmp_path):
+    """Configs load and config errors show without torch or transformers: in a process where they
+    cannot be imported, the shipped default validates and the command reports an unknown key."""
+    import subprocess
+    import sys
+    (tmp_path / "bad.yaml").write_text(GOOD.replace("    steps: 5\n", "    steps: 5\n    stpes: 6\n"))
+    script = f"""
+import sys
+class Unimportable:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "peft", "tokenizers", "safetensors", "matplotlib"):
+            raise ImportError("no " + name + " in this test")
+sys.meta_path.insert(0, Unimportable())
+from r1lab.cli import main
+from r1lab.config import load_config
+assert [s.name for s in load_config("r1-tiny").stages][:2] == ["base", "eval-base"]
+sys.exit(main(["run", {str(tmp_path / "bad.yaml")!r}, "--run-dir", {str(tmp_path / "r")!r}]))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == f"r1lab: error: {tmp_path / 'bad.yaml'}:10: stages[0].stpes: unknown key\n"
+    assert not (tmp_path / "r").exists()

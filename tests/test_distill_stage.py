@@ -14,6 +14,8 @@ from r1lab.data.corpus import CorpusMix, documents
 from r1lab.losses.distill import forward_kl_loss, generalized_jsd_loss, reverse_kl_loss
 from r1lab.models.tokenizer import train_tokenizer
 from r1lab.pipeline import run
+from r1lab import forward, rollout
+from r1lab.models.io import load_model
 from r1lab.stages import distill
 from r1lab.stages.context import RunContext
 from r1lab.stages.distill import DistillConfig, logit_batch
@@ -96,9 +98,9 @@ def test_logit_mode_lowers_the_kl_to_the_teacher(tmp_path, models, tokenizer):
         kind="distill", name="d", init=str(student_dir), teacher=str(teacher_dir), data=str(rows_file(tmp_path)),
         method="logit", epochs=8, batch_size=4, val_fraction=0, optim={"lr": 2e-2, "warmup_steps": 1, "min_lr_ratio": 1.0})))
     out = run(config, tmp_path / "run", **QUIET)
-    teacher, student = (distill.load_model(p, CPU.device)[0] for p in (teacher_dir, student_dir))
+    teacher, student = (load_model(p, CPU.device)[0] for p in (teacher_dir, student_dir))
     before = kl_to_teacher(student, teacher, tokenizer)
-    after = kl_to_teacher(distill.load_model(out / "stages/0-d/model", CPU.device)[0], teacher, tokenizer)
+    after = kl_to_teacher(load_model(out / "stages/0-d/model", CPU.device)[0], teacher, tokenizer)
     metrics = read_metrics(out / "stages/0-d/metrics.jsonl")
     assert before > 1.0 and after < 0.5 * before, (before, after)
     assert metrics[0]["forward_kl"] == pytest.approx(before, rel=1e-4)      # step 1 saw the initial student
@@ -114,7 +116,7 @@ REFERENCES = {"forward_kl": (forward_kl_loss, {}), "reverse_kl": (reverse_kl_los
 def test_chunked_micro_batched_rung_equals_the_full_logits_reference(tokenizer, monkeypatch, loss):
     """logit_batch (completion logits only, chunks of 3 positions, one row per micro-batch)
     gives the loss and gradients of the plain loss on full-sequence logits of the whole batch."""
-    monkeypatch.setattr(distill, "CHUNK_SIZE", 3)
+    monkeypatch.setattr(forward, "CHUNK_SIZE", 3)
     teacher, student = peaked_teacher(tokenizer), tiny_llama(tokenizer, seed=2, hidden=32)
     pairs = encode(ROWS, tokenizer, 512)
     cfg = DistillConfig(kind="distill", name="d", init="s", teacher="t", data="d", method="logit", loss=loss,
@@ -139,7 +141,7 @@ def test_chunked_micro_batched_rung_equals_the_full_logits_reference(tokenizer, 
 
 
 def test_no_full_float_copy_beyond_the_two_models_logits_and_the_gradient(tokenizer, monkeypatch):
-    monkeypatch.setattr(distill, "CHUNK_SIZE", 4)
+    monkeypatch.setattr(forward, "CHUNK_SIZE", 4)
     teacher, student = peaked_teacher(tokenizer), tiny_llama(tokenizer, seed=2, hidden=32)
     rows = [{"prompt": "User: 1+2*3 mod 10\nAssistant:", "completion": " <think>" + "1+2=3 " * 8 + "</think>"}] * 3
     pairs = encode(rows, tokenizer, 512)
@@ -167,8 +169,8 @@ def test_on_policy_steps_train_on_the_students_samples(tmp_path, models, monkeyp
         prompt_ids, rollout = distill_sample(model, tokenizer, prompts, **kw)
         calls.append((prompts, int(rollout.mask.sum()), model.training))
         return prompt_ids, rollout
-    distill_sample = distill.sample
-    monkeypatch.setattr(distill, "sample", recording_sample)
+    distill_sample = rollout.sample
+    monkeypatch.setattr(rollout, "sample", recording_sample)
     out = run(logit_stage(tmp_path, models, on_policy=1.0, epochs=1), tmp_path / "run", **QUIET)
     metrics = read_metrics(out / "stages/0-d/metrics.jsonl")
     assert len(calls) == len(metrics) == 2

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from r1lab.data.tasks import ArithmeticTask
+from r1lab import rollout
+from r1lab.models import io as models_io
 from r1lab.stages import eval as eval_stage
 from r1lab.stages.eval import EvalConfig, evaluate
 
@@ -23,7 +25,7 @@ def test_metrics_of_known_completions(monkeypatch):
 
     def stub_sample(model, tokenizer, prompts, *, n, sampling, seed, greedy=False):
         return None, StubRollout(greedy_texts if greedy else sampled)
-    monkeypatch.setattr(eval_stage, "sample", stub_sample)
+    monkeypatch.setattr(rollout, "sample", stub_sample)
     cfg = EvalConfig(kind="eval", name="e", model="m", samples=4, general=False)
     metrics, records = evaluate(torch.nn.Linear(1, 1), None, task, 0, cfg)
 
@@ -64,7 +66,7 @@ def test_language_and_non_reasoning_metrics(monkeypatch):
         return None, StubRollout([f"<think></think> <answer>{e['answer']}</answer>" if j < 2 else
                                   "<think>x</think> no" if j == 2 else f"<think></think> <answer>{half(e)}</answer>"
                                   for e in general for j in range(n)])
-    monkeypatch.setattr(eval_stage, "sample", stub_sample)
+    monkeypatch.setattr(rollout, "sample", stub_sample)
     cfg = EvalConfig(kind="eval", name="e", model="m", samples=4)
     metrics, records = evaluate(torch.nn.Linear(1, 1), None, task, 0, cfg)
     assert metrics["language_consistency"] == pytest.approx((1 + 2 / 3) / 2)
@@ -99,8 +101,8 @@ def test_win_rate_over_a_baseline_eval(monkeypatch, tmp_path):
         if len(prompts) == 1:                                                    # the reasoning question
             return None, StubRollout(["<answer>0</answer>"] * n)
         return None, StubRollout([reply(e, True) for e in general for _ in range(n)])
-    monkeypatch.setattr(eval_stage, "sample", stub_sample)
-    monkeypatch.setattr(eval_stage, "load_model", lambda path, device: (torch.nn.Linear(1, 1), None))
+    monkeypatch.setattr(rollout, "sample", stub_sample)
+    monkeypatch.setattr(models_io, "load_model", lambda path, device: (torch.nn.Linear(1, 1), None))
     ctx = RunContext(config=type("C", (), {"seed": 0, "task": task})(), run_dir=tmp_path,
                      device=torch.device("cpu"), stage_dirs={"eval-base": base})
     cfg = EvalConfig(kind="eval", name="e", model="m", samples=2, baseline="eval-base")

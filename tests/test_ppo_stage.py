@@ -10,7 +10,7 @@ from r1lab.config import ConfigError, load_config
 from r1lab.models.io import load_value_model
 from r1lab.pipeline import run
 from r1lab.rewards import REWARDS
-from r1lab.stages import ppo
+from r1lab.train.loop import TrainLoop
 from r1lab.stages.context import RunContext
 from r1lab.stages.ppo import PpoConfig, policy_batch, value_batch
 from r1lab.forward import completion_logprobs, completion_values, prompt_completion_batch
@@ -140,16 +140,16 @@ def test_resume_mid_stage_equals_an_unbroken_run(tmp_path, llama_dir, letters_re
     config = write_run(tmp_path, llama_dir, 4)                                # checkpoint at step 2
     unbroken = run(config, tmp_path / "unbroken", log=lambda *_: None)
 
-    real_end_step = ppo.TrainLoop.end_step
+    real_end_step = TrainLoop.end_step
 
     def dies_after_step_3(self, values, *args, **kwargs):
         real_end_step(self, values, *args, **kwargs)
         if self.step == 3:
             raise KeyboardInterrupt
-    monkeypatch.setattr(ppo.TrainLoop, "end_step", dies_after_step_3)
+    monkeypatch.setattr(TrainLoop, "end_step", dies_after_step_3)
     with pytest.raises(KeyboardInterrupt):
         run(config, tmp_path / "broken", log=lambda *_: None)
-    monkeypatch.setattr(ppo.TrainLoop, "end_step", real_end_step)
+    monkeypatch.setattr(TrainLoop, "end_step", real_end_step)
     broken = run(config, tmp_path / "broken", log=lambda *_: None)           # resumes from step 2
 
     stage = "stages/0-ppo"

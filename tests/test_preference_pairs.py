@@ -5,6 +5,8 @@ import json
 import torch
 
 from r1lab.data.tasks import ArithmeticTask
+from r1lab import rollout
+from r1lab.models import io as models_io
 from r1lab.stages import preference_pairs as pp
 from r1lab.stages.context import RunContext
 from r1lab.stages.preference_pairs import PreferencePairsConfig
@@ -25,8 +27,8 @@ def test_pairs_are_the_judges_best_and_worst(monkeypatch, tmp_path):
         return None, StubRollout([t for e in chunk for t in replies(e)])
     examples = [task.general_examples(f"0-pairs-{b}", n, split="train", requests=("list",)) for b, n in ((0, 4), (1, 2))]
     drawn = [e for chunk in examples for e in chunk]
-    monkeypatch.setattr(pp, "sample", stub_sample)
-    monkeypatch.setattr(pp, "load_model", lambda path, device: (torch.nn.Linear(1, 1), None))
+    monkeypatch.setattr(rollout, "sample", stub_sample)
+    monkeypatch.setattr(models_io, "load_model", lambda path, device: (torch.nn.Linear(1, 1), None))
     ctx = RunContext(config=type("C", (), {"seed": 0, "task": task})(), run_dir=tmp_path, device=torch.device("cpu"))
     pp.run(ctx, cfg, tmp_path)
 
@@ -42,8 +44,8 @@ def test_pairs_are_the_judges_best_and_worst(monkeypatch, tmp_path):
 def test_a_prompt_without_a_clear_gap_gives_no_pair(monkeypatch, tmp_path):
     task = ArithmeticTask(kind="arithmetic")
     cfg = PreferencePairsConfig(kind="preference_pairs", name="p", model="m", prompts=2, samples=2, requests=["words"])
-    monkeypatch.setattr(pp, "sample", lambda *a, **k: (None, StubRollout(["<answer>x</answer>"] * 4)))
-    monkeypatch.setattr(pp, "load_model", lambda path, device: (torch.nn.Linear(1, 1), None))
+    monkeypatch.setattr(rollout, "sample", lambda *a, **k: (None, StubRollout(["<answer>x</answer>"] * 4)))
+    monkeypatch.setattr(models_io, "load_model", lambda path, device: (torch.nn.Linear(1, 1), None))
     ctx = RunContext(config=type("C", (), {"seed": 0, "task": task})(), run_dir=tmp_path, device=torch.device("cpu"))
     pp.run(ctx, cfg, tmp_path)
     assert (tmp_path / "data.jsonl").read_text() == ""

@@ -15,6 +15,8 @@ from r1lab.data.tasks import ArithmeticTask
 from r1lab.rewards import RewardsSpec, build_rewards, score
 from r1lab.rewards.format import format_reward
 from r1lab.rewards.language import language_consistency
+from r1lab import rollout
+from r1lab.models import io as models_io
 from r1lab.stages import rejection_sample as rs
 from r1lab.stages.context import RunContext
 from r1lab.stages.rejection_sample import FILTERS, Filters, RejectionSampleConfig, apply_filters
@@ -201,7 +203,7 @@ def samples_of(answer: str) -> list[str]:
 @pytest.fixture
 def stage(monkeypatch, tokenizer):
     """run(out, die_on_chunk=None, task=FakeTask(), **cfg) -> the chunks sampled."""
-    monkeypatch.setattr(rs, "load_model", lambda path, device: (torch.nn.Linear(1, 1), tokenizer))
+    monkeypatch.setattr(models_io, "load_model", lambda path, device: (torch.nn.Linear(1, 1), tokenizer))
 
     def run(out, die_on_chunk=None, task=None, **kw):
         calls = []
@@ -213,7 +215,7 @@ def stage(monkeypatch, tokenizer):
                 raise KeyboardInterrupt
             answers = [re.search(r"what is (\d+)\?", p)[1] for p in prompts]
             return None, StubRollout([t for a in answers for t in samples_of(a)])
-        monkeypatch.setattr(rs, "sample", stub_sample)
+        monkeypatch.setattr(rollout, "sample", stub_sample)
         ctx = RunContext(config=SimpleNamespace(seed=SEED, task=task or FakeTask()), run_dir=out,
                          device=torch.device("cpu"))
         cfg = RejectionSampleConfig(**{"kind": "rejection_sample", "name": "rs", "model": "rl", "prompts": 5,

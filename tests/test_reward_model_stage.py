@@ -13,9 +13,9 @@ from r1lab.config import load_config
 from r1lab.errors import DataError
 from r1lab.models.io import CheckpointError, load_reward_model, reward_model_from_lm
 from r1lab.pipeline import run
-from r1lab.rewards.learned import RewardModelScorer, collate_reward_inputs, reward_inputs, sequence_rewards
+from r1lab.rewards.learned import Rewards, RewardModelScorer, collate_reward_inputs, reward_inputs, sequence_rewards
 from r1lab.stages.context import RunContext
-from r1lab.stages.reward_model import RewardModelConfig, Rewards, encode_pairs, pair_rewards
+from r1lab.stages.reward_model import RewardModelConfig, encode_pairs, pair_rewards
 from r1lab.train.metrics import read_metrics
 from r1lab.train.supervised import split_rows
 

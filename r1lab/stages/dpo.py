@@ -35,26 +35,21 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from r1lab.data.jsonl import read_pairs
-from r1lab.losses.dpo import sequence_logp
 from r1lab.losses.registry import DPO_LOSSES
-from r1lab.models.io import load_model
-from r1lab.forward import completion_logprobs
 from r1lab.io import write_atomic
-from r1lab.models.adapters import with_adapters
 from r1lab.stages.common import LOSS_REPORT, SupervisedStageConfig, block
-from r1lab.stages.context import RunContext
-from r1lab.train.loop import TrainLoop
-from r1lab.train.optim import Optim
-from r1lab.train.supervised import batch_rows, check_shares, collate, encode, should_validate, split_rows
+from r1lab.settings import Optim
+
+if TYPE_CHECKING:
+    from r1lab.stages.context import RunContext
 
 Pair = tuple[list[int], list[int], list[int]]         # prompt ids, chosen ids + EOS, rejected ids + EOS
-TokenLogps = list[tuple[torch.Tensor, torch.Tensor]]  # per pair: chosen [Lw], rejected [Ll] token log-probs
+TokenLogps = list[tuple["torch.Tensor", "torch.Tensor"]]  # per pair: chosen [Lw], rejected [Ll] token log-probs
 
 
 class DpoConfig(SupervisedStageConfig):
@@ -77,6 +72,7 @@ class DpoConfig(SupervisedStageConfig):
 
 def encode_pairs(rows: list[dict], tokenizer, max_length: int) -> list[Pair]:
     """(prompt ids, chosen ids + EOS, rejected ids + EOS) per row, tokenized as sft's ``encode``."""
+    from r1lab.train.supervised import encode
     chosen = encode([{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows], tokenizer, max_length)
     rejected = encode([{"prompt": r["prompt"], "completion": r["rejected"]} for r in rows], tokenizer, max_length)
     return [(p, c, r) for (p, c), (_, r) in zip(chosen, rejected)]
@@ -86,6 +82,8 @@ def pair_logprobs(model, pairs: list[Pair], pad_id: int, ctx: RunContext, share:
     """Token log-probs of the chosen and the rejected responses of ``pairs``, all in one forward
     (TRL's concatenated forward): chosen [b, L], rejected [b, L], and their masks [b, L]. ``share``:
     the pairs' part of the optimizer batch (it weighs an MoE model's router loss)."""
+    from r1lab.forward import completion_logprobs
+    from r1lab.train.supervised import collate
     b = len(pairs)
     batch = collate([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], pad_id)  # [2b, P+L]
     with ctx.autocast():
@@ -101,6 +99,7 @@ def unpad(logp: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
 
 def pad(rows: list[torch.Tensor], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of per-token values -> (values [b, width] right-padded with 0, mask [b, width])."""
+    import torch
     width = width or max(len(r) for r in rows)
     values = torch.zeros(len(rows), width)                                           # [b, W]
     mask = torch.zeros(len(rows), width, dtype=torch.bool)                           # [b, W]
@@ -109,15 +108,16 @@ def pad(rows: list[torch.Tensor], width: int | None = None) -> tuple[torch.Tenso
     return values, mask
 
 
-@torch.no_grad()
 def reference_logprobs(model, pairs: list[Pair], pad_id: int, ctx: RunContext, micro: int) -> TokenLogps:
     """Each pair's chosen and rejected token log-probs under ``model`` (float32, CPU), ``micro``
     pairs per forward: the frozen reference's, computed once before training."""
-    out = []
-    for i in range(0, len(pairs), micro):
-        chosen, rejected, mask_c, mask_r = pair_logprobs(model, pairs[i:i + micro], pad_id, ctx)
-        out += list(zip(unpad(chosen, mask_c), unpad(rejected, mask_r)))
-    return out
+    import torch
+    with torch.no_grad():
+        out = []
+        for i in range(0, len(pairs), micro):
+            chosen, rejected, mask_c, mask_r = pair_logprobs(model, pairs[i:i + micro], pad_id, ctx)
+            out += list(zip(unpad(chosen, mask_c), unpad(rejected, mask_r)))
+        return out
 
 
 def loss_keywords(cfg: DpoConfig) -> dict:
@@ -128,6 +128,7 @@ def loss_keywords(cfg: DpoConfig) -> dict:
 def preference_stats(policy: TokenLogps, ref: TokenLogps, cfg: DpoConfig) -> dict[str, float]:
     """Loss, implicit rewards, mean sequence log-probs and ``logp_accuracy`` (share of pairs whose
     chosen response the policy itself finds likelier) of a set of pairs, under TRL's names."""
+    from r1lab.losses.dpo import sequence_logp
     pc, mask_c = pad([c for c, _ in policy])                                        # [B, Lw]
     pr, mask_r = pad([r for _, r in policy])                                        # [B, Ll]
     rc, rr = pad([c for c, _ in ref])[0], pad([r for _, r in ref])[0]               # [B, Lw], [B, Ll]
@@ -147,6 +148,7 @@ def dpo_batch(model, pairs: list[Pair], ref: TokenLogps, pad_id: int, cfg: DpoCo
     mean over pairs). The stats come from the whole batch's detached log-probs, so they do not
     depend on ``micro``. Under torchrun ``pairs`` is this rank's share of ``n_global`` pairs; the
     ranks' gradients add up to the whole batch's, and the stats are this rank's."""
+    import torch
     n, dist = len(pairs), ctx.dist
     n_global = n_global or n
     loss_fn, keywords = DPO_LOSSES[cfg.loss], loss_keywords(cfg)
@@ -165,6 +167,10 @@ def dpo_batch(model, pairs: list[Pair], ref: TokenLogps, pad_id: int, cfg: DpoCo
 
 
 def run(ctx: RunContext, cfg: DpoConfig, out: Path) -> None:
+    from r1lab.models.adapters import with_adapters
+    from r1lab.models.io import load_model
+    from r1lab.train.loop import TrainLoop
+    from r1lab.train.supervised import batch_rows, check_shares, should_validate, split_rows
     model, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
     path = ctx.data_path(cfg.data)
     pairs = encode_pairs(read_pairs(path), tokenizer, cfg.max_length)

@@ -22,23 +22,23 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from r1lab.metrics import EVAL_METRICS, GENERAL_METRICS, mean, win_rate
-from r1lab.models.io import load_model
 from r1lab.rewards import REWARDS
 from r1lab.rewards.accuracy import extract_answer
 from r1lab.rewards.format import format_reward
 from r1lab.rewards.judge import judge
 from r1lab.rewards.language import extract_think, word_scripts
 from r1lab.rewards.readable import has_summary
-from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import ReportEntries, TaskStageConfig, block
-from r1lab.stages.context import RunContext
 from r1lab.io import write_atomic
+from r1lab.settings import Sampling
+
+if TYPE_CHECKING:
+    from r1lab.stages.context import RunContext
 
 
 class EvalConfig(TaskStageConfig):
@@ -115,6 +115,7 @@ def sample_groups(model, tokenizer, task, examples: list[dict], seed: int, cfg: 
     """The k sampled records of each example (one list per example), and with ``with_greedy``
     one greedy record per example; ``scorer(texts, lengths, examples)`` makes the records
     (default: :func:`score_samples` with the task's verifier)."""
+    from r1lab.rollout import sample
     scorer = scorer or (lambda texts, lengths, rows: score_samples(texts, lengths, rows, task.verifier))
     groups, greedy = [], []
     for i in range(0, len(examples), cfg.batch_size):
@@ -130,17 +131,19 @@ def sample_groups(model, tokenizer, task, examples: list[dict], seed: int, cfg: 
     return groups, greedy
 
 
-@torch.no_grad()
 def run(ctx: RunContext, cfg: EvalConfig, out: Path) -> None:
-    model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
-    metrics, records = evaluate(model, tokenizer, ctx.task(cfg), ctx.seed, cfg)
-    if cfg.baseline and "general/judge" in metrics:
-        folder = ctx.stage_dirs.get(cfg.baseline) or Path(cfg.baseline).expanduser()   # a stage, or its folder
-        theirs = [json.loads(line) for line in (folder / "samples.jsonl").open(encoding="utf-8")]
-        general = lambda rs: [r for r in rs if r["category"] == "general"]
-        metrics["general/win_rate"] = win_rate(general(records), general(theirs))
-    write_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    write_atomic(out / "eval.json", json.dumps({**metrics, "model": cfg.model}, indent=2) + "\n")
+    import torch
+    from r1lab.models.io import load_model
+    with torch.no_grad():
+        model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
+        metrics, records = evaluate(model, tokenizer, ctx.task(cfg), ctx.seed, cfg)
+        if cfg.baseline and "general/judge" in metrics:
+            folder = ctx.stage_dirs.get(cfg.baseline) or Path(cfg.baseline).expanduser()   # a stage, or its folder
+            theirs = [json.loads(line) for line in (folder / "samples.jsonl").open(encoding="utf-8")]
+            general = lambda rs: [r for r in rs if r["category"] == "general"]
+            metrics["general/win_rate"] = win_rate(general(records), general(theirs))
+        write_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+        write_atomic(out / "eval.json", json.dumps({**metrics, "model": cfg.model}, indent=2) + "\n")
 
 
 Config = EvalConfig

@@ -26,25 +26,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from r1lab.data.general import REQUESTS
-from r1lab.losses.common import masked_mean
 from r1lab.losses.registry import ADVANTAGE_ESTIMATORS, GRPO_LOSSES
-from r1lab.models.io import load_model
-from r1lab.models.adapters import LoraBlock, frozen_reference, with_adapters
 from r1lab.rewards import RewardsSpec, build_rewards, learned_models
-from r1lab.rollout import Sampling
 from r1lab.stages.common import RL_REPORT, TaskStageConfig, block
-from r1lab.stages.context import RunContext
-from r1lab.train.distributed import in_row_order
-from r1lab.forward import completion_logprobs, logprobs_no_grad
-from r1lab.train.loop import TrainLoop
-from r1lab.train.optim import Optim
-from r1lab.train.rl_step import monitor_scorers, scored_rollout
+from r1lab.settings import LoraBlock, Optim, Sampling
+
+if TYPE_CHECKING:
+    from r1lab.stages.context import RunContext
 
 
 class GrpoConfig(TaskStageConfig):
@@ -102,6 +95,10 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
     ``batch`` is this rank's share of the ``n_global`` rows (default: all there are) and its
     loss is weighted so that the ranks' gradients add up to the whole batch's
     (r1lab/train/distributed.py); the stats are this rank's."""
+    import torch
+    from r1lab.forward import completion_logprobs
+    from r1lab.losses.common import masked_mean
+    from r1lab.train.distributed import in_row_order
     n, dist = batch["input_ids"].shape[0], ctx.dist
     n_global = n_global or n
     loss_fn = GRPO_LOSSES[cfg.loss]
@@ -131,6 +128,11 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
 
 
 def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
+    from r1lab.forward import logprobs_no_grad
+    from r1lab.models.adapters import frozen_reference, with_adapters
+    from r1lab.models.io import load_model
+    from r1lab.train.loop import TrainLoop
+    from r1lab.train.rl_step import monitor_scorers, scored_rollout
     seed, task, dist, G = ctx.seed, ctx.task(cfg), ctx.dist, cfg.group_size
     dist.check_share(cfg.prompts_per_step, f"stage {cfg.name!r}: prompts_per_step")
     mine = dist.shard(cfg.prompts_per_step)           # this rank's questions of every step

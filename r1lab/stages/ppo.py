@@ -31,24 +31,16 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
-from r1lab.losses.advantages import gae, masked_whiten
-from r1lab.losses.common import masked_mean
-from r1lab.losses.ppo import kl_penalized_rewards, ppo_policy_loss, ppo_value_loss
-from r1lab.models.io import load_model, load_value_model
-from r1lab.models.adapters import LoraBlock, frozen_reference, with_adapters
 from r1lab.rewards import RewardsSpec, build_rewards, learned_models
-from r1lab.rollout import Sampling
 from r1lab.stages.common import RL_REPORT, TaskStageConfig, block
-from r1lab.stages.context import RunContext
-from r1lab.forward import completion_logprobs, completion_values, logprobs_no_grad, values_no_grad
-from r1lab.train.loop import TrainLoop
-from r1lab.train.optim import Optim
-from r1lab.train.rl_step import monitor_scorers, scored_rollout
+from r1lab.settings import LoraBlock, Optim, Sampling
+
+if TYPE_CHECKING:
+    from r1lab.stages.context import RunContext
 
 
 class PpoConfig(TaskStageConfig):
@@ -92,6 +84,9 @@ def policy_batch(policy, part: dict, old_logp: torch.Tensor, advantages: torch.T
                  ctx: RunContext, share: float = 1.0) -> dict[str, float]:
     """Clipped policy loss of one mini-batch, backward; returns its stats and entropy. ``share``:
     this rank's part of the mini-batch's tokens under torchrun (the loss is a mean over them)."""
+    from r1lab.forward import completion_logprobs
+    from r1lab.losses.common import masked_mean
+    from r1lab.losses.ppo import ppo_policy_loss
     with ctx.autocast():
         logp, entropy = completion_logprobs(policy, part, temperature=cfg.sampling.temperature,
                                             with_entropy=True)                # [n, L]
@@ -106,6 +101,8 @@ def value_batch(critic, part: dict, old_values: torch.Tensor, returns: torch.Ten
                 ctx: RunContext, share: float = 1.0) -> dict[str, float]:
     """Clipped value loss of one mini-batch, backward; returns its stats (``share`` as in
     :func:`policy_batch`)."""
+    from r1lab.forward import completion_values
+    from r1lab.losses.ppo import ppo_value_loss
     with ctx.autocast():
         values = completion_values(critic, part)                              # [n, L]
     mask = part["completion_mask"].to(values.device)
@@ -127,6 +124,7 @@ def mini_batch_rows(rows: torch.Tensor, mine: range, mask: torch.Tensor, dist) -
     """This rank's rows (local indices) of a mini-batch of global ``rows``, and its share of the
     mini-batch's completion tokens. A rank holding none of them still runs a forward and
     backward, on its first row at weight 0, as DistributedDataParallel needs every rank's."""
+    import torch
     local = rows[(rows >= mine.start) & (rows < mine.stop)] - mine.start
     tokens = int(mask[local].sum())
     total = dist.sum(tokens)
@@ -136,6 +134,15 @@ def mini_batch_rows(rows: torch.Tensor, mine: range, mask: torch.Tensor, dist) -
 
 
 def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
+    import torch
+    from r1lab.forward import logprobs_no_grad, values_no_grad
+    from r1lab.losses.advantages import gae, masked_whiten
+    from r1lab.losses.common import masked_mean
+    from r1lab.losses.ppo import kl_penalized_rewards
+    from r1lab.models.adapters import frozen_reference, with_adapters
+    from r1lab.models.io import load_model, load_value_model
+    from r1lab.train.loop import TrainLoop
+    from r1lab.train.rl_step import monitor_scorers, scored_rollout
     seed, task, dist = ctx.seed, ctx.task(cfg), ctx.dist
     dist.check_share(cfg.prompts_per_step, f"stage {cfg.name!r}: prompts_per_step")
     G = cfg.samples_per_prompt

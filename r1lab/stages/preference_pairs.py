@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from r1lab.data.chunked import ChunkedJsonl
 from r1lab.data.general import REQUESTS
-from r1lab.models.io import load_model
 from r1lab.rewards.judge import judge
-from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import ReportEntries, TaskStageConfig, block
-from r1lab.stages.context import RunContext
+from r1lab.settings import Sampling
+
+if TYPE_CHECKING:
+    from r1lab.stages.context import RunContext
 
 
 class PreferencePairsConfig(TaskStageConfig):
@@ -83,6 +83,7 @@ def pair_indices(scores: list[float], texts: list[str], pairing: str, min_gap: f
 
 def chunk_pairs(model, tokenizer, task, b: int, seed: int, cfg: PreferencePairsConfig, stats: dict) -> list[dict]:
     """Draw, sample, judge and pair chunk ``b``; the pairs (``stats`` is updated)."""
+    from r1lab.rollout import sample
     first = b * cfg.batch_size
     examples = task.general_examples(f"{seed}-pairs-{b}", min(cfg.batch_size, cfg.prompts - first), split="train",
                                      requests=tuple(cfg.requests))
@@ -104,18 +105,20 @@ def chunk_pairs(model, tokenizer, task, b: int, seed: int, cfg: PreferencePairsC
     return rows
 
 
-@torch.no_grad()
 def run(ctx: RunContext, cfg: PreferencePairsConfig, out: Path) -> None:
-    task = ctx.task(cfg)
-    writer = ChunkedJsonl(out, {"prompts": 0, "pairs": 0, "no_gap": 0, "judge_sum": 0.0})
-    model = tokenizer = None
-    for b in range(writer.chunks, math.ceil(cfg.prompts / cfg.batch_size)):
-        if model is None:
-            model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
-            model.eval()
-        writer.commit(chunk_pairs(model, tokenizer, task, b, ctx.seed, cfg, writer.stats))
-    writer.stats["judge_mean"] = writer.stats.pop("judge_sum") / max(1, writer.stats["prompts"] * cfg.samples)
-    writer.finish()
+    import torch
+    from r1lab.models.io import load_model
+    with torch.no_grad():
+        task = ctx.task(cfg)
+        writer = ChunkedJsonl(out, {"prompts": 0, "pairs": 0, "no_gap": 0, "judge_sum": 0.0})
+        model = tokenizer = None
+        for b in range(writer.chunks, math.ceil(cfg.prompts / cfg.batch_size)):
+            if model is None:
+                model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
+                model.eval()
+            writer.commit(chunk_pairs(model, tokenizer, task, b, ctx.seed, cfg, writer.stats))
+        writer.stats["judge_mean"] = writer.stats.pop("judge_sum") / max(1, writer.stats["prompts"] * cfg.samples)
+        writer.finish()
 
 
 Config = PreferencePairsConfig

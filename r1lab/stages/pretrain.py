@@ -15,20 +15,16 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from r1lab.data.corpus import CorpusMix, documents
-from r1lab.models.moe import record, router_loss_off
-from r1lab.models.tiny import TinyModelConfig, build_tiny_model
-from r1lab.models.tokenizer import train_tokenizer
 from r1lab.stages.common import LOSS_REPORT, TaskStageConfig, block
-from r1lab.stages.context import RunContext
-from r1lab.train.loop import TrainLoop
-from r1lab.train.optim import Optim
-from r1lab.train.supervised import should_validate
+from r1lab.settings import Optim, TinyModelConfig
+
+if TYPE_CHECKING:
+    from r1lab.stages.context import RunContext
 
 
 class CorpusConfig(BaseModel):
@@ -75,6 +71,7 @@ class PretrainConfig(TaskStageConfig):
 
 def pack(docs: list[list[int]], seq_len: int) -> torch.Tensor:
     """Concatenate token lists and cut into full rows: [R, seq_len] (the remainder is dropped)."""
+    import torch
     stream = torch.tensor([t for d in docs for t in d], dtype=torch.long)
     rows = len(stream) // seq_len
     return stream[: rows * seq_len].view(rows, seq_len)
@@ -83,6 +80,7 @@ def pack(docs: list[list[int]], seq_len: int) -> torch.Tensor:
 def corpus_and_tokenizer(cfg: PretrainConfig, task, seed: int):
     """The corpus documents and the BPE tokenizer trained on their first 3000. The tokenizer is
     a function of exactly :func:`tokenizer_settings`; keep the two in step."""
+    from r1lab.models.tokenizer import train_tokenizer
     docs = documents(seed, cfg.corpus.documents, cfg.corpus.mix(), task.template, **task.problem_kw())
     return docs, train_tokenizer([p + c for p, c in docs[:3000]], cfg.model.vocab_size)
 
@@ -98,6 +96,11 @@ def tokenizer_settings(cfg: PretrainConfig, task, seed: int) -> dict:
 
 
 def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
+    import torch
+    from r1lab.models.moe import record
+    from r1lab.models.tiny import build_tiny_model
+    from r1lab.train.loop import TrainLoop
+    from r1lab.train.supervised import should_validate
     seed, task = ctx.seed, ctx.task(cfg)
     docs, tokenizer = corpus_and_tokenizer(cfg, task, seed)
     eos = tokenizer.eos_token_id
@@ -135,18 +138,20 @@ def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
     loop.finish(tokenizer)
 
 
-@torch.no_grad()
 def validation_loss(model, rows: torch.Tensor, ctx: RunContext, batch_size: int = 32) -> float:
     """Mean next-token loss over the held-back rows (an MoE model's without its router loss)."""
-    model.eval()
-    total = 0.0
-    no_router = router_loss_off(model)
-    for i in range(0, len(rows), batch_size):
-        chunk = rows[i:i + batch_size].to(ctx.device)
-        with ctx.autocast():
-            total += model(input_ids=chunk, labels=chunk, **no_router).loss.item() * len(chunk)
-    value = total / len(rows)
-    return value if math.isfinite(value) else float("inf")
+    import torch
+    from r1lab.models.moe import router_loss_off
+    with torch.no_grad():
+        model.eval()
+        total = 0.0
+        no_router = router_loss_off(model)
+        for i in range(0, len(rows), batch_size):
+            chunk = rows[i:i + batch_size].to(ctx.device)
+            with ctx.autocast():
+                total += model(input_ids=chunk, labels=chunk, **no_router).loss.item() * len(chunk)
+        value = total / len(rows)
+        return value if math.isfinite(value) else float("inf")
 
 
 Config = PretrainConfig

@@ -29,21 +29,21 @@ import math
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import BaseModel, Field, model_validator
 
 from r1lab.data.chunked import ChunkedJsonl
 from r1lab.data.general import corpus_reply
-from r1lab.models.io import load_model
 from r1lab.rewards.readable import readable, repeat_ratio
 from r1lab.rewards import REWARDS
 from r1lab.rewards.format import format_reward
 from r1lab.rewards.language import detect_language
-from r1lab.rollout import Sampling, sample
 from r1lab.stages.common import ReportEntries, TaskStageConfig, block
-from r1lab.stages.context import RunContext
+from r1lab.settings import Sampling
+
+if TYPE_CHECKING:
+    from r1lab.stages.context import RunContext
 
 class Filters(BaseModel, extra="forbid"):
     """What a sampled completion must pass to be kept (the ``filters:`` block)."""
@@ -135,6 +135,7 @@ def score_completions(texts: list[str], lengths: list[int], example: dict, verif
 
 def chunk_rows(model, tokenizer, task, b: int, seed: int, cfg: RejectionSampleConfig, stats: dict) -> list[dict]:
     """Draw, sample, score and filter chunk ``b``; the kept rows (``stats`` is updated)."""
+    from r1lab.rollout import sample
     first = b * cfg.batch_size
     examples = task.sample_train(seed, f"rejection-{b}", min(cfg.batch_size, cfg.prompts - first))
     prompts = [task.prompt(e) for e in examples]
@@ -180,22 +181,24 @@ def fresh_stats(cfg: RejectionSampleConfig) -> dict:
             "kept_per_prompt": {str(k): 0 for k in range(min(cfg.keep, cfg.samples) + 1)}, "non_reasoning": 0}
 
 
-@torch.no_grad()
 def run(ctx: RunContext, cfg: RejectionSampleConfig, out: Path) -> None:
-    task, writer = ctx.task(cfg), ChunkedJsonl(out, fresh_stats(cfg))
-    n_chunks = math.ceil(cfg.prompts / cfg.batch_size)
-    model = tokenizer = None
-    for b in range(writer.chunks, n_chunks + (cfg.non_reasoning > 0)):   # the general rows last
-        if b == n_chunks:
-            rows = general_rows(task, ctx.seed, cfg)
-            writer.stats["non_reasoning"] = len(rows)
-        else:
-            if model is None:
-                model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
-                model.eval()
-            rows = chunk_rows(model, tokenizer, task, b, ctx.seed, cfg, writer.stats)
-        writer.commit(rows)
-    writer.finish()
+    import torch
+    from r1lab.models.io import load_model
+    with torch.no_grad():
+        task, writer = ctx.task(cfg), ChunkedJsonl(out, fresh_stats(cfg))
+        n_chunks = math.ceil(cfg.prompts / cfg.batch_size)
+        model = tokenizer = None
+        for b in range(writer.chunks, n_chunks + (cfg.non_reasoning > 0)):   # the general rows last
+            if b == n_chunks:
+                rows = general_rows(task, ctx.seed, cfg)
+                writer.stats["non_reasoning"] = len(rows)
+            else:
+                if model is None:
+                    model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
+                    model.eval()
+                rows = chunk_rows(model, tokenizer, task, b, ctx.seed, cfg, writer.stats)
+            writer.commit(rows)
+        writer.finish()
 
 
 Config = RejectionSampleConfig

@@ -31,22 +31,17 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
 from pydantic import Field
 
 from r1lab.data.jsonl import read_pairs
-from r1lab.losses.reward_model import bradley_terry_loss
-from r1lab.models.io import reward_model_from_lm
 from r1lab.io import write_atomic
-from r1lab.models.adapters import with_adapters
-from r1lab.rewards.learned import Pooling, collate_reward_inputs, encode_reward_input, sequence_rewards
 from r1lab.stages.common import LOSS_REPORT, SupervisedStageConfig, block
-from r1lab.stages.context import RunContext
-from r1lab.train.loop import TrainLoop
-from r1lab.train.optim import Optim
-from r1lab.train.supervised import batch_rows, check_shares, should_validate, split_rows
+from r1lab.settings import Optim, Pooling
+
+if TYPE_CHECKING:
+    from r1lab.stages.context import RunContext
 
 Pair = tuple[list[int], list[int]]          # (chosen ids, rejected ids), prompt included in each
 
@@ -70,20 +65,9 @@ class RewardModelConfig(SupervisedStageConfig):
 
 def encode_pairs(rows: list[dict], tokenizer, cfg: RewardModelConfig) -> list[Pair]:
     """(chosen ids, rejected ids) of each row, as the scorer would build them."""
+    from r1lab.rewards.learned import encode_reward_input
     enc = lambda row, key: encode_reward_input(tokenizer, row["prompt"], row[key], part=cfg.part, max_length=cfg.max_length)
     return [(enc(row, "chosen"), enc(row, "rejected")) for row in rows]
-
-
-class Rewards(torch.nn.Module):
-    """:func:`sequence_rewards` of a reward model as a module's forward: DistributedDataParallel
-    exchanges the gradients of forwards run through its wrapper, so the wrapper must run it."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sequence_rewards(self.model, batch)                                     # [B]
 
 
 def pair_rewards(rewards_of, pairs: list[Pair], pad_id: int, ctx: RunContext, *, train: bool,
@@ -93,6 +77,9 @@ def pair_rewards(rewards_of, pairs: list[Pair], pad_id: int, ctx: RunContext, *,
     With ``train``, each micro-batch's Bradley-Terry loss is scaled by its share of the pairs (of
     ``n_global`` under torchrun, where ``pairs`` is this rank's share) and backpropagated, so the
     gradients add up to the whole batch's."""
+    import torch
+    from r1lab.losses.reward_model import bradley_terry_loss
+    from r1lab.rewards.learned import collate_reward_inputs
     n_global = n_global or len(pairs)
     chosen, rejected = [], []
     for rows in ctx.dist.micro_batches(rewards_of, len(pairs), micro):
@@ -111,6 +98,8 @@ def pair_rewards(rewards_of, pairs: list[Pair], pad_id: int, ctx: RunContext, *,
 
 def validate(model, val: list[Pair], pad_id: int, cfg: RewardModelConfig, ctx: RunContext) -> dict[str, float]:
     """``val/loss``, ``val/accuracy``, ``val/margin`` over the held-out pairs (eval mode)."""
+    from r1lab.rewards.learned import Rewards
+    from r1lab.losses.reward_model import bradley_terry_loss
     was_training = model.training
     model.eval()
     r_c, r_r = pair_rewards(Rewards(model), val, pad_id, ctx, train=False,
@@ -121,6 +110,12 @@ def validate(model, val: list[Pair], pad_id: int, cfg: RewardModelConfig, ctx: R
 
 
 def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
+    from r1lab.losses.reward_model import bradley_terry_loss
+    from r1lab.models.adapters import with_adapters
+    from r1lab.models.io import reward_model_from_lm
+    from r1lab.rewards.learned import Rewards
+    from r1lab.train.loop import TrainLoop
+    from r1lab.train.supervised import batch_rows, check_shares, should_validate, split_rows
     model, tokenizer = reward_model_from_lm(ctx.model_path(cfg.init), ctx.device, ctx.seed)
     model.config.reward_pooling = cfg.pooling                       # read by sequence_rewards, saved with the model
     model = with_adapters(model, cfg.lora, ctx.seed, task_type="SEQ_CLS")   # the new head trains too

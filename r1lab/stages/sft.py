@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from r1lab.data.jsonl import read_sft_jsonl
-from r1lab.models.io import load_model
-from r1lab.models.adapters import with_adapters
 from r1lab.stages.common import LOSS_REPORT, SupervisedStageConfig, block
-from r1lab.stages.context import RunContext
-from r1lab.train.loop import TrainLoop
-from r1lab.train.optim import Optim
-from r1lab.train.supervised import batch_rows, check_shares, encode, nll_batch, shard_batch, should_validate, split_rows
+from r1lab.settings import Optim
+
+if TYPE_CHECKING:
+    from r1lab.stages.context import RunContext
 
 
 class SftConfig(SupervisedStageConfig):
@@ -44,6 +42,10 @@ class SftConfig(SupervisedStageConfig):
 
 
 def run(ctx: RunContext, cfg: SftConfig, out: Path) -> None:
+    from r1lab.models.adapters import with_adapters
+    from r1lab.models.io import load_model
+    from r1lab.train.loop import TrainLoop
+    from r1lab.train.supervised import batch_rows, check_shares, encode, nll_batch, shard_batch, should_validate, split_rows
     model, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
     model = with_adapters(model, cfg.lora, ctx.seed)
     path = ctx.data_path(cfg.data)

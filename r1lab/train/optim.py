@@ -6,18 +6,8 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-
-class Optim(BaseModel):
-    """Optimizer and schedule settings (the ``optim:`` block of a training stage; each stage
-    sets its own defaults, see :func:`r1lab.stages.common.block`)."""
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warmup, in optimizer steps.")
-    min_lr_ratio: float = Field(1.0, ge=0, le=1, description="Final LR / peak after cosine decay (1.0 = constant).")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW decay on matrices (not on norms and biases).")
-    grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
+from r1lab.settings import Optim
 
 
 def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
