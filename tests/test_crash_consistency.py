@@ -1,6 +1,6 @@
 """``r1lab run`` killed with SIGKILL at random moments (one of them inside a write) and
 run again ends with the unbroken run's weights and eval results, and nothing the kill left is
-taken as complete (tests/crash_consistency.py; its 20-trial run is the README's figure)."""
+taken as complete (tests/crash_consistency.py; its 20-trial run is the figure in docs/reliability.md)."""
 
 import pytest
 

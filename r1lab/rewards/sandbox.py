@@ -1,6 +1,6 @@
 """Run an untrusted Python program: a model's answer to a code task.
 
-Layers, and what each stops (docs: the README's reliability section):
+Layers, and what each stops (docs/reliability.md):
 
 1. **bubblewrap** (``bwrap``, when installed and user namespaces work): new user, PID, network,
    IPC, UTS and cgroup namespaces (``--unshare-all``); of the host's filesystem only ``/usr`` and

@@ -1,25 +1,17 @@
 """Giving the CPU heap's free pages back to the kernel before a rollout.
 
-Training on the CPU leaves glibc's heap with hundreds of MB free: a 25M GRPO step frees its
-activations into holes that glibc keeps resident (600-900 MB free in a ~1 GB heap between
-steps; docs/log.md, "Micro-batches largest first, and the heap before a rollout"). The
-rollout's KV cache is a fresh mapping of its own, so the step's peak RSS would be those free
-pages plus the cache. ``malloc_trim(0)`` hands the free pages back first, as verl and OpenRLHF
-call ``torch.cuda.empty_cache()`` when they switch from training to generation.
+Training on the CPU leaves glibc's heap holding the activations it freed, in holes glibc keeps
+resident. The rollout's KV cache is a fresh mapping of its own, so the step's peak RSS would be
+those free pages plus the cache. ``malloc_trim(0)`` hands the free pages back first, as verl and
+OpenRLHF call ``torch.cuda.empty_cache()`` when they switch from training to generation.
 
-Training faults back in what it touches again, so a trim is worth it only when much is free:
-at 25M (600+ MB free) it cut the step's peak RSS by ~100 MB, each trim taking 30-70 ms of a
-~25 s step (the page faults after it within the step's noise); the tiny model's steps leave
-~160 MB free, where trimming saved nothing and cost ~8% of tokens/s. Hence the floor
-:data:`TRIM_ABOVE`.
-
-A process that sets glibc's trim threshold (``MALLOC_TRIM_THRESHOLD_``, or
-``glibc.malloc.trim_threshold`` in ``GLIBC_TUNABLES``) has asked to keep freed memory, and is
+Training faults back in what it touches again, so a trim pays only when much is free: hence the
+floor :data:`TRIM_ABOVE`. A process that sets glibc's trim threshold (``MALLOC_TRIM_THRESHOLD_``,
+or ``glibc.malloc.trim_threshold`` in ``GLIBC_TUNABLES``) has asked to keep freed memory, and is
 not trimmed. The ``r1lab`` command sets it, with a 64 MB mmap threshold, to spare the page
-faults (r1lab/cli.py): that keeps the KV cache of a small model in the heap, whose free
-pages it then reuses, and trimming there made the default run's GRPO stages 29-62% slower
-(pre-training, which samples nothing, 6%: the hour's share) for a peak RSS of 0.86 GB against
-1.24-1.39 GB: 12 min 8 s in all against ~10 min.
+faults (r1lab/cli.py): that keeps a small model's KV cache in the heap, whose free pages it then
+reuses, so a trim there only makes training fault them in again. The measurements behind both
+choices are in docs/log.md, "Micro-batches largest first, and the heap before a rollout".
 """
 
 from __future__ import annotations

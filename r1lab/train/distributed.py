@@ -177,9 +177,8 @@ def micro_batch_slices(n: int, size: int, lengths: torch.Tensor | None = None) -
     Largest first for the memory: on the CPU, glibc's malloc keeps what a micro-batch frees as
     holes in its heap and reuses a hole only for a request that fits in it. After the largest
     micro-batch every later one fits in the holes it left; in row order each larger one grows the
-    heap again (a 25M GRPO step with 32-row micro-batches: peak RSS ~1.95 GB in row order, ~1.7
-    GB largest first; docs/log.md, "Micro-batches largest first, and the heap before a rollout").
-    The gradients' sum, taken in another order, differs only by rounding."""
+    heap again (docs/log.md, "Micro-batches largest first, and the heap before a rollout", has
+    the peaks). The gradients' sum, taken in another order, differs only by rounding."""
     size = size or n
     slices = [slice(i, min(i + size, n)) for i in range(0, n, size)]
     if lengths is not None:
