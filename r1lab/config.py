@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from r1lab.data.tasks import Task
 from r1lab.errors import R1labError
+from r1lab.rewards import REWARDS
 from r1lab.stages import STAGES
 from r1lab.stages.common import PlainName
 from r1lab.lineage import tokenizer_problem
@@ -52,9 +53,9 @@ class RunConfig(BaseModel):
     def problems(self) -> list[tuple[list, str]]:
         """(location, message) of what would fail only once work has started, the first of each
         kind: a reference (one of a stage's ``references()``) naming neither an earlier stage
-        that writes that kind of output nor an existing path, a task a stage cannot run on, a
-        data file that is not there, models that must share a tokenizer and do not
-        (r1lab/lineage.py), or a device this machine lacks."""
+        that writes that kind of output nor an existing path, a task whose verifier names no
+        reward, a task a stage cannot run on, a data file that is not there, models that must
+        share a tokenizer and do not (r1lab/lineage.py), or a device this machine lacks."""
         found = [self._dangling_reference(), self._task_problem(), tokenizer_problem(self), self._device_problem()]
         return [p for p in found if p is not None]
 
@@ -89,6 +90,8 @@ class RunConfig(BaseModel):
         tasks = [(["task"], self.task)] + [(["stages", i, "task"], s.task) for i, s in enumerate(self.stages)
                                            if getattr(s, "task", None) is not None]
         for loc, task in tasks:
+            if task.verifier not in REWARDS:
+                return loc + ["verifier"], f"unknown reward {task.verifier!r}; known: {sorted(REWARDS)}"
             for field in task.data_fields:
                 path = getattr(task, field)
                 if path is not None and not Path(path).expanduser().is_file():
