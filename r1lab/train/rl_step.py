@@ -53,8 +53,8 @@ def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampli
     per_fn.update(score(monitors, row_prompts, texts, rows)[1])
     means = {k: m for k, v in per_fn.items() if (m := mean_where_scored(v)) is not None}
     rewards = torch.tensor(totals)                                           # [N]
-    records = [{"formatted": format_reward(t, e, allow_summary=True), "length": n, "truncated": finish == "length"}
-               for t, e, n, finish in zip(texts, rows, rollout.lengths.tolist(), rollout.finish_reasons)]
+    records = [{"formatted": format_reward(t, e, allow_summary=True), "length": length, "truncated": finish == "length"}
+               for t, e, length, finish in zip(texts, rows, rollout.lengths.tolist(), rollout.finish_reasons)]
     metrics = {"reward/mean": rewards.mean().item(), **{f"reward/{k}": m for k, m in means.items()},
                "accuracy": means.get(task.verifier, 0.0), **{k: fn(records) for k, fn in ROLLOUT_METRICS.items()}}
     batch = prompt_completion_batch([p for p in prompts for _ in range(n)], rollout.completion_ids,
