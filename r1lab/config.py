@@ -18,10 +18,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from r1lab.data.tasks import Task
 from r1lab.errors import R1labError
+from r1lab.locate import PACKAGED, resolve
+from r1lab.locate import problem as locate_problem
 from r1lab.rewards import REWARDS
 from r1lab.stages import STAGES
 from r1lab.stages.common import PlainName
-from r1lab.lineage import tokenizer_problem
+from r1lab.lineage import chat_template_problem, tokenizer_problem
 
 DEFAULT_CONFIG = "r1-tiny"
 
@@ -56,7 +58,8 @@ class RunConfig(BaseModel):
         that writes that kind of output nor an existing path, a task whose verifier names no
         reward, a task a stage cannot run on, a data file that is not there, models that must
         share a tokenizer and do not (r1lab/lineage.py), or a device this machine lacks."""
-        found = [self._dangling_reference(), self._task_problem(), tokenizer_problem(self), self._device_problem()]
+        found = [self._dangling_reference(), self._task_problem(), tokenizer_problem(self), chat_template_problem(self),
+                 self._device_problem()]
         return [p for p in found if p is not None]
 
     def _device_problem(self) -> tuple[list, str] | None:
@@ -79,7 +82,9 @@ class RunConfig(BaseModel):
                 if ref in names:
                     return loc, (f"{ref!r} is a later stage (stages[{names.index(ref)}]); "
                                  f"a stage reads only what an earlier stage wrote")
-                if not Path(ref).expanduser().exists():
+                if ref.startswith(PACKAGED) and (missing := locate_problem(ref)):
+                    return loc, missing
+                if not resolve(ref).exists():
                     producers = [n for n, w in writers.items() if artifact in w]
                     return loc, (f"{ref!r} is neither an earlier stage that writes a {artifact} "
                                  f"({', '.join(producers) or 'none'}) nor an existing path")
@@ -92,6 +97,8 @@ class RunConfig(BaseModel):
         for loc, task in tasks:
             if task.verifier not in REWARDS:
                 return loc + ["verifier"], f"unknown reward {task.verifier!r}; known: {sorted(REWARDS)}"
+            if problem := task.problem():
+                return loc + problem[0], problem[1]
             for field in task.data_fields:
                 path = getattr(task, field)
                 if path is not None and not Path(path).expanduser().is_file():

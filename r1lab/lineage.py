@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from r1lab.locate import MissingReference, resolve
 from r1lab.stages import pretrain
 
 
@@ -42,7 +43,11 @@ def trace(config, index: int, ref: str) -> Origin | str:
         if stage.reads.get("init") != "model":
             return f"stage {stage.name!r} ({stage.kind}) does not start from a model its config names (no 'init')"
         ref = stage.init
-    return Origin(f"path {str(Path(ref).expanduser())!r}", path=Path(ref).expanduser())
+    try:
+        path = resolve(ref)
+    except MissingReference as e:
+        return str(e)
+    return Origin(f"path {str(path)!r}", path=path)
 
 
 def vocabulary(origin: Origin) -> tuple[dict[str, int], dict[str, str]] | str:
@@ -50,9 +55,9 @@ def vocabulary(origin: Origin) -> tuple[dict[str, int], dict[str, str]] | str:
     if origin.stage is not None:
         tokenizer = pretrain.corpus_and_tokenizer(origin.stage, origin.task, origin.seed)[1]
     else:
-        from transformers import AutoTokenizer
+        from r1lab.models.io import load_tokenizer
         try:
-            tokenizer = AutoTokenizer.from_pretrained(origin.path, local_files_only=True)
+            tokenizer = load_tokenizer(origin.path)
         except (OSError, ValueError, KeyError, TypeError) as e:
             return f"{origin.what} has no tokenizer files that load ({str(e).splitlines()[0][:120]})"
     specials = {k: str(v) for k, v in tokenizer.special_tokens_map.items()}
@@ -99,4 +104,41 @@ def tokenizer_problem(config) -> tuple[list, str] | None:
                 return ["stages", i, f], (
                     f"{f} {getattr(stage, f)!r} ({origins[f].what}) and {first} {getattr(stage, first)!r} "
                     f"({origins[first].what}) must share a tokenizer, but {problem}")
+    return None
+
+
+def has_chat_template(path: Path) -> bool:
+    """Whether the tokenizer at ``path`` (a model folder or a ``.gguf`` file) carries a chat
+    template, read from its files without loading it."""
+    if path.suffix == ".gguf":
+        from r1lab.models.gguf_meta import metadata_keys
+        try:
+            return "tokenizer.chat_template" in metadata_keys(path)
+        except (OSError, ValueError):
+            return True                      # not readable here: loading it will say why
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return True
+    config = path / "tokenizer_config.json"
+    import json
+    try:
+        return bool(json.loads(config.read_text(encoding="utf-8")).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def chat_template_problem(config) -> tuple[list, str] | None:
+    """(location, message) of the first stage that prompts a model through ``template: chat``
+    whose tokenizer has no chat template (a pretrain stage's tokenizer has one), else None."""
+    for i, stage in enumerate(config.stages):
+        task = getattr(stage, "task", None) or config.task
+        if task.template != "chat" or not hasattr(stage, "task"):
+            continue
+        for field in ("model", "init"):
+            if stage.reads.get(field) != "model" or getattr(stage, field, None) is None:
+                continue
+            origin = trace(config, i, getattr(stage, field))
+            if not isinstance(origin, str) and origin.path is not None and origin.path.exists() \
+                    and not has_chat_template(origin.path):
+                return ["stages", i, field], (f"template chat, but the tokenizer of {getattr(stage, field)!r} "
+                                              f"has no chat template (use a template such as r1, or a chat model)")
     return None

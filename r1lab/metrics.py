@@ -211,3 +211,32 @@ def win_rate(ours: list[dict], theirs: list[dict]) -> float:
         if other:
             rates.append(mean((a > b) + 0.5 * (a == b) for a in mine for b in other))
     return mean(rates)
+
+
+def paired_bootstrap_gain(ours: list[dict], theirs: list[dict], resamples: int = 10_000,
+                          seed: int = 0) -> tuple[float, float, float]:
+    """(gain, low, high): the pass@1 gain of ours over theirs on the questions both answered
+    (the same ``question_id`` and ``question``; each question's pass@1 over its samples), and its paired bootstrap 95%
+    interval (questions resampled with replacement, the same draw for both sides).
+
+    >>> a = [{"question_id": q, "correct": 1} for q in range(50)]
+    >>> b = [{"question_id": q, "correct": q % 2} for q in range(50)]
+    >>> gain, low, high = paired_bootstrap_gain(a, b)
+    >>> gain, 0.3 < low < 0.5 < high < 0.7
+    (0.5, True)
+    """
+    import random
+
+    def per_question(records):
+        found: dict[tuple, list[int]] = {}
+        for r in records:
+            found.setdefault((r["question_id"], r.get("question")), []).append(_correct(r))
+        return {q: sum(v) / len(v) for q, v in found.items()}
+    mine, other = per_question(ours), per_question(theirs)
+    diffs = [mine[q] - other[q] for q in mine if q in other]
+    if not diffs:
+        raise ValueError("no question in common")
+    rng = random.Random(seed)
+    n = len(diffs)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(resamples))
+    return sum(diffs) / n, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]

@@ -169,7 +169,7 @@ SEED = 7
 
 class FakeTask:
     """Question ``what is N?`` with answer N, N = 10 * chunk + index + 1; general questions too."""
-    kind, verifier, has_general = "fake", "accuracy", True
+    kind, verifier, has_general, template = "fake", "accuracy", True, "fake"
 
     def __init__(self, zh=()):
         self.zh = set(zh)
@@ -179,8 +179,11 @@ class FakeTask:
         out = [{"question": f"what is {10 * b + i + 1}?", "answer": str(10 * b + i + 1)} for i in range(n)]
         return [{**e, "lang": "zh"} if e["answer"] in self.zh else e for e in out]
 
-    def prompt(self, example):
+    def prompt(self, example, tokenizer=None):
         return f"User: {example['question']}\nAssistant:"
+
+    def verifier_params(self):
+        return {"answer": "tag"}
 
     def general_examples(self, seed, n, split, requests):
         assert (seed, split, requests) == (SEED, "train", ("words",))

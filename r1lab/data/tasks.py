@@ -1,7 +1,8 @@
 """Tasks: where a stage's questions, reference answers and prompts come from.
 
 ``arithmetic`` is generated from the seed (no download); ``jsonl`` reads local files such as
-GSM8K; ``code`` asks for programs, judged by running their tests (synthetic or JSONL). All give
+GSM8K; ``code`` asks for programs, judged by running their tests (synthetic or JSONL);
+``reasoning_gym`` draws from reasoning-gym's procedural generators. All give
 plain dicts with ``question`` and ``answer`` that rewards check, plus ``lang`` where known (the
 language reward detects it from the question otherwise) and ``category`` (``reasoning``, or
 ``general`` for the non-reasoning prompts of ``general_examples``).
@@ -22,9 +23,16 @@ from r1lab.data.arithmetic import LANGUAGES, n_test_questions, sample_problems
 from r1lab.data.code import n_test_problems, read_code_jsonl, sample_code_problems
 from r1lab.data.general import REQUESTS, general_examples
 from r1lab.data.jsonl import read_qa_jsonl
-from r1lab.data.templates import TEMPLATES, render
+from r1lab.data import reasoning_gym as rg
+from r1lab.data.templates import R1_SYSTEM, TEMPLATES, render
+from r1lab.errors import R1labError
 
-TemplateName = Literal[tuple(TEMPLATES)]
+TemplateName = Literal[(*TEMPLATES, "chat")]
+AnswerMode = Literal["tag", "last_number", "boxed", "tag_or_last_number"]   # r1lab.rewards.accuracy.ANSWER_MODES
+
+
+class NoChatTemplate(R1labError, ValueError):
+    """``template: chat`` with a tokenizer that has no chat template."""
 
 
 def _draw(rows: list[dict], seed: int, step: int | str, n: int) -> list[dict]:
@@ -40,7 +48,12 @@ class BaseTask(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     data_fields: ClassVar[tuple[str, ...]] = ()   # fields naming files that must exist
     kind: str
-    template: TemplateName = Field("r1", description="Prompt template name.")
+    template: TemplateName = Field("r1", description="Prompt template: a name in r1lab/data/templates.py, or "
+                                   "chat (the tokenizer's chat template over [system, user]).")
+    system_prompt: str = Field(R1_SYSTEM, description="template chat: the system message (default: R1's "
+                               "contract; empty: none, the tokenizer's template decides).")
+    answer: AnswerMode = Field("tag", description="Where the verifier reads the answer: the <answer> block (tag), "
+                               "the last number, the last \\boxed{}, or tag_or_last_number.")
     verifier: str = Field("accuracy", description="Reward that decides correctness (a name in r1lab.rewards.REWARDS).")
 
     def sample_train(self, seed: int, step: int | str, n: int) -> list[dict]:
@@ -55,6 +68,11 @@ class BaseTask(BaseModel):
         """Why ``test_examples`` cannot be drawn, or None."""
         return None
 
+    def problem(self) -> tuple[list, str] | None:
+        """(location inside the task, message) of what is wrong with the task itself, found
+        when a run config is loaded (a library missing, a dataset setting it refuses), or None."""
+        return None
+
     def general_examples(self, seed: int | str, n: int | None, *, split: str,
                          requests: tuple[str, ...] = REQUESTS) -> list[dict]:
         """Non-reasoning requests, to answer directly (``category`` "general"): none by default."""
@@ -65,8 +83,21 @@ class BaseTask(BaseModel):
         """Whether it has non-reasoning requests (all-scenario RL, preference pairs, non_reasoning rows need them)."""
         return bool(self.general_examples(0, 1, split="train"))
 
-    def prompt(self, example: dict) -> str:
-        return render(self.template, example["question"])
+    def verifier_params(self) -> dict:
+        """The keyword parameters the verifier is called with for this task's examples."""
+        return {"answer": self.answer}
+
+    def prompt(self, example: dict, tokenizer=None) -> str:
+        """The text the model continues: the question in the template; under ``chat``, the
+        tokenizer's chat template over [system, user] up to the assistant's turn."""
+        if self.template != "chat":
+            return render(self.template, example["question"])
+        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+            raise NoChatTemplate("template chat: the model's tokenizer has no chat template "
+                                 "(use a template such as r1, or a chat model)")
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return tokenizer.apply_chat_template(system + [{"role": "user", "content": example["question"]}],
+                                             tokenize=False, add_generation_prompt=True)
 
 
 class ArithmeticTask(BaseTask):
@@ -180,4 +211,64 @@ class CodeTask(BaseTask):
         return rows[: self.n_test] if self.n_test else rows
 
 
-Task = Annotated[Union[ArithmeticTask, JsonlTask, CodeTask], Field(discriminator="kind")]
+class RgDataset(BaseModel):
+    """One reasoning-gym dataset of a ``reasoning_gym`` task: its share of the draws, its settings."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    weight: float = Field(1.0, gt=0, description="Share of training draws and held-out questions (relative).")
+    config: dict = Field(default_factory=dict, description="Keyword settings of reasoning_gym.create_dataset "
+                         "(e.g. {min_terms: 2, max_terms: 3}).")
+
+
+class ReasoningGymTask(BaseTask):
+    """Questions from reasoning-gym's generators (r1lab/data/reasoning_gym.py), several mixed by
+    weight; each row scored by its own dataset's ``score_answer`` (the ``reasoning_gym`` reward)."""
+    kind: Literal["reasoning_gym"]
+    datasets: dict[str, RgDataset] = Field(min_length=1, description="Dataset name -> {weight, config}.")
+    seed: int | None = Field(None, description="Seed of the generators (unset: the run's seed).")
+    n_test: int = Field(200, gt=0, description="Held-out questions, split among the datasets by weight.")
+    partial_credit: bool = Field(False, description="Count a reply as correct by its score (the scorers pay "
+                                 "part when the answer appears inside a longer reply); off: only a score of 1.")
+    verifier: str = Field("reasoning_gym", description="Reward that decides correctness (a name in r1lab.rewards.REWARDS).")
+
+    def problem(self) -> tuple[list, str] | None:
+        if missing := rg.missing():
+            return ["kind"], missing
+        for name, d in self.datasets.items():
+            if problem := rg.config_problem(name, d.config):
+                return ["datasets", name], problem
+        return None
+
+    def verifier_params(self) -> dict:
+        return {"answer": self.answer, "partial_credit": self.partial_credit}
+
+    def _seed(self, seed: int) -> int:
+        return seed if self.seed is None else self.seed
+
+    @property
+    def _weights(self) -> dict[str, float]:
+        return {name: d.weight for name, d in self.datasets.items()}
+
+    def test_examples(self, seed: int) -> list[dict]:
+        base = self._seed(seed) + rg.TRAIN_INDICES
+        return [rg.entry(name, self.datasets[name].config, base, i)
+                for name, count in rg.weighted_counts(self._weights, self.n_test).items() for i in range(count)]
+
+    @cached_property
+    def _held_out(self) -> dict[int, set[str]]:
+        return {}
+
+    def sample_train(self, seed: int, step: int | str, n: int) -> list[dict]:
+        """``n`` entries at random training indices, none asking a held-out question."""
+        base = self._seed(seed)
+        held_out = self._held_out.setdefault(base, {e["question"] for e in self.test_examples(seed)})
+        rng = random.Random(f"{base}-{step}")
+        out = []
+        for name in rg.draw_names(self._weights, rng, n):
+            row = rg.entry(name, self.datasets[name].config, base, rng.randrange(rg.TRAIN_INDICES))
+            while row["question"] in held_out:
+                row = rg.entry(name, self.datasets[name].config, base, rng.randrange(rg.TRAIN_INDICES))
+            out.append(row)
+        return out
+
+
+Task = Annotated[Union[ArithmeticTask, JsonlTask, CodeTask, ReasoningGymTask], Field(discriminator="kind")]

@@ -19,6 +19,10 @@ R1_COMPACT = (
     "User: {question}\nAssistant:"
 )
 
+R1_SYSTEM = R1.split(" User:")[0]
+"""The system prompt of ``template: chat`` by default: R1's contract without the turn markers
+(the chat template brings its own), as open-r1 prompts chat models."""
+
 TEMPLATES = {"r1": R1, "r1-compact": R1_COMPACT}
 
 SUMMARY = {"en": "The answer is {answer}.", "zh": "答案是{answer}。"}

@@ -29,11 +29,12 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from r1lab.rewards.accuracy import accuracy_reward, math_verify_reward
+from r1lab.rewards.accuracy import ANSWER_MODES, accuracy_reward, math_verify_reward, reasoning_gym_reward
 from r1lab.rewards.code import code_reward
 from r1lab.rewards.format import format_reward
 from r1lab.rewards.judge import judge
 from r1lab.rewards.language import language_consistency
+from r1lab.rewards.overlong import overlong_reward
 
 RewardFn = Callable[..., float]
 BatchFn = Callable[[list[str], list[str], list[dict]], list[float]]
@@ -45,6 +46,8 @@ REWARDS: dict[str, RewardFn] = {
     "language": language_consistency,
     "judge": judge,
     "code": code_reward,
+    "reasoning_gym": reasoning_gym_reward,
+    "overlong": overlong_reward,
 }
 
 # learned rewards: name -> the keyword parameters their spec may set besides the common ones
@@ -53,7 +56,7 @@ LEARNED: dict[str, set[str]] = {"reward_model": {"model", "part", "batch_size"}}
 # the categories each reward scores unless its spec says otherwise (None: every example)
 DEFAULT_CATEGORIES: dict[str, tuple[str, ...] | None] = {
     "accuracy": ("reasoning",), "math_verify": ("reasoning",), "language": ("reasoning",), "code": ("reasoning",),
-    "format": None, "judge": ("general",), "reward_model": ("general",)}
+    "reasoning_gym": ("reasoning",), "format": None, "overlong": None, "judge": ("general",), "reward_model": ("general",)}
 
 
 def category(example: dict) -> str:
@@ -85,16 +88,43 @@ def check_rewards(spec: dict) -> dict:
             raise ValueError(f"reward {name!r} needs {{weight: w, model: <an earlier stage or a path>}}")
         if name in LEARNED and entry.params.get("part", "summary") not in ("summary", "full"):
             raise ValueError(f"reward {name!r}: 'part' must be 'summary' or 'full'")
-        if isinstance(entry, RewardSpec):
-            accepted = LEARNED.get(name) or set(inspect.signature(REWARDS[name]).parameters) - {"completion", "example"}
-            unknown = sorted(set(entry.params) - accepted)
-            if unknown:
-                raise ValueError(f"reward {name!r} takes no parameter {unknown[0]!r}"
-                                 f" (it takes: {', '.join(sorted(accepted)) or 'none'})")
+        params = entry.params if isinstance(entry, RewardSpec) else {}
+        if name in REWARDS:
+            signature = inspect.signature(REWARDS[name]).parameters
+            accepted = set(signature) - {"completion", "example"}
+            required = sorted(k for k in accepted if signature[k].default is inspect.Parameter.empty)
+        else:
+            accepted, required = LEARNED[name], []
+        if unknown := sorted(set(params) - accepted):
+            raise ValueError(f"reward {name!r} takes no parameter {unknown[0]!r}"
+                             f" (it takes: {', '.join(sorted(accepted)) or 'none'})")
+        if missing := [k for k in required if k not in params]:
+            raise ValueError(f"reward {name!r} needs {{weight: w, {', '.join(f'{k}: ...' for k in missing)}}}")
+        if params.get("answer", "tag") not in ANSWER_MODES:
+            raise ValueError(f"reward {name!r}: answer must be one of {', '.join(ANSWER_MODES)}")
     return spec
 
 
 RewardsSpec = Annotated[dict[str, RewardSpec | float], AfterValidator(check_rewards)]
+
+
+def verifier_params(task) -> dict:
+    """The task's settings for its verifier (``answer`` mode, ``partial_credit``) that the
+    verifier takes (the code reward reads no answer)."""
+    accepted = inspect.signature(REWARDS[task.verifier]).parameters
+    return {k: v for k, v in task.verifier_params().items() if k in accepted}
+
+
+def with_task(spec: dict, task) -> dict:
+    """``spec`` with the task's verifier parameters (:func:`verifier_params`) given to the
+    verifier's entry wherever the spec does not set them, so training pays what eval counts."""
+    if task.verifier not in spec:
+        return spec
+    entry = spec[task.verifier]
+    entry = entry if isinstance(entry, RewardSpec) else RewardSpec(weight=entry)
+    params = {**verifier_params(task), **entry.params}
+    return {**spec, task.verifier: RewardSpec(weight=entry.weight, categories=entry.categories,
+                                              last_steps=entry.last_steps, **params)}
 
 
 def learned_models(spec: dict) -> list[tuple[tuple, str]]:

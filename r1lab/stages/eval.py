@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from r1lab.metrics import EVAL_METRICS, GENERAL_METRICS, mean, win_rate
-from r1lab.rewards import REWARDS
-from r1lab.rewards.accuracy import extract_answer
+from r1lab.metrics import EVAL_METRICS, GENERAL_METRICS, mean, paired_bootstrap_gain, win_rate
+from r1lab.rewards import REWARDS, verifier_params
+from r1lab.rewards.accuracy import extract, extract_answer
 from r1lab.rewards.format import format_reward
 from r1lab.rewards.judge import judge
 from r1lab.rewards.language import extract_think, word_scripts
@@ -52,21 +52,28 @@ class EvalConfig(TaskStageConfig):
                     temperature=0.6, top_p=0.95, max_new_tokens=96)
     batch_size: int = Field(256, gt=0, description="Questions per generation batch.")
     general: bool = Field(True, description="Also score the task's non-reasoning test prompts, if it has any.")
-    baseline: str | None = Field(None, description="An earlier eval stage: log the judge's win rate of this "
-                                 "model over that stage's on the general prompts (general/win_rate).")
+    baseline: str | None = Field(None, description="An earlier eval stage on the same questions: log this "
+                                 "model's pass@1 gain over that stage's with a paired bootstrap 95% interval "
+                                 "(pass@1_gain, pass@1_gain_low/high), and the judge's win rate on the general "
+                                 "prompts (general/win_rate).")
 
     def task_problem(self, task) -> str | None:
         return task.test_problem()
 
 
-def score_samples(texts: list[str], lengths: list[int], examples: list[dict], verifier: str) -> list[dict]:
+def score_samples(texts: list[str], lengths: list[int], examples: list[dict], verifier: str,
+                  params: dict | None = None) -> list[dict]:
     """One record per completion: parsed answer, correctness, format, length, language
-    consistency of its CoT (None when the CoT holds no word), and whether it has no CoT."""
+    consistency of its CoT (None when the CoT holds no word), and whether it has no CoT.
+    ``params``: the verifier's (the task's ``answer`` mode, ...), which also reads the answer
+    that cons@k votes over."""
+    params = params or {}
     records = []
     for t, n, e in zip(texts, lengths, examples):
         think = extract_think(t)
         has_words = bool(think and word_scripts(think))
-        records.append({"answer": extract_answer(t), "correct": REWARDS[verifier](t, e),
+        value = REWARDS[verifier](t, e, **params)       # a partial-credit score counts as correct only when full
+        records.append({"answer": extract(t, params.get("answer", "tag")), "correct": float(value >= 1.0),
                         "formatted": format_reward(t, e, allow_summary=True), "readable": has_summary(t), "length": n,
                         "language": REWARDS["language"](t, e) if has_words else None,
                         "direct": think is not None and not think.strip(), "completion": t})
@@ -116,11 +123,12 @@ def sample_groups(model, tokenizer, task, examples: list[dict], seed: int, cfg: 
     one greedy record per example; ``scorer(texts, lengths, examples)`` makes the records
     (default: :func:`score_samples` with the task's verifier)."""
     from r1lab.rollout import sample
-    scorer = scorer or (lambda texts, lengths, rows: score_samples(texts, lengths, rows, task.verifier))
+    scorer = scorer or (lambda texts, lengths, rows: score_samples(texts, lengths, rows, task.verifier,
+                                                                   verifier_params(task)))
     groups, greedy = [], []
     for i in range(0, len(examples), cfg.batch_size):
         chunk = examples[i:i + cfg.batch_size]
-        prompts = [task.prompt(e) for e in chunk]
+        prompts = [task.prompt(e, tokenizer) for e in chunk]
         _, sampled = sample(model, tokenizer, prompts, n=cfg.samples, sampling=cfg.sampling, seed=seed + i)
         rows = [e for e in chunk for _ in range(cfg.samples)]
         records = scorer(sampled.texts(tokenizer), sampled.lengths.tolist(), rows)
@@ -131,17 +139,31 @@ def sample_groups(model, tokenizer, task, examples: list[dict], seed: int, cfg: 
     return groups, greedy
 
 
+def compare(ours: list[dict], theirs: list[dict]) -> dict[str, float]:
+    """This model's records against a baseline's on the same test split: the pass@1 gain over
+    its sampled completions with a paired bootstrap 95% interval, and the judge's win rate on
+    the general prompts where there are some."""
+    sampled = lambda rs, category: [r for r in rs if r["category"] == category and not r["greedy"]]
+    out = {}
+    if sampled(ours, "reasoning") and sampled(theirs, "reasoning"):
+        gain, low, high = paired_bootstrap_gain(sampled(ours, "reasoning"), sampled(theirs, "reasoning"))
+        out |= {"pass@1_gain": gain, "pass@1_gain_low": low, "pass@1_gain_high": high}
+    general = lambda rs: [r for r in rs if r["category"] == "general"]
+    if general(ours) and general(theirs):
+        out["general/win_rate"] = win_rate(general(ours), general(theirs))
+    return out
+
+
 def run(ctx: RunContext, cfg: EvalConfig, out: Path) -> None:
     import torch
     from r1lab.models.io import load_model
     with torch.no_grad():
         model, tokenizer = load_model(ctx.model_path(cfg.model), ctx.device)
         metrics, records = evaluate(model, tokenizer, ctx.task(cfg), ctx.seed, cfg)
-        if cfg.baseline and "general/judge" in metrics:
+        if cfg.baseline:
             folder = ctx.stage_dirs.get(cfg.baseline) or Path(cfg.baseline).expanduser()   # a stage, or its folder
             theirs = [json.loads(line) for line in (folder / "samples.jsonl").open(encoding="utf-8")]
-            general = lambda rs: [r for r in rs if r["category"] == "general"]
-            metrics["general/win_rate"] = win_rate(general(records), general(theirs))
+            metrics |= compare(records, theirs)
         write_atomic(out / "samples.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         write_atomic(out / "eval.json", json.dumps({**metrics, "model": cfg.model}, indent=2) + "\n")
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from r1lab.rewards import RewardsSpec, build_rewards, learned_models
+from r1lab.rewards import RewardsSpec, build_rewards, learned_models, with_task
 from r1lab.stages.common import RL_REPORT, TaskStageConfig, block
 from r1lab.settings import LoraBlock, Optim, Sampling
 
@@ -157,7 +157,7 @@ def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "ppo", cfg.steps, cfg.checkpoint_every,
                      optimizer_steps=cfg.steps * cfg.ppo_epochs * mini_batches,
                      companions={"critic": (critic, cfg.optim.model_copy(update={"lr": cfg.critic_lr}))}, dist=dist)
-    scorers, monitors = build_rewards(cfg.rewards, ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
+    scorers, monitors = build_rewards(with_task(cfg.rewards, task), ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
     frozen = dict(micro_batch_size=cfg.mini_batch_size, autocast=ctx.autocast)
     for step in loop.steps():
         t0 = time.time()

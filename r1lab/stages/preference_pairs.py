@@ -87,7 +87,7 @@ def chunk_pairs(model, tokenizer, task, b: int, seed: int, cfg: PreferencePairsC
     first = b * cfg.batch_size
     examples = task.general_examples(f"{seed}-pairs-{b}", min(cfg.batch_size, cfg.prompts - first), split="train",
                                      requests=tuple(cfg.requests))
-    prompts = [task.prompt(e) for e in examples]
+    prompts = [task.prompt(e, tokenizer) for e in examples]
     _, rollout = sample(model, tokenizer, prompts, n=cfg.samples, sampling=cfg.sampling, seed=seed * 1_000_003 + b)
     texts, k, rows = rollout.texts(tokenizer), cfg.samples, []
     for i, (example, prompt) in enumerate(zip(examples, prompts)):

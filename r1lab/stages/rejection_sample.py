@@ -36,7 +36,7 @@ from pydantic import BaseModel, Field, model_validator
 from r1lab.data.chunked import ChunkedJsonl
 from r1lab.data.general import corpus_reply
 from r1lab.rewards.readable import readable, repeat_ratio
-from r1lab.rewards import REWARDS
+from r1lab.rewards import REWARDS, verifier_params
 from r1lab.rewards.format import format_reward
 from r1lab.rewards.language import detect_language
 from r1lab.stages.common import ReportEntries, TaskStageConfig, block
@@ -126,9 +126,11 @@ def _lang(example: dict) -> str:
     return example.get("lang") or detect_language(example["question"])
 
 
-def score_completions(texts: list[str], lengths: list[int], example: dict, verifier: str) -> list[dict]:
-    """One question's samples as the records :func:`apply_filters` judges."""
-    return [{"sample": j, "text": t, "n_tokens": n, "correct": REWARDS[verifier](t, example),
+def score_completions(texts: list[str], lengths: list[int], example: dict, verifier: str,
+                      params: dict | None = None) -> list[dict]:
+    """One question's samples as the records :func:`apply_filters` judges (``params``: the
+    verifier's, from the task)."""
+    return [{"sample": j, "text": t, "n_tokens": n, "correct": REWARDS[verifier](t, example, **(params or {})),
              "format": format_reward(t, example, allow_summary=True), "language": REWARDS["language"](t, example)}
             for j, (t, n) in enumerate(zip(texts, lengths))]
 
@@ -138,12 +140,13 @@ def chunk_rows(model, tokenizer, task, b: int, seed: int, cfg: RejectionSampleCo
     from r1lab.rollout import sample
     first = b * cfg.batch_size
     examples = task.sample_train(seed, f"rejection-{b}", min(cfg.batch_size, cfg.prompts - first))
-    prompts = [task.prompt(e) for e in examples]
+    prompts = [task.prompt(e, tokenizer) for e in examples]
     _, rollout = sample(model, tokenizer, prompts, n=cfg.samples, sampling=cfg.sampling, seed=seed * 1_000_003 + b)
     texts, lengths, k = rollout.texts(tokenizer), rollout.lengths.tolist(), cfg.samples
     rows = []
     for i, (example, prompt) in enumerate(zip(examples, prompts)):
-        records = score_completions(texts[i * k:(i + 1) * k], lengths[i * k:(i + 1) * k], example, task.verifier)
+        records = score_completions(texts[i * k:(i + 1) * k], lengths[i * k:(i + 1) * k], example, task.verifier,
+                                    verifier_params(task))
         kept, removed = apply_filters(records, cfg.filters, cfg.keep)
         for name, count in removed.items():
             stats["removed"][name] += count
@@ -159,7 +162,7 @@ def chunk_rows(model, tokenizer, task, b: int, seed: int, cfg: RejectionSampleCo
     return rows
 
 
-def general_rows(task, seed: int, cfg: RejectionSampleConfig) -> list[dict]:
+def general_rows(task, seed: int, cfg: RejectionSampleConfig, tokenizer=None) -> list[dict]:
     """``non_reasoning`` rows answered directly, with an empty CoT; nothing sampled. A request
     with one right answer (``words``) gets the reference; an open-ended one (``list``) a reply
     as the pre-training corpus gives it, of mixed quality (r1lab/data/general.py), so SFT keeps
@@ -170,7 +173,7 @@ def general_rows(task, seed: int, cfg: RejectionSampleConfig) -> list[dict]:
     # (reply, where it comes from) of each example
     replies = [(corpus_reply(e, rng), "corpus") if e.get("request") == "list" else (e["answer"], "reference")
                for e in examples]
-    return [{"prompt": task.prompt(e), "completion": f" <think></think> <answer>{reply}</answer>",
+    return [{"prompt": task.prompt(e, tokenizer), "completion": f" <think></think> <answer>{reply}</answer>",
              "question": e["question"], "answer": e["answer"], "lang": _lang(e), "category": "general",
              "source_model": source, "prompt_id": cfg.prompts + i, "sample": 0, "rewards": {}, "n_tokens": None}
             for i, (e, (reply, source)) in enumerate(zip(examples, replies))]
@@ -183,14 +186,16 @@ def fresh_stats(cfg: RejectionSampleConfig) -> dict:
 
 def run(ctx: RunContext, cfg: RejectionSampleConfig, out: Path) -> None:
     import torch
-    from r1lab.models.io import load_model
+    from r1lab.models.io import load_model, load_tokenizer
     with torch.no_grad():
         task, writer = ctx.task(cfg), ChunkedJsonl(out, fresh_stats(cfg))
         n_chunks = math.ceil(cfg.prompts / cfg.batch_size)
         model = tokenizer = None
         for b in range(writer.chunks, n_chunks + (cfg.non_reasoning > 0)):   # the general rows last
             if b == n_chunks:
-                rows = general_rows(task, ctx.seed, cfg)
+                if tokenizer is None and task.template == "chat":       # prompts rendered as the model's chat
+                    tokenizer = load_tokenizer(ctx.model_path(cfg.model))
+                rows = general_rows(task, ctx.seed, cfg, tokenizer)
                 writer.stats["non_reasoning"] = len(rows)
             else:
                 if model is None:

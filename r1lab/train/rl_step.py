@@ -15,7 +15,7 @@ import torch
 
 from r1lab.forward import prompt_completion_batch
 from r1lab.metrics import ROLLOUT_METRICS
-from r1lab.rewards import RewardsSpec, Scorer, build_rewards, mean_where_scored, score
+from r1lab.rewards import RewardsSpec, Scorer, build_rewards, mean_where_scored, score, with_task
 from r1lab.rewards.format import format_reward
 from r1lab.rollout import Sampling, sample
 
@@ -23,7 +23,7 @@ from r1lab.rollout import Sampling, sample
 def monitor_scorers(task, rewards: RewardsSpec) -> list[Scorer]:
     """The task's verifier, format, language consistency and the judge of general replies where
     ``rewards`` does not train on them: always logged (where they apply), trained on or not."""
-    monitored = {task.verifier: 0.0, "format": 0.0, "language": 0.0, "judge": 0.0}
+    monitored = with_task({task.verifier: 0.0, "format": 0.0, "language": 0.0, "judge": 0.0}, task)
     return [s for s in build_rewards(monitored) if s.name not in rewards]
 
 
@@ -35,6 +35,8 @@ class ScoredRollout:
     metrics: dict[str, float]       # reward/mean, reward/<fn>, accuracy, format_rate, completion_len/mean, truncated_rate
     n_tokens: int                   # completion tokens sampled
     rollout_s: float                # seconds spent sampling
+    truncated: torch.Tensor         # [N] bool: the completion hit max_new_tokens
+    correct: list[bool | None]      # per row: the verifier paid in full (None: it does not apply)
 
 
 def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampling: Sampling, seed: int,
@@ -43,11 +45,12 @@ def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampli
     ``rows_in``: their place in a batch split among ranks (r1lab/rollout/hf.py)."""
     t0 = time.time()
     policy.eval()
-    prompt_texts = [task.prompt(e) for e in examples]
+    prompt_texts = [task.prompt(e, tokenizer) for e in examples]
     prompts, rollout = sample(policy, tokenizer, prompt_texts, n=n, sampling=sampling, seed=seed, rows_in=rows_in)
     rollout_s = time.time() - t0
     texts = rollout.texts(tokenizer)
-    rows = [e for e in examples for _ in range(n)]
+    rows = [dict(e, completion_tokens=k) for e, k in zip((e for e in examples for _ in range(n)),
+                                                          rollout.lengths.tolist())]
     row_prompts = [p for p in prompt_texts for _ in range(n)]
     totals, per_fn = score(scorers, row_prompts, texts, rows)
     per_fn.update(score(monitors, row_prompts, texts, rows)[1])
@@ -59,4 +62,36 @@ def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampli
                "accuracy": means.get(task.verifier, 0.0), **{k: fn(records) for k, fn in ROLLOUT_METRICS.items()}}
     batch = prompt_completion_batch([p for p in prompts for _ in range(n)], rollout.completion_ids,
                                     rollout.mask, tokenizer.pad_token_id)
-    return ScoredRollout(batch, rewards, metrics, int(rollout.mask.sum()), rollout_s)
+    truncated = torch.tensor([finish == "length" for finish in rollout.finish_reasons])
+    correct = [None if v is None else v >= 1.0 for v in per_fn[task.verifier]]
+    return ScoredRollout(batch, rewards, metrics, int(rollout.mask.sum()), rollout_s, truncated, correct)
+
+
+def informative_groups(scored: ScoredRollout, n: int) -> list[int]:
+    """Indices of the groups (``n`` rows each) whose binary correctness is not all equal: the
+    ones that give the verifier's reward a non-zero group-relative advantage. A group the
+    verifier does not score (a general prompt) is kept. Filtered on the 0/1 correctness, never
+    on the shaped total: format or length shaping would let all-wrong groups through."""
+    groups = [scored.correct[i:i + n] for i in range(0, len(scored.correct), n)]
+    return [g for g, c in enumerate(groups) if None in c or len(set(c)) > 1]
+
+
+def select_groups(drawn: list[ScoredRollout], chosen: list[tuple[int, int]], n: int, pad_id: int) -> ScoredRollout:
+    """One ScoredRollout of the ``chosen`` groups (``(index in drawn, group index)``, ``n`` rows a
+    group), in that order. Its metrics are the first draw's (the policy's own, unfiltered), its
+    token count and time those of every rollout drawn."""
+    rows = [(drawn[d], g * n + j) for d, g in chosen for j in range(n)]
+    prompts, completions, masks = [], [], []
+    for s, r in rows:
+        width = s.batch["completion_mask"].shape[1]
+        ids, attention = s.batch["input_ids"][r], s.batch["attention_mask"][r].bool()
+        prompts.append(ids[:-width][attention[:-width]].tolist())
+        completions.append(ids[-width:])
+        masks.append(s.batch["completion_mask"][r])
+    width = max(len(m) for m in masks)
+    pad = lambda t, v: torch.cat([t, t.new_full((width - len(t),), v)])
+    batch = prompt_completion_batch(prompts, torch.stack([pad(c, pad_id) for c in completions]),
+                                    torch.stack([pad(m, False) for m in masks]), pad_id)
+    return ScoredRollout(batch, torch.stack([s.rewards[r] for s, r in rows]), drawn[0].metrics,
+                         sum(s.n_tokens for s in drawn), sum(s.rollout_s for s in drawn),
+                         torch.stack([s.truncated[r] for s, r in rows]), [s.correct[r] for s, r in rows])
