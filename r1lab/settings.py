@@ -51,6 +51,15 @@ class Sampling(BaseModel):
         return backend
 
 
+class DynamicSampling(BaseModel):
+    """DAPO's dynamic sampling (the ``dynamic_sampling:`` block of a grpo stage): groups whose
+    completions are all right or all wrong teach the verifier nothing, so they are dropped and
+    more prompts are drawn until the step's batch is full or ``max_draws`` rollouts are spent."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    max_draws: int = Field(3, ge=1, description="Most rollouts of prompts_per_step prompts a step draws "
+                           "(the first included).")
+
+
 class Lora(BaseModel):
     """The ``lora:`` block of a training stage (PEFT's ``LoraConfig``, the fields users set)."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

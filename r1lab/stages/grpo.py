@@ -32,9 +32,9 @@ from pydantic import Field
 
 from r1lab.data.general import REQUESTS
 from r1lab.losses.registry import ADVANTAGE_ESTIMATORS, GRPO_LOSSES
-from r1lab.rewards import RewardsSpec, build_rewards, learned_models
+from r1lab.rewards import RewardsSpec, build_rewards, learned_models, with_task
 from r1lab.stages.common import RL_REPORT, TaskStageConfig, block
-from r1lab.settings import LoraBlock, Optim, Sampling
+from r1lab.settings import DynamicSampling, LoraBlock, Optim, Sampling
 
 if TYPE_CHECKING:
     from r1lab.stages.context import RunContext
@@ -71,6 +71,10 @@ class GrpoConfig(TaskStageConfig):
                                  description="Reward name -> weight, or -> {weight, **params}; names from "
                                  "r1lab.rewards.REWARDS.")
     checkpoint_every: int = Field(10, gt=0, description="Steps between resumable checkpoints.")
+    dynamic_sampling: DynamicSampling | None = Field(None, description="DAPO dynamic sampling: drop groups "
+                                                     "whose correctness is all equal and draw more prompts.")
+    mask_truncated: bool = Field(False, description="Completions cut at max_new_tokens add no loss (DAPO's "
+                                 "overlong filtering).")
 
     def references(self):
         return super().references() + [(("rewards", *where), ref, "model") for where, ref in learned_models(self.rewards)]
@@ -80,12 +84,14 @@ class GrpoConfig(TaskStageConfig):
             return f"general_prompts ({self.general_prompts}) is more than prompts_per_step ({self.prompts_per_step})"
         if self.general_prompts and not task.has_general:
             return f"general_prompts needs general requests, which a {task.kind} task does not have"
+        if self.general_prompts and self.dynamic_sampling:
+            return "dynamic_sampling filters on the verifier, which general prompts do not have: set one of them"
         return None
 
 
 def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Tensor | None,
                ref_logp: torch.Tensor | None, cfg: GrpoConfig, ctx: RunContext,
-               n_global: int | None = None) -> dict[str, float]:
+               n_global: int | None = None, loss_rows: torch.Tensor | None = None) -> dict[str, float]:
     """One optimizer step's forward/backward over ``batch`` in micro-batches (gradients
     accumulate to exactly the full-batch gradient); returns the full batch's loss stats.
 
@@ -94,7 +100,8 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
     ``micro_batch_size`` (variants average over tokens or over completions). Under torchrun
     ``batch`` is this rank's share of the ``n_global`` rows (default: all there are) and its
     loss is weighted so that the ranks' gradients add up to the whole batch's
-    (r1lab/train/distributed.py); the stats are this rank's."""
+    (r1lab/train/distributed.py); the stats are this rank's. ``loss_rows`` ([N] bool): only
+    these rows add loss (``mask_truncated``); all when None."""
     import torch
     from r1lab.forward import completion_logprobs
     from r1lab.losses.common import masked_mean
@@ -102,7 +109,8 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
     n, dist = batch["input_ids"].shape[0], ctx.dist
     n_global = n_global or n
     loss_fn = GRPO_LOSSES[cfg.loss]
-    n_tokens = int(batch["completion_mask"].sum())
+    loss_mask = batch["completion_mask"] if loss_rows is None else batch["completion_mask"] & loss_rows[:, None]
+    n_tokens = int(loss_mask.sum())
     extra, batch_normalized = loss_fn.keywords(cfg, n_tokens), loss_fn.batch_normalized
     token_share = n_tokens / dist.sum(n_tokens) if batch_normalized else None  # this rank's part of dapo's normaliser
     logps, entropies = {}, {}                                                # slice start -> [b, L]
@@ -112,14 +120,14 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
             logp, entropy = completion_logprobs(policy, part, temperature=cfg.sampling.temperature,
                                                 with_entropy=True, aux_weight=len(part["input_ids"]) / n)
         dev = lambda x: None if x is None else x[rows].to(logp.device)
-        mask = part["completion_mask"].to(logp.device)
+        mask = dev(loss_mask)
         old = logp.detach() if old_logp is None else dev(old_logp)
         loss, _ = loss_fn(logp, old, dev(ref_logp), dev(advantages), mask,
                           clip_eps=cfg.clip_eps, beta=cfg.beta, **extra)
         dist.backward(loss * token_share if batch_normalized else loss * (len(mask) / n_global))
         logps[rows.start] = logp.detach().float().cpu()
         entropies[rows.start] = entropy.float().cpu()
-    logp, mask = in_row_order(logps), batch["completion_mask"]               # [N, L]
+    logp, mask = in_row_order(logps), loss_mask                              # [N, L]
     with torch.no_grad():
         _, stats = loss_fn(logp, logp if old_logp is None else old_logp, ref_logp, advantages, mask,
                            clip_eps=cfg.clip_eps, beta=cfg.beta, **extra)
@@ -128,6 +136,7 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
 
 
 def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
+    from r1lab.errors import BackendError
     from r1lab.forward import logprobs_no_grad
     from r1lab.models.adapters import frozen_reference, with_adapters
     from r1lab.models.io import load_model
@@ -141,19 +150,31 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     ref = frozen_reference(policy, lambda: load_model(ctx.model_path(cfg.init), ctx.device)[0]) if cfg.beta > 0 else None
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
                      optimizer_steps=cfg.steps * cfg.mu, dist=dist)
-    scorers, monitors = build_rewards(cfg.rewards, ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
+    scorers, monitors = build_rewards(with_task(cfg.rewards, task), ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
     n_general = cfg.general_prompts
-    for step in loop.steps():
-        t0 = time.time()
-        examples = task.sample_train(seed, step, cfg.prompts_per_step - n_general) + (
+    if cfg.dynamic_sampling and dist.active:
+        raise BackendError(f"stage {cfg.name!r}: dynamic_sampling runs in one process for now (not under torchrun)")
+
+    def rollout(step: int, draw: int):
+        """Draw ``draw`` of the step's prompts (0: the step's own), sampled and scored."""
+        key = step if draw == 0 else f"{step}-redraw{draw}"
+        examples = task.sample_train(seed, key, cfg.prompts_per_step - n_general) + (
             task.general_examples(f"{seed}-{step}", n_general, split="train",
                                   requests=tuple(cfg.general_requests)) if n_general else [])
         active = [s if s.on_at(step, cfg.steps) else dataclasses.replace(s, weight=0.0) for s in scorers]
-        scored = scored_rollout(policy, tokenizer, task, examples[mine], G, cfg.sampling, seed * 1_000_003 + step,
-                                active, monitors, rows_in=(mine.start * G, cfg.prompts_per_step * G))
+        return scored_rollout(policy, tokenizer, task, examples[mine], G, cfg.sampling,
+                              seed * 1_000_003 + step + 1_000_000_007 * draw,
+                              active, monitors, rows_in=(mine.start * G, cfg.prompts_per_step * G))
+
+    for step in loop.steps():
+        t0 = time.time()
+        scored, dynamic = rollout(step, 0), {}
+        if cfg.dynamic_sampling:
+            scored, dynamic = refill(scored, lambda draw: rollout(step, draw), cfg, tokenizer.pad_token_id)
         batch = scored.batch
         # advantages from the whole batch's rewards (estimators such as batch-std see every rank's)
-        rewards = dist.gather(scored.rewards.view(-1, G), cfg.prompts_per_step).flatten()  # [P * G]
+        groups = len(scored.rewards) // G if cfg.dynamic_sampling else cfg.prompts_per_step
+        rewards = dist.gather(scored.rewards.view(-1, G), groups).flatten()   # [P * G]
         advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](rewards, G)[mine.start * G:mine.stop * G]  # [N]
         frozen = dict(temperature=cfg.sampling.temperature, micro_batch_size=cfg.micro_batch_size,
                       autocast=ctx.autocast)
@@ -163,16 +184,34 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
         # so grpo_batch uses its own detached log-probs (ratio exactly 1) and we skip a forward.
         old_logp = logprobs_no_grad(policy, batch, **frozen) if cfg.mu > 1 else None
         for _ in range(cfg.mu):
-            stats = grpo_batch(loop.wrapped, batch, advantages, old_logp, ref_logp, cfg, ctx, len(rewards))
+            stats = grpo_batch(loop.wrapped, batch, advantages, old_logp, ref_logp, cfg, ctx, len(rewards),
+                               loss_rows=~scored.truncated if cfg.mask_truncated else None)
             grad_norm = loop.optimizer_step()
         values = {
-            **scored.metrics, **stats, "lr": loop.lr, "grad_norm": grad_norm,
+            **scored.metrics, **dynamic, **stats, "lr": loop.lr, "grad_norm": grad_norm,
             "tokens_per_s": scored.n_tokens / (time.time() - t0),
             "rollout_s": scored.rollout_s,
         }
         loop.end_step(values, show_keys=("reward/mean", "accuracy", "completion_len/mean", "tokens_per_s"),
                       rows=len(advantages))
     loop.finish(tokenizer)
+
+def refill(first, draw, cfg: GrpoConfig, pad_id: int):
+    """DAPO dynamic sampling: the groups of ``first`` (a ScoredRollout) and of further draws
+    (``draw(i)`` for i = 1, 2, ...) whose correctness is not all equal, up to prompts_per_step of
+    them, drawing until there are enough or ``max_draws`` rollouts are spent; and what it logs.
+    A step that finds none trains on the first draw as it came (the shaped rewards may still teach)."""
+    from r1lab.train.rl_step import informative_groups, select_groups
+    G, P = cfg.group_size, cfg.prompts_per_step
+    drawn = [first]
+    chosen = [(0, g) for g in informative_groups(first, G)]
+    while len(chosen) < P and len(drawn) < cfg.dynamic_sampling.max_draws:
+        drawn.append(draw(len(drawn)))
+        chosen += [(len(drawn) - 1, g) for g in informative_groups(drawn[-1], G)]
+    logged = {"dynamic/kept_share": len(chosen) / (P * len(drawn)), "dynamic/draws": len(drawn),
+              "dynamic/groups": min(len(chosen), P) or P}
+    return select_groups(drawn, chosen[:P] or [(0, g) for g in range(P)], G, pad_id), logged
+
 
 Config = GrpoConfig
 REPORT = RL_REPORT
