@@ -14,7 +14,7 @@ r1lab trains reasoning language models the way DeepSeek-R1 was trained.
 
   r1lab run                      the whole R1 recipe on a tiny model it builds itself (config r1-tiny)
   r1lab run CONFIG --set k=v     any config (a YAML path or a shipped name) with overrides
-  r1lab eval MODEL_DIR           evaluate a saved model on a config's held-out split
+  r1lab eval MODEL               evaluate a saved model (folder, .gguf, pkg:) on a config's held-out split
   r1lab report RUN_DIR           write RUN_DIR/report.md and plots/*.png (run writes it at the end)
 """
 
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_p = sub.add_parser("eval", help="evaluate a model directory on a task's held-out split",
                             description="Evaluate an HF-format model directory with the task and the "
                             "settings of the last eval stage of CONFIG; prints the metrics as JSON.")
-    eval_p.add_argument("model", type=Path, help="a model directory (config.json, weights, tokenizer)")
+    eval_p.add_argument("model", help="a model directory (config.json, weights, tokenizer), a .gguf file, "
+                        "or pkg:<package>/<file>")
     eval_p.add_argument("--config", default=None, help="config whose task and eval settings to use "
                         "(default: r1-tiny)")
     eval_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -114,17 +115,18 @@ def cmd_report(run_dir: Path) -> int:
     return 0
 
 
-def cmd_eval(config, model_dir: Path) -> int:
+def cmd_eval(config, model_ref: str) -> int:
     import torch
 
+    from r1lab.locate import resolve
     from r1lab.models.io import load_model, quiet_transformers
     from r1lab.stages.context import pick_device
     from r1lab.stages.eval import EvalConfig, evaluate
 
     evals = [s for s in config.stages if isinstance(s, EvalConfig)]
-    cfg = evals[-1] if evals else EvalConfig(kind="eval", name="eval", model=str(model_dir))
+    cfg = evals[-1] if evals else EvalConfig(kind="eval", name="eval", model=model_ref)
     quiet_transformers()
-    model, tokenizer = load_model(model_dir, pick_device(config.device))
+    model, tokenizer = load_model(resolve(model_ref), pick_device(config.device))
     with torch.no_grad():
         metrics, _ = evaluate(model, tokenizer, cfg.task or config.task, config.seed, cfg)
     print(json.dumps(metrics, indent=2))

@@ -1,4 +1,8 @@
-"""JSONL data files, validated line by line: question/answer tasks, SFT rows and preference pairs.
+"""Data files, validated row by row: question/answer tasks, SFT rows and preference pairs.
+
+JSONL is read here line by line. Parquet, CSV and a ``datasets`` ``save_to_disk`` folder are read
+through Hugging Face ``datasets``, streamed row by row (a file is never loaded whole; a reader
+with a ``limit`` stops early), with the same checks and ``file: row i`` in place of a line.
 
 Every reader fails on the first bad line with ``file:line: field 'name': problem`` and keeps
 the fields it does not check (e.g. ``lang``, ``category``), so they reach rewards and stages.
@@ -103,15 +107,52 @@ def _objects(path: Path) -> Iterator[tuple[str, dict | DataError]]:
             yield where, obj
 
 
+DATASET_FORMATS = {".parquet": "parquet", ".csv": "csv"}   # file suffix -> datasets builder
+
+
+def is_dataset_file(path: Path) -> bool:
+    """Whether ``path`` is read through HF ``datasets``: parquet, CSV, or a save_to_disk folder."""
+    return path.suffix in DATASET_FORMATS or path.is_dir()
+
+
+def _dataset_objects(path: Path) -> Iterator[tuple[str, dict | DataError]]:
+    """(``file: row i``, the row) of a parquet/CSV file or a ``save_to_disk`` folder, streamed."""
+    import datasets
+    datasets.disable_progress_bars()
+    try:
+        if path.is_dir():
+            rows = datasets.load_from_disk(str(path))         # memory-mapped Arrow
+            if isinstance(rows, datasets.DatasetDict):
+                raise DataError(f"{path}: a dataset with splits ({', '.join(rows)}); name one split's folder")
+        else:
+            rows = datasets.load_dataset(DATASET_FORMATS[path.suffix], data_files=str(path), split="train",
+                                         streaming=True)
+        for i, obj in enumerate(rows):
+            yield f"{path}: row {i}", obj
+    except DataError:
+        raise
+    except Exception as e:                                   # datasets/pyarrow raise many kinds
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{path}: cannot read it as {DATASET_FORMATS.get(path.suffix, 'a saved dataset')}: "
+                        f"{first[:200]}") from None
+
+
 def read_rows(path: str | Path, convert: Callable[[str, dict], dict], what: str,
-              objects: Callable[[Path], Iterator[tuple[str, dict | DataError]]] = _objects) -> list[dict]:
-    """``convert(where, obj)`` of each row of a JSONL file (a DataError from it names a bad row),
-    skipping bad rows under :func:`skipping_bad_rows`; ``what`` the file should hold, for messages."""
+              objects: Callable[[Path], Iterator[tuple[str, dict | DataError]]] = _objects,
+              limit: int | None = None) -> list[dict]:
+    """``convert(where, obj)`` of each row of a data file (a DataError from it names a bad row),
+    skipping bad rows under :func:`skipping_bad_rows`; ``what`` the file should hold, for messages.
+    Parquet, CSV and save_to_disk folders are streamed through ``datasets``; with ``limit``, only
+    the first ``limit`` good rows are read."""
     path = Path(path).expanduser()
-    if not path.is_file():
+    if is_dataset_file(path):
+        objects = _dataset_objects
+    if not path.exists():
         raise DataError(f"{path}: no such data file")
     report, rows, bad = _SKIP_REPORT.get(), [], []
     for where, obj in objects(path):
+        if limit is not None and len(rows) >= limit:
+            break
         try:
             if isinstance(obj, DataError):
                 raise obj
@@ -138,8 +179,9 @@ def require(where: str, obj: dict, field: str, kinds: tuple[type, ...], what: st
     return value
 
 
-def read_qa_jsonl(path: str | Path, question_field: str, answer_field: str) -> list[dict]:
-    """Rows ``{"question": str, "answer": str, ...other fields}`` from a JSONL file.
+def read_qa_jsonl(path: str | Path, question_field: str, answer_field: str, limit: int | None = None) -> list[dict]:
+    """Rows ``{"question": str, "answer": str, ...other fields}`` from a data file (the first
+    ``limit`` when set).
 
     Both fields must hold text or a number, the question not empty; blank lines are skipped.
     """
@@ -150,7 +192,7 @@ def read_qa_jsonl(path: str | Path, question_field: str, answer_field: str) -> l
             raise DataError(f"{where}: field {question_field!r}: empty")
         rest = {k: v for k, v in obj.items() if k not in (question_field, answer_field)}
         return {**rest, "question": str(question), "answer": str(answer)}
-    return read_rows(path, convert, "examples")
+    return read_rows(path, convert, "examples", limit=limit)
 
 
 def read_sft_jsonl(path: str | Path) -> list[dict]:

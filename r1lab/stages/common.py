@@ -97,7 +97,9 @@ class StageConfig(BaseModel):
 
 
 class TaskStageConfig(StageConfig):
-    """A stage that draws questions from a task: the run's, unless it names its own."""
+    """A stage that draws questions from a task: the run's, unless it names its own;
+    ``draws_training`` when it draws from the task's training split (not only the held-out one)."""
+    draws_training: ClassVar[bool] = False
     task: Task | None = Field(None, description="This stage's own task; default: the run's task.")
 
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 class PpoConfig(TaskStageConfig):
     """PPO with a learned critic, on the same rollouts and rewards as GRPO."""
     reads = {"init": "model", "critic_init": "model"}
+    draws_training = True
     writes = ("model",)
     data_parallel = True
     kind: Literal["ppo"]

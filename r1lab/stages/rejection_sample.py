@@ -62,6 +62,7 @@ class Filters(BaseModel, extra="forbid"):
 class RejectionSampleConfig(TaskStageConfig):
     """Rejection sampling into SFT rows."""
     reads = {"model": "model"}
+    draws_training = True
     writes = ("data",)
     kind: Literal["rejection_sample"]
     model: str = Field(description="Model to sample from: an earlier stage's name or a model path.")
