@@ -23,6 +23,8 @@ from r1lab.locate import problem as locate_problem
 from r1lab.rewards import REWARDS
 from r1lab.stages import STAGES
 from r1lab.stages.common import PlainName
+from r1lab.trackers import TRACKERS
+from r1lab.trackers import missing as tracker_missing
 from r1lab.lineage import chat_template_problem, tokenizer_problem
 
 DEFAULT_CONFIG = "r1-tiny"
@@ -40,7 +42,17 @@ class RunConfig(BaseModel):
                                                    "rank (ddp), or sharded over the ranks (fsdp2).")
     bad_rows: Literal["fail", "skip"] = Field("fail", description="A bad row in a data file: stop naming its "
                                               "file:line:field (fail), or skip it, logging how many were skipped (skip).")
+    report_to: list[Literal[tuple(TRACKERS)]] = Field([], description="Trackers that also receive every "
+                                                     "metrics.jsonl value: tensorboard, trackio, wandb, mlflow.")
     task: Task = Field(description="The verifiable task every stage reads its data from.")
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, names):
+        for name in names:
+            if problem := tracker_missing(name):
+                raise ValueError(problem)
+        return list(dict.fromkeys(names))
     stages: list[Stage] = Field(min_length=1, description="Stages, run in order.")
 
     @field_validator("stages")
@@ -101,10 +113,14 @@ class RunConfig(BaseModel):
                 return loc + problem[0], problem[1]
             for field in task.data_fields:
                 path = getattr(task, field)
-                if path is not None and not Path(path).expanduser().is_file():
+                if path is not None and not Path(path).expanduser().exists():
                     return loc + [field], f"{path!r}: no such data file"
         for i, stage in enumerate(self.stages):
             own = getattr(stage, "task", None)
+            if getattr(stage, "draws_training", False) and not (own or self.task).has_train:
+                return ["stages", i] + (["task"] if own else ["kind"]), (
+                    f"a {stage.kind} stage trains on its task, and a {(own or self.task).kind} task is a "
+                    f"test set with no training split")
             problem = stage.task_problem(own or self.task)
             if problem:
                 return ["stages", i] + (["task"] if own else ["kind"]), problem

@@ -39,6 +39,7 @@ except ImportError:                     # not on Windows
 
 from r1lab.config import RunConfig
 from r1lab.data.jsonl import skipping_bad_rows
+from r1lab.trackers import tracking
 from r1lab.errors import R1labError
 from r1lab.models.io import quiet_transformers
 from r1lab.stages import STAGES
@@ -128,7 +129,8 @@ def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
     run_dir = Path(run_dir or Path("runs") / config.name)
     log = log if dist.is_main else (lambda *_: None)
     with run_lock(run_dir) if dist.is_main else contextlib.nullcontext():    # rank 0 speaks for the ranks
-        with skipping_bad_rows(log) if config.bad_rows == "skip" else contextlib.nullcontext():
+        with skipping_bad_rows(log) if config.bad_rows == "skip" else contextlib.nullcontext(), \
+                tracking(config.report_to if dist.is_main else [], run_dir, config.name):
             return _run(config, run_dir, dist, log)
 
 

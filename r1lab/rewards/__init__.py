@@ -6,6 +6,7 @@ gives each a weight, and optionally parameters::
     rewards: {accuracy: 1.0, format: 0.5}
     rewards: {accuracy: 1.0, language: {weight: 0.5}}
     rewards: {accuracy: 1.0, reward_model: {weight: 1.0, model: rm, part: summary, last_steps: 20}}
+    rewards: {accuracy: 1.0, "my_pkg.my_rewards:brevity": 0.2}     # the user's own (rewards/imported.py)
 
 Each reward scores only the examples of its ``categories`` (an example's ``category``, default
 ``reasoning``): rules that need a reference answer judge reasoning prompts, the judge and a
@@ -29,6 +30,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from r1lab.rewards import imported
 from r1lab.rewards.accuracy import ANSWER_MODES, accuracy_reward, math_verify_reward, reasoning_gym_reward
 from r1lab.rewards.code import code_reward
 from r1lab.rewards.format import format_reward
@@ -82,8 +84,12 @@ def check_rewards(spec: dict) -> dict:
     if not spec:
         raise ValueError("no rewards: name at least one (e.g. {accuracy: 1.0, format: 0.5})")
     for name, entry in spec.items():
+        if imported.is_import_path(name):
+            imported.check(name, entry.params if isinstance(entry, RewardSpec) else {})
+            continue
         if name not in REWARDS and name not in LEARNED:
-            raise ValueError(f"unknown reward {name!r}; known: {sorted(REWARDS) + sorted(LEARNED)}")
+            raise ValueError(f"unknown reward {name!r}; known: {sorted(REWARDS) + sorted(LEARNED)}, "
+                             f"or your own function as 'module.path:function'")
         if name in LEARNED and not (isinstance(entry, RewardSpec) and isinstance(entry.params.get("model"), str)):
             raise ValueError(f"reward {name!r} needs {{weight: w, model: <an earlier stage or a path>}}")
         if name in LEARNED and entry.params.get("part", "summary") not in ("summary", "full"):
@@ -176,6 +182,8 @@ def build_rewards(spec: RewardsSpec, model_path: Callable[[str], Path] = Path, d
             from r1lab.rewards.learned import RewardModelScorer
             fn = RewardModelScorer(model_path(params["model"]), device, part=params.get("part", "summary"),
                                    batch_size=params.get("batch_size", 64))
+        elif imported.is_import_path(name):
+            fn = imported.batch_scorer(name, params)
         else:
             fn = lift(REWARDS[name], **params)
         categories = tuple(entry.categories) if entry.categories is not None else DEFAULT_CATEGORIES.get(name)

@@ -1,4 +1,5 @@
-"""The one metrics logger: JSON lines with ``stage``, ``step``, ``time_s`` and named values."""
+"""The one metrics logger: JSON lines with ``stage``, ``step``, ``time_s`` and named values, also
+sent to the run's trackers (r1lab/trackers.py)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from r1lab import trackers
 from r1lab.errors import DataError
 from r1lab.io import write_atomic
 
@@ -31,6 +33,7 @@ class MetricsLogger:
         row = {"stage": self.stage, "step": step, "time_s": round(self.elapsed(), 3), **values}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        trackers.log(self.stage, step, {k: v for k, v in row.items() if k not in ("stage", "step")})
 
 
 def read_metrics(path: Path) -> list[dict]:
