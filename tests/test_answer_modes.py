@@ -61,7 +61,8 @@ def test_the_task_answer_mode_reaches_the_trained_verifier_unless_the_spec_sets_
 
 def test_a_verifier_gets_only_the_settings_it_takes():
     assert verifier_params(ArithmeticTask(kind="arithmetic", answer="boxed")) == {"answer": "boxed"}
-    assert verifier_params(CodeTask(kind="code")) == {}                             # the code reward reads no answer
+    assert verifier_params(CodeTask(kind="code", answer="last_number")) == {"answer": "last_number"}
+    assert verifier_params(ArithmeticTask(kind="arithmetic", verifier="format")) == {}   # format reads no answer
 
 
 @pytest.mark.parametrize("tokens,value", [(None, 0.0), (10, 0.0), (80, 0.0), (85, -0.25), (100, -1.0), (500, -1.0)])

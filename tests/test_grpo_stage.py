@@ -75,3 +75,26 @@ stages:
         assert m["reward/mean"] == pytest.approx(expected, abs=1e-5)
         assert m["accuracy"] == m["reward/accuracy"]
     assert last["reward/reward_model"] != 0.0
+
+
+@pytest.mark.parametrize("loss", ["grpo", "dapo"])
+def test_mask_truncated_rows_add_no_loss(tokenizer, loss):
+    """With loss_rows, a masked row's advantage and tokens do not move the gradient; all masked: none."""
+    model = tiny_llama(tokenizer, seed=3)
+    torch.manual_seed(1)
+    prompts = [tokenizer(t)["input_ids"] for t in ["User: 1+2 mod 10\nAssistant:", "3-1", "x y", "z"]]
+    completions = torch.randint(0, len(tokenizer), (4, 5))
+    batch = prompt_completion_batch(prompts, completions, torch.ones(4, 5, dtype=torch.bool), tokenizer.pad_token_id)
+    cfg = GrpoConfig(kind="grpo", name="rl", init="x", loss=loss, beta=0.0, sampling={"max_new_tokens": 5})
+    keep = torch.tensor([True, False, True, False])
+
+    def grads(adv, rows):
+        model.zero_grad(set_to_none=True)
+        grpo_batch(model, batch, adv, None, None, cfg, CPU, loss_rows=rows)
+        return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+    a = grads(torch.tensor([1.0, -2.0, -0.5, 3.0]), keep)
+    b = grads(torch.tensor([1.0, 5.0, -0.5, -7.0]), keep)                   # only the masked rows' advantages differ
+    assert all(torch.allclose(x, y, atol=1e-7) for x, y in zip(a, b))
+    assert any(x.abs().sum() > 0 for x in a)
+    nothing = grads(torch.tensor([1.0, -2.0, -0.5, 3.0]), torch.zeros(4, dtype=torch.bool))
+    assert all(x.abs().sum() == 0 for x in nothing)

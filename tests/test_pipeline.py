@@ -330,7 +330,7 @@ def test_real_model_config_runs_on_a_tiny_qwen_checkpoint(tmp_path, qwen_dir, gs
 
 def test_real_model_config_without_the_model_fails_clearly():
     from r1lab.config import ConfigError
-    with pytest.raises(ConfigError, match=r"r1-zero-qwen2.5-0.5b-gsm8k.yaml:24: stages\[0\].model: 'models/Qwen2.5-0.5B'"):
+    with pytest.raises(ConfigError, match=r"r1-zero-qwen2.5-0.5b-gsm8k.yaml:25: stages\[0\].model: 'models/Qwen2.5-0.5B'"):
         load_config("r1-zero-qwen2.5-0.5b-gsm8k")
 
 

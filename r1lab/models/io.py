@@ -42,16 +42,10 @@ def load_tokenizer(path: Path):
 
 @contextlib.contextmanager
 def _no_tqdm():
-    """tqdm bars off (tqdm reads TQDM_* variables as defaults) while the block runs."""
-    before = os.environ.get("TQDM_DISABLE")
-    os.environ["TQDM_DISABLE"] = "1"
-    try:
+    """stderr muted while the block runs: transformers' GGUF reader draws a bar of its own that
+    no setting turns off (tqdm reads TQDM_DISABLE only when it is imported). Errors still raise."""
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
         yield
-    finally:
-        if before is None:
-            del os.environ["TQDM_DISABLE"]
-        else:
-            os.environ["TQDM_DISABLE"] = before
 
 
 def _load_gguf(path: Path, auto_class, **kwargs):

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 class GrpoConfig(TaskStageConfig):
     """R1-Zero style GRPO."""
     reads = {"init": "model"}
+    draws_training = True
     writes = ("model",)
     data_parallel = True
     kind: Literal["grpo"]
@@ -110,7 +111,7 @@ def grpo_batch(policy, batch: dict, advantages: torch.Tensor, old_logp: torch.Te
     n_global = n_global or n
     loss_fn = GRPO_LOSSES[cfg.loss]
     loss_mask = batch["completion_mask"] if loss_rows is None else batch["completion_mask"] & loss_rows[:, None]
-    n_tokens = int(loss_mask.sum())
+    n_tokens = max(1, int(loss_mask.sum()))        # 1 when every row is masked: a zero loss, not 0/0
     extra, batch_normalized = loss_fn.keywords(cfg, n_tokens), loss_fn.batch_normalized
     token_share = n_tokens / dist.sum(n_tokens) if batch_normalized else None  # this rank's part of dapo's normaliser
     logps, entropies = {}, {}                                                # slice start -> [b, L]

@@ -55,7 +55,7 @@ def scored_rollout(policy, tokenizer, task, examples: list[dict], n: int, sampli
     totals, per_fn = score(scorers, row_prompts, texts, rows)
     per_fn.update(score(monitors, row_prompts, texts, rows)[1])
     means = {k: m for k, v in per_fn.items() if (m := mean_where_scored(v)) is not None}
-    rewards = torch.tensor(totals)                                           # [N]
+    rewards = torch.tensor(totals, dtype=torch.float32)                      # [N]
     records = [{"formatted": format_reward(t, e, allow_summary=True), "length": length, "truncated": finish == "length"}
                for t, e, length, finish in zip(texts, rows, rollout.lengths.tolist(), rollout.finish_reasons)]
     metrics = {"reward/mean": rewards.mean().item(), **{f"reward/{k}": m for k, m in means.items()},
