@@ -119,3 +119,27 @@ def test_config_load_refuses_chat_for_a_model_without_a_chat_template(tmp_path, 
         load_config(str(path))
     path.write_text(path.read_text().replace(str(plain), str(qwen_dir)))
     assert load_config(str(path)).task.template == "chat"
+
+
+def test_conversational_preference_pairs_render_through_the_chat_template(tokenizer, tmp_path):
+    """TRL's conversational pairs: the prompt's messages rendered by the stage's tokenizer, for
+    DPO and for the reward model alike; a reply given as messages is its assistant's content."""
+    from r1lab.data.jsonl import read_pairs
+    from r1lab.errors import DataError
+    from r1lab.stages import dpo, reward_model
+    from r1lab.train.supervised import encode
+    prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "2+2 mod 10"}]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps({"prompt": prompt, "chosen": [{"role": "assistant", "content": " <answer>4</answer>"}],
+                                "rejected": " <answer>5</answer>"}) + "\n")
+    row = read_pairs(path)[0]
+    assert row["chosen"] == " <answer>4</answer>" and row["prompt_messages"] == prompt
+    rendered = f"System: {SYSTEM}\nUser: 2+2 mod 10\nAssistant:"
+    want = encode([{"prompt": rendered, "completion": " <answer>4</answer>"}], tokenizer, 64)[0]
+    assert dpo.encode_pairs([row], tokenizer, 64)[0][:2] == want
+    cfg = reward_model.RewardModelConfig(kind="reward_model", name="rm", init="m", data=str(path))
+    chosen_ids = reward_model.encode_pairs([row], tokenizer, cfg)[0][0]
+    assert tokenizer.decode(chosen_ids).startswith(rendered)
+    path.write_text(json.dumps({"prompt": prompt, "chosen": [{"role": "user", "content": "x"}], "rejected": "y"}) + "\n")
+    with pytest.raises(DataError, match=r"pairs.jsonl:1: field 'chosen': must end with an assistant message"):
+        read_pairs(path)

@@ -195,17 +195,33 @@ def read_qa_jsonl(path: str | Path, question_field: str, answer_field: str, limi
     return read_rows(path, convert, "examples", limit=limit)
 
 
+def _messages(where: str, obj: dict, field: str) -> list[dict]:
+    """``obj[field]`` as a list of ``{"role": str, "content": str}`` messages."""
+    messages = require(where, obj, field, (list,), "a list of messages")
+    for j, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise DataError(f"{where}: field '{field}[{j}]': expected an object, got {type(m).__name__}")
+        require(where, m, "role", (str,), "text")
+        require(where, m, "content", (str,), "text")
+    return messages
+
+
+def _reply(where: str, obj: dict, field: str) -> str:
+    """A pair's response: text, or (TRL's conversational shape) messages ending with the assistant's."""
+    if isinstance(obj.get(field), list):
+        messages = _messages(where, obj, field)
+        if not messages or messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: field '{field}': must end with an assistant message")
+        return messages[-1]["content"]
+    return require(where, obj, field, (str,), "text")
+
+
 def read_sft_jsonl(path: str | Path) -> list[dict]:
     """SFT rows: ``{"prompt": str, "completion": str}`` or chat ``{"messages": [{"role", "content"}, ...]}``
     ending with an assistant message (the completion); other fields are kept."""
     def convert(where: str, obj: dict) -> dict:
         if "messages" in obj:
-            messages = require(where, obj, "messages", (list,), "a list of messages")
-            for j, m in enumerate(messages):
-                if not isinstance(m, dict):
-                    raise DataError(f"{where}: field 'messages[{j}]': expected an object, got {type(m).__name__}")
-                require(where, m, "role", (str,), "text")
-                require(where, m, "content", (str,), "text")
+            messages = _messages(where, obj, "messages")
             if not messages or messages[-1]["role"] != "assistant":
                 raise DataError(f"{where}: field 'messages': must end with an assistant message (the completion)")
         else:
@@ -248,11 +264,19 @@ def read_pairs(path: str | Path) -> list[dict]:
     """Preference pairs ``{"prompt", "chosen", "rejected", ...other fields}`` from JSONL (or a
     ``.json`` array), in either shape:
 
-    - ``{"prompt": str, "chosen": str, "rejected": str}`` (TRL's preference shape), or
+    - ``{"prompt": str, "chosen": str, "rejected": str}`` (TRL's preference shape), or TRL's
+      conversational one: ``prompt`` a list of messages (kept as ``prompt_messages``, rendered with
+      the model's chat template when the stage tokenizes it), ``chosen``/``rejected`` text or
+      messages ending with the assistant's, or
     - ``{"instruction": str, "input": str (may be empty or absent), "output": str, "chosen": str,
       "rejected": str}``, the prompt then rendered in the Alpaca style (:func:`alpaca_prompt`).
     """
     def convert(where: str, obj: dict) -> dict:
+        if isinstance(obj.get("prompt"), list):                  # chat: rendered by the stage's tokenizer
+            messages = _messages(where, obj, "prompt")
+            return {**obj, "prompt": "\n".join(f"{m['role']}: {m['content']}" for m in messages),
+                    "prompt_messages": messages, "chosen": _reply(where, obj, "chosen"),
+                    "rejected": _reply(where, obj, "rejected")}
         if "prompt" in obj:
             prompt = require(where, obj, "prompt", (str,), "text")
         else:

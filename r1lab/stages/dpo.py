@@ -72,9 +72,10 @@ class DpoConfig(SupervisedStageConfig):
 
 def encode_pairs(rows: list[dict], tokenizer, max_length: int) -> list[Pair]:
     """(prompt ids, chosen ids + EOS, rejected ids + EOS) per row, tokenized as sft's ``encode``."""
-    from r1lab.train.supervised import encode
-    chosen = encode([{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows], tokenizer, max_length)
-    rejected = encode([{"prompt": r["prompt"], "completion": r["rejected"]} for r in rows], tokenizer, max_length)
+    from r1lab.train.supervised import encode, prompt_text
+    chosen = encode([{"prompt": prompt_text(r, tokenizer), "completion": r["chosen"]} for r in rows], tokenizer, max_length)
+    rejected = encode([{"prompt": prompt_text(r, tokenizer), "completion": r["rejected"]} for r in rows], tokenizer,
+                      max_length)
     return [(p, c, r) for (p, c), (_, r) in zip(chosen, rejected)]
 
 

@@ -66,7 +66,9 @@ class RewardModelConfig(SupervisedStageConfig):
 def encode_pairs(rows: list[dict], tokenizer, cfg: RewardModelConfig) -> list[Pair]:
     """(chosen ids, rejected ids) of each row, as the scorer would build them."""
     from r1lab.rewards.learned import encode_reward_input
-    enc = lambda row, key: encode_reward_input(tokenizer, row["prompt"], row[key], part=cfg.part, max_length=cfg.max_length)
+    from r1lab.train.supervised import prompt_text
+    enc = lambda row, key: encode_reward_input(tokenizer, prompt_text(row, tokenizer), row[key], part=cfg.part,
+                                               max_length=cfg.max_length)
     return [(enc(row, "chosen"), enc(row, "rejected")) for row in rows]
 
 

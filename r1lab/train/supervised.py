@@ -22,13 +22,22 @@ from r1lab.losses.sft import sft_nll
 Encoded = tuple[list[int], list[int]]        # prompt ids, completion ids + EOS
 
 
-def prompt_and_completion(row: dict, tokenizer) -> tuple[str, str]:
-    """A row's prompt text (chat rows rendered with the tokenizer's template, up to the
-    assistant's turn) and its completion text."""
+def prompt_text(row: dict, tokenizer) -> str:
+    """A row's prompt as the model reads it: chat messages (``messages`` up to the last, or a
+    pair's ``prompt_messages``) rendered with the tokenizer's template up to the assistant's
+    turn, else ``prompt`` as written."""
     if "messages" in row:
-        prompt = tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
-        return prompt, row["messages"][-1]["content"]
-    return row["prompt"], row["completion"]
+        return tokenizer.apply_chat_template(row["messages"][:-1], tokenize=False, add_generation_prompt=True)
+    if "prompt_messages" in row:
+        return tokenizer.apply_chat_template(row["prompt_messages"], tokenize=False, add_generation_prompt=True)
+    return row["prompt"]
+
+
+def prompt_and_completion(row: dict, tokenizer) -> tuple[str, str]:
+    """A row's prompt text (:func:`prompt_text`) and its completion text."""
+    if "messages" in row:
+        return prompt_text(row, tokenizer), row["messages"][-1]["content"]
+    return prompt_text(row, tokenizer), row["completion"]
 
 
 def encode(rows: list[dict], tokenizer, max_length: int) -> list[Encoded]:
