@@ -226,10 +226,9 @@ class HumanEvalTask(BaseTask):
     verifier: str = Field("code", description="Reward that decides correctness (a name in r1lab.rewards.REWARDS).")
 
     def problem(self) -> tuple[list, str] | None:
-        if self.path == humaneval.PACKAGED and locate_problem(self.path):
-            return ["path"], f"HumanEval is not installed ({humaneval.INSTALL})"
         if problem := locate_problem(self.path):
-            return ["path"], problem
+            packaged = self.path == humaneval.PACKAGED
+            return ["path"], f"HumanEval is not installed ({humaneval.INSTALL})" if packaged else problem
         return None
 
     def sample_train(self, seed: int, step: int | str, n: int) -> list[dict]:
