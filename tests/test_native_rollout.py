@@ -40,7 +40,19 @@ def scaled_rope_llama(tokenizer) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
-MODELS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "llama-rope-linear": scaled_rope_llama}
+def smollm2_shape(tokenizer, seed: int = 0) -> LlamaForCausalLM:
+    """SmolLM2-135M's shape (width 576, 9/3 heads, a tied vocabulary of 49,152) with 2 layers:
+    35M parameters, enough that its weights are prepacked (>= PACK_MIN_BYTES)."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, num_hidden_layers=2, num_attention_heads=9,
+                      num_key_value_heads=3, head_dim=64, intermediate_size=1536, max_position_embeddings=256,
+                      rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+MODELS = {"llama": tiny_llama, "qwen2": tiny_qwen2, "llama-rope-linear": scaled_rope_llama,
+          "smollm2-shape": smollm2_shape}
 
 
 def kw(tokenizer, **extra):
@@ -196,3 +208,27 @@ def test_attend_equals_attention_over_concatenated_keys(G):
         mask = torch.cat([bias[idx // n], torch.zeros(R, U)], 1)[:, None, None]  # [R, 1, 1, P + U]
         ref = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         assert torch.allclose(got, ref, atol=1e-6)
+
+
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="a torch build without oneDNN")
+
+
+@needs_onednn
+@pytest.mark.parametrize("name", list(MODELS))
+def test_prepacked_weights_give_the_reference_rollout(tokenizer, name, monkeypatch):
+    """oneDNN-prepacked weights (forced on for the small models) against the hf reference and
+    against the model's own weights: the same tokens, sampled and greedy, log-probs within 1e-5."""
+    monkeypatch.setattr(native, "PACK_MIN_BYTES", 0 if name != "smollm2-shape" else native.PACK_MIN_BYTES)
+    model = MODELS[name](tokenizer)
+    assert native.can_pack(model)
+    prompts = prompts_of(tokenizer)
+    for args in (dict(n=3, max_new_tokens=14, temperature=1.0, seed=5), dict(max_new_tokens=10, temperature=0.0)):
+        packed = native.generate(model, prompts, **args, **kw(tokenizer))
+        assert_same_rollout(packed, hf.generate(model, prompts, **args, **kw(tokenizer)))
+        assert_same_rollout(packed, native.generate(model, prompts, pack=False, **args, **kw(tokenizer)))
+
+
+def test_small_models_keep_their_own_weights(tokenizer):
+    """Below PACK_MIN_BYTES the weights stay as they are: the toy runs' figures do not move."""
+    assert not native.can_pack(tiny_llama(tokenizer))
+    assert native.can_pack(smollm2_shape(tokenizer)) == torch.backends.mkldnn.is_available()

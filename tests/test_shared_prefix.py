@@ -4,7 +4,7 @@ lengths, prompts shared by adjacent rows, by scattered rows or by none, whole an
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from r1lab.models.adapters import Lora, with_adapters
 from r1lab import forward
@@ -24,7 +24,19 @@ def tiny_qwen2(tokenizer, seed: int = 0) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(cfg).eval()
 
 
-MODELS = {"llama": lambda tok: tiny_llama(tok, seed=3), "qwen2": lambda tok: tiny_qwen2(tok, seed=4)}
+def vocab_49k(tokenizer, seed: int = 5):
+    """SmolLM2's tied vocabulary of 49,152 on a tiny body: the chunked log-softmax and entropy
+    over a real model's vocabulary."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, intermediate_size=128, max_position_embeddings=256,
+                      tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id)
+    return LlamaForCausalLM(cfg).eval()
+
+
+MODELS = {"llama": lambda tok: tiny_llama(tok, seed=3), "qwen2": lambda tok: tiny_qwen2(tok, seed=4),
+          "vocab-49k": vocab_49k}
 
 
 def group_batch(tokenizer, order: str, group: int = 3, width: int = 9) -> dict[str, torch.Tensor]:
