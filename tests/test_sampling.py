@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from r1lab.rollout.sampling import BLOCK, filter_logits, sample_from, sample_next
+from r1lab.rollout.sampling import BLOCK, LARGE_VOCAB, filter_logits, sample_candidates, sample_from, sample_next
 
 
 def test_top_p_and_top_k_filtering():
@@ -66,3 +66,23 @@ def test_sample_next_greedy_temperature_and_logprob():
                           uniform=torch.tensor([0.999, 0.001], dtype=torch.float64))
     assert tok.tolist() == [1, 2]
     assert torch.allclose(lp, logits.log_softmax(-1).gather(1, tok[:, None]).squeeze(1))
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.95), (0, 0.5), (40, 1.0), (40, 0.9), (300, 0.95)])
+@pytest.mark.parametrize("spread", [0.1, 2.0, 6.0])
+def test_candidates_draw_the_reference_token(top_k, top_p, spread):
+    """sample_candidates against the full sort of filter_logits: the same token for each uniform,
+    on flat rows (the nucleus runs past the candidates: the fallback) and peaked ones."""
+    g = torch.Generator().manual_seed(int(spread * 10) + top_k)
+    logits = torch.randn(48, 8192, generator=g) * spread
+    uniform = torch.rand(48, generator=g, dtype=torch.float64)
+    ref = sample_from(filter_logits(logits, top_k, top_p).softmax(-1), uniform)
+    assert torch.equal(sample_candidates(logits, top_k, top_p, uniform), ref)
+
+
+def test_large_vocabularies_take_the_candidates():
+    logits = torch.randn(4, LARGE_VOCAB) * 3
+    u = torch.rand(4, dtype=torch.float64)
+    tokens, logp = sample_next(logits, temperature=0.6, top_k=0, top_p=0.95, uniform=u)
+    assert torch.equal(tokens, sample_candidates(logits / 0.6, 0, 0.95, u))
+    assert torch.allclose(logp, (logits / 0.6).log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1))
