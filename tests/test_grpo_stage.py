@@ -98,3 +98,36 @@ def test_mask_truncated_rows_add_no_loss(tokenizer, loss):
     assert any(x.abs().sum() > 0 for x in a)
     nothing = grads(torch.tensor([1.0, -2.0, -0.5, 3.0]), torch.zeros(4, dtype=torch.bool))
     assert all(x.abs().sum() == 0 for x in nothing)
+
+
+def test_activation_checkpointing_trains_the_same_weights(tmp_path, tokenizer):
+    """Two GRPO steps with activation_checkpointing on end on the weights of two without it
+    (general prompts scored by a random reward model, so the rewards differ and weights move)."""
+    from safetensors.torch import load_file
+    from r1lab.config import load_config
+    from r1lab.pipeline import run
+    tiny_llama(tokenizer, seed=1).save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    random_reward_model(tmp_path / "lm", tmp_path / "rm", tokenizer)
+    weights = {}
+    for recompute in (False, True):
+        (tmp_path / "c.yaml").write_text(f"""\
+name: t
+task: {{kind: arithmetic}}
+stages:
+  - kind: grpo
+    name: rl
+    init: {tmp_path / "lm"}
+    steps: 2
+    prompts_per_step: 2
+    general_prompts: 2
+    group_size: 4
+    activation_checkpointing: {str(recompute).lower()}
+    sampling: {{max_new_tokens: 8}}
+    rewards: {{reward_model: {{weight: 1.0, model: {tmp_path / "rm"}}}}}
+""")
+        out = run(load_config(str(tmp_path / "c.yaml")), tmp_path / f"run-{recompute}", log=lambda *_: None)
+        weights[recompute] = load_file(out / "stages" / "0-rl" / "model" / "model.safetensors")
+    assert weights[True].keys() == weights[False].keys()
+    assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[True])
+    assert not torch.equal(weights[True]["model.norm.weight"], torch.ones_like(weights[True]["model.norm.weight"]))

@@ -68,3 +68,21 @@ def test_buckets_are_the_cheapest_split_of_the_rows_by_length():
                   for k in range(min(packed.MAX_BUCKETS, len(sizes)))
                   for cut in itertools.combinations(range(1, len(sizes)), k)]
         assert cells([widths[r].tolist() for r, _ in buckets]) == min(map(cells, splits), default=0)
+
+
+@pytest.mark.parametrize("path", ["packed", "plain"])
+def test_activation_checkpointing_recomputes_and_changes_nothing(tokenizer, path):
+    """With the model's activation checkpointing on, each path's log-probs, entropy and gradients
+    are the ones without it, and the blocks really run again in the backward. (The shared-prefix
+    path does not take such a model: HF's forward then keeps no KV cache to share.)"""
+    fn = {"packed": packed_path, "plain": plain_completion_logprobs}[path]
+    model = tiny_llama(tokenizer, seed=3).train()
+    batch = group_batch(tokenizer, "adjacent")
+    calls = []
+    model.model.layers[0].self_attn.o_proj.register_forward_hook(lambda *a: calls.append(1))
+    want = logp_and_grads(fn, model, batch)
+    plain_calls, calls[:] = len(calls), []
+    model.activation_checkpointing_enable()
+    assert_agree(logp_and_grads(fn, model, batch), want)
+    assert len(calls) == 2 * plain_calls
+    assert not forward._shares_prefix(model)

@@ -84,9 +84,11 @@ def _packs(model) -> bool:
 
 def _shares_prefix(model) -> bool:
     """Whether the shared-prefix forward takes ``model``, given :func:`_fast_paths_may_take` (its
-    module docstring says which others it does not)."""
+    module docstring says which others it does not). Not with HF's activation checkpointing on
+    while training: HF's forward then returns no KV cache for the prompts to share."""
     inner = plain_model(local_module(model))
-    return _takes_logits_to_keep(type(inner)) and cache_keyword(type(inner)) is not None
+    return (_takes_logits_to_keep(type(inner)) and cache_keyword(type(inner)) is not None
+            and not (inner.is_activation_checkpointing and inner.training))
 
 
 def plain_completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,

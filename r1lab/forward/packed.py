@@ -16,6 +16,9 @@ packed list of tokens instead:
 - norms and MLPs keep less for backward than HF's modules do (r1lab/forward/lean_ops.py), and no
   grid keeps a copy of the tokens it was filled from: autograd keeps 0.51x of what it kept
   without these, 0.25x of the padded forward's (benchmarks/saved_activations.py);
+- with the model's activation checkpointing on (``activation_checkpointing`` of an RL stage),
+  each block keeps only its input and recomputes the rest in the backward: one more forward of
+  the blocks for a fraction of the memory, as HF's own checkpointing does;
 - only the positions that predict a completion token reach the LM head: each prompt's last
   (for token 0) and each completion token but the last; the head's matmul runs inside the
   log-prob chunk loop (r1lab/losses/logprobs.py ``linear_token_logprobs``), so no [C, V]
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from r1lab.losses.logprobs import chunked_logprobs, linear_token_logprobs
 from r1lab.models.adapters import plain_model
@@ -66,10 +70,12 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
     x = hf.model.embed_tokens(layout.ids)                                       # [T, d]
     cos, sin = hf.model.rotary_emb(x, layout.pos[None])                         # [1, T, D] each
     cos, sin = cos[0, :, None], sin[0, :, None]                                 # [T, 1, D]
+    recompute = hf.is_activation_checkpointing and hf.training and torch.is_grad_enabled()
     for block in hf.model.layers:
-        h = lean_ops.rms_norm(block.input_layernorm, x)
-        x = x + block.self_attn.o_proj(_attention(block.self_attn, h, cos, sin, layout))
-        x = x + lean_ops.mlp(block.mlp, lean_ops.rms_norm(block.post_attention_layernorm, x))
+        if recompute:
+            x = checkpoint(_block, block, x, cos, sin, layout, use_reentrant=False)
+        else:
+            x = _block(block, x, cos, sin, layout)
     hidden = lean_ops.rms_norm(hf.model.norm, x[layout.predictors])             # [C, d]: C completion tokens
     targets = layout.ids[layout.targets]                                        # [C]
     head = hf.lm_head
@@ -82,6 +88,13 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
         logp, entropy = logp[0], None if entropy is None else entropy[0]
     full = lambda values: torch.zeros(n, width, dtype=values.dtype, device=device).masked_scatter(mask, values)
     return full(logp), (full(entropy) if with_entropy else None)
+
+
+def _block(block, x, cos, sin, layout: "_Layout") -> torch.Tensor:
+    """One decoder block on the packed tokens x [T, d]."""
+    h = lean_ops.rms_norm(block.input_layernorm, x)
+    x = x + block.self_attn.o_proj(_attention(block.self_attn, h, cos, sin, layout))
+    return x + lean_ops.mlp(block.mlp, lean_ops.rms_norm(block.post_attention_layernorm, x))
 
 
 class _Layout:

@@ -57,6 +57,9 @@ class GrpoConfig(TaskStageConfig):
     group_size: int = Field(8, ge=2, description="Completions per question (G).")
     mu: int = Field(1, ge=1, description="Optimizer steps per rollout batch (GRPO iterations).")
     micro_batch_size: int = Field(0, ge=0, description="Completions per forward/backward; 0 = all at once.")
+    activation_checkpointing: bool = Field(False, description="Keep only each block's input for the backward "
+                                           "and recompute the rest (one more forward of the blocks, a "
+                                           "fraction of the activation memory), as TRL's option of that name.")
     sampling: block(Sampling, "How rollouts are sampled (T = 1 as in R1-Zero).", max_new_tokens=96,
                     temperature=1.0, top_p=1.0)
     lora: LoraBlock = None
@@ -147,6 +150,8 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     dist.check_share(cfg.prompts_per_step, f"stage {cfg.name!r}: prompts_per_step")
     mine = dist.shard(cfg.prompts_per_step)           # this rank's questions of every step
     policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
+    if cfg.activation_checkpointing:
+        policy.activation_checkpointing_enable()
     policy = with_adapters(policy, cfg.lora, seed)
     ref = frozen_reference(policy, lambda: load_model(ctx.model_path(cfg.init), ctx.device)[0]) if cfg.beta > 0 else None
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
