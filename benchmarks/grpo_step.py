@@ -169,8 +169,23 @@ def r1lab_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[l
         split.timed("policy_forward_s", grpo_batch)(policy, scored.batch, advantages, None, ref_logp, cfg, ctx)
         split.timed("optimizer_s", optimizer_step)(policy, opt, sched, GRAD_CLIP)
         split["policy_forward_s"] -= split["backward_s"]
-        done.append({**split, "step_s": time.perf_counter() - t0, "tokens": scored.n_tokens})
+        done.append({**split, "step_s": time.perf_counter() - t0, "tokens": scored.n_tokens,
+                     "flops": phase_flops(policy, scored.batch)})
     return done[1:], base_rss, peak_rss_mb()
+
+
+def phase_flops(model, batch: dict) -> dict[str, float]:
+    """Model FLOPs of each phase of r1lab's step: 2 per weight per position through the blocks
+    (each distinct prompt once, each completion token once: the packed walk's and the
+    decoder's positions) and 2 per head weight per predicted token; attention's score and
+    value products are not counted. Backward: twice the forward."""
+    V, d = model.lm_head.weight.shape
+    body = sum(p.numel() for p in model.parameters()) - V * d        # tied: the embedding counted once, as the head
+    width = batch["completion_mask"].shape[1]
+    prompt_tokens = int(batch["attention_mask"][::GROUP, :-width].sum())  # the rows of a group share a prompt
+    completion_tokens = int(batch["completion_mask"].sum())
+    forward = 2 * body * (prompt_tokens + completion_tokens) + 2 * V * d * completion_tokens
+    return {"generation_s": forward, "reference_s": forward, "policy_forward_s": forward, "backward_s": 2 * forward}
 
 
 def trl_reward(scorer):
@@ -246,11 +261,19 @@ def trl_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[lis
 
 
 def one_turn(side: str, model_dir: Path, steps: int, mb: int, recompute: bool) -> dict:
-    """In a fresh process: one side's timed steps, summed, and its peak RSS."""
+    """In a fresh process: one side's timed steps, summed, and its peak RSS; for r1lab, each
+    phase's model FLOP/s as a share of the fp32 matmul peak timed in the same process."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from rollout import matmul_flops
     done, base_rss, peak = (r1lab_turn if side == "r1lab" else trl_turn)(model_dir, steps, mb, recompute)
     total = lambda key: sum(s[key] for s in done)
     split = {p: round(total(p) / len(done), 3) for p in PARTS}
-    return {"tokens_per_s": round(total("tokens") / total("step_s"), 1),
+    shares = {}
+    if side == "r1lab":
+        matmul_peak = matmul_flops()
+        shares = {"matmul_peak_gflops": round(matmul_peak / 1e9, 1), "flop_share": {
+            p: round(sum(s["flops"][p] for s in done) / total(p) / matmul_peak, 3) for p in done[0]["flops"]}}
+    return {**shares, "tokens_per_s": round(total("tokens") / total("step_s"), 1),
             "step_s": round(total("step_s") / len(done), 3),
             "completion_tokens": round(total("tokens") / len(done)),
             "split": split, "training_side_s": round((total("step_s") - total("generation_s")) / len(done), 3),

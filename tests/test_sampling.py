@@ -86,3 +86,6 @@ def test_large_vocabularies_take_the_candidates():
     tokens, logp = sample_next(logits, temperature=0.6, top_k=0, top_p=0.95, uniform=u)
     assert torch.equal(tokens, sample_candidates(logits / 0.6, 0, 0.95, u))
     assert torch.allclose(logp, (logits / 0.6).log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1))
+    tokens, logp = sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, uniform=u)  # no filter: one exp pass
+    assert torch.equal(tokens, sample_from(logits.log_softmax(-1).exp(), u))
+    assert torch.allclose(logp, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1))

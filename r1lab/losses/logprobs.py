@@ -114,8 +114,8 @@ def _chunk_forward(chunk: torch.Tensor, ids: torch.Tensor, out: torch.Tensor, ls
     lse.copy_(torch.logsumexp(chunk, dim=-1))
     out.copy_(chunk.gather(-1, ids[..., None]).squeeze(-1) - lse)
     if entropy is not None:
-        logp = chunk.log_softmax(-1)                # [..., V]; as entropy_from_logits computes it
-        entropy.copy_(-(logp.exp() * logp).sum(-1))
+        logp = chunk - lse[..., None]               # [..., V]: the log-softmax, from the lse above
+        entropy.copy_(-torch.linalg.vecdot(logp.exp(), logp))
 
 
 def _logit_grad(z: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor, grad_out: torch.Tensor,

@@ -70,7 +70,7 @@ def sample_from(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     B, V = probs.shape
     if V <= BLOCK:
         return _invert(probs, uniform.double() * probs.double().sum(-1))[0]
-    blocks = F.pad(probs, (0, -V % BLOCK)).view(B, -1, BLOCK)              # [B, nb, BLOCK]
+    blocks = (F.pad(probs, (0, -V % BLOCK)) if V % BLOCK else probs).view(B, -1, BLOCK)  # [B, nb, BLOCK]
     block_mass = blocks.sum(-1)                                             # [B, nb]
     target = uniform.double() * block_mass.double().sum(-1)                 # [B]
     b, rest = _invert(block_mass, target)                                   # [B], [B]
@@ -122,9 +122,12 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: 
     """
     logits = logits.float()
     scaled = logits if temperature in (0, 1) else logits / temperature
-    if temperature != 0 and (top_k > 0 or top_p < 1.0) and logits.shape[-1] >= LARGE_VOCAB:
+    if temperature != 0 and logits.shape[-1] >= LARGE_VOCAB:               # no [B, V] log-probs written
         lse = scaled.logsumexp(-1)                                          # [B]
-        tokens = sample_candidates(scaled, top_k, top_p, uniform, lse)
+        if top_k > 0 or top_p < 1.0:
+            tokens = sample_candidates(scaled, top_k, top_p, uniform, lse)
+        else:
+            tokens = sample_from((scaled - lse[:, None]).exp_(), uniform)
         return tokens, scaled.gather(-1, tokens[:, None]).squeeze(-1) - lse
     logp = scaled.log_softmax(-1)                                           # [B, V]
     if temperature == 0:
