@@ -145,7 +145,8 @@ def r1lab_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[l
     policy, tokenizer = load_model(model_dir, cpu)
     ref = frozen_reference(policy, lambda: load_model(model_dir, cpu)[0])
     if recompute:
-        policy.activation_checkpointing_enable()
+        from r1lab.models.recompute import enable_recompute
+        enable_recompute(policy)
     reset_peak_rss()
     base_rss = rss_mb()
     opt = build_optimizer(policy, lr=LR, weight_decay=0.0, betas=BETAS)

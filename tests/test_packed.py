@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from r1lab.models.adapters import Lora, with_adapters
+from r1lab.models.recompute import enable_recompute
 from r1lab import forward
 from r1lab.forward import packed
 from r1lab.forward import plain_completion_logprobs
@@ -82,7 +83,7 @@ def test_activation_checkpointing_recomputes_and_changes_nothing(tokenizer, path
     model.model.layers[0].self_attn.o_proj.register_forward_hook(lambda *a: calls.append(1))
     want = logp_and_grads(fn, model, batch)
     plain_calls, calls[:] = len(calls), []
-    model.activation_checkpointing_enable()
+    enable_recompute(model)
     assert_agree(logp_and_grads(fn, model, batch), want)
     assert len(calls) == 2 * plain_calls
     assert not forward._shares_prefix(model)

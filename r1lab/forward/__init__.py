@@ -22,6 +22,7 @@ from r1lab.forward.shared_prefix import cache_keyword, shared_prefix_logprobs
 from r1lab.losses.logprobs import chunked_logprobs
 from r1lab.models.adapters import AdaptersOff, is_adapted, plain_model
 from r1lab.models.moe import is_moe, with_router_loss
+from r1lab.models.recompute import recomputes
 from r1lab.rollout.types import left_pad
 from r1lab.train.distributed import in_row_order, local_module, micro_batch_slices
 
@@ -88,7 +89,7 @@ def _shares_prefix(model) -> bool:
     while training: HF's forward then returns no KV cache for the prompts to share."""
     inner = plain_model(local_module(model))
     return (_takes_logits_to_keep(type(inner)) and cache_keyword(type(inner)) is not None
-            and not (inner.is_activation_checkpointing and inner.training))
+            and not recomputes(inner))
 
 
 def plain_completion_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float = 1.0,

@@ -37,6 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from r1lab.losses.logprobs import chunked_logprobs, linear_token_logprobs
 from r1lab.models.adapters import plain_model
+from r1lab.models.recompute import recomputes
 from r1lab.rollout.native import _config_window, supports as native_supports
 from r1lab.forward import lean_ops
 from r1lab.forward.shared_prefix import completion_width
@@ -79,7 +80,7 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
     x = hf.model.embed_tokens(layout.ids)                                       # [T, d]
     cos, sin = hf.model.rotary_emb(x, layout.pos[None])                         # [1, T, D] each
     cos, sin = cos[0, :, None], sin[0, :, None]                                 # [T, 1, D]
-    recompute = hf.is_activation_checkpointing and hf.training and torch.is_grad_enabled()
+    recompute = recomputes(hf) and torch.is_grad_enabled()
     for block in hf.model.layers:
         if recompute:
             x = checkpoint(_block, block, x, cos, sin, layout, use_reentrant=False)

@@ -144,6 +144,7 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     from r1lab.forward import logprobs_no_grad
     from r1lab.models.adapters import frozen_reference, with_adapters
     from r1lab.models.io import load_model
+    from r1lab.models.recompute import enable_recompute
     from r1lab.train.loop import TrainLoop
     from r1lab.train.rl_step import monitor_scorers, scored_rollout
     seed, task, dist, G = ctx.seed, ctx.task(cfg), ctx.dist, cfg.group_size
@@ -151,7 +152,7 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     mine = dist.shard(cfg.prompts_per_step)           # this rank's questions of every step
     policy, tokenizer = load_model(ctx.model_path(cfg.init), ctx.device)
     if cfg.activation_checkpointing:
-        policy.activation_checkpointing_enable()
+        enable_recompute(policy)
     policy = with_adapters(policy, cfg.lora, seed)
     ref = frozen_reference(policy, lambda: load_model(ctx.model_path(cfg.init), ctx.device)[0]) if cfg.beta > 0 else None
     loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
