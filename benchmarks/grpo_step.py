@@ -104,7 +104,6 @@ def smollm2_model(work: Path) -> Path:
         model, tokenizer = load_model(resolve(SMOLLM2), torch.device("cpu"))
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
-        sys.path.insert(0, str(Path(__file__).parent))
         from rollout import SHAPES as DECODE_SHAPES
         tokenizer = load_model(base_model("tiny", PRETRAIN_STEPS["tiny"], work), torch.device("cpu"))[1]
         torch.manual_seed(SEED)
@@ -264,8 +263,7 @@ def trl_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[lis
 def one_turn(side: str, model_dir: Path, steps: int, mb: int, recompute: bool) -> dict:
     """In a fresh process: one side's timed steps, summed, and its peak RSS; for r1lab, each
     phase's model FLOP/s as a share of the fp32 matmul peak timed in the same process."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from rollout import matmul_flops
+    from rollout import matmul_flops                  # benchmarks/rollout.py: this script's folder is on sys.path
     done, base_rss, peak = (r1lab_turn if side == "r1lab" else trl_turn)(model_dir, steps, mb, recompute)
     total = lambda key: sum(s[key] for s in done)
     split = {p: round(total(p) / len(done), 3) for p in PARTS}

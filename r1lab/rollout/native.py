@@ -131,10 +131,9 @@ def _cat(*ts):
     return None if any(t is None for t in ts) else torch.cat(ts, 0)
 
 
-def _layers(model, pack=None) -> list[_Layer]:
+def _layers(model, pack) -> list[_Layer]:
     """Each block's weights, q/k/v fused into one matmul; ``pack`` (a function of a weight) is
     applied to the matmul weights."""
-    pack = pack or (lambda w: w)
     out = []
     for blk in model.model.layers:
         a, m = blk.self_attn, blk.mlp
@@ -190,11 +189,11 @@ class _Net:
 
     def __init__(self, model, n_positions: int, rows: int, pack: bool):
         cfg = model.config
-        packer = (lambda w: _pack(w, rows)) if pack else None
+        packer = (lambda w: _pack(w, rows)) if pack else (lambda w: w)
         self.layers = _layers(model, packer)
         self.embed = model.model.embed_tokens.weight                        # [V, d]
         self.norm = model.model.norm.weight                                 # [d]
-        self.lm_head = (packer or (lambda w: w))(model.lm_head.weight)     # [V, d]
+        self.lm_head = packer(model.lm_head.weight)                         # [V, d]
         self.eps = float(cfg.rms_norm_eps)
         self.H, self.K = cfg.num_attention_heads, cfg.num_key_value_heads
         self.D = _head_dim(cfg)

@@ -73,9 +73,9 @@ class DpoConfig(SupervisedStageConfig):
 def encode_pairs(rows: list[dict], tokenizer, max_length: int) -> list[Pair]:
     """(prompt ids, chosen ids + EOS, rejected ids + EOS) per row, tokenized as sft's ``encode``."""
     from r1lab.train.supervised import encode, prompt_text
-    chosen = encode([{"prompt": prompt_text(r, tokenizer), "completion": r["chosen"]} for r in rows], tokenizer, max_length)
-    rejected = encode([{"prompt": prompt_text(r, tokenizer), "completion": r["rejected"]} for r in rows], tokenizer,
-                      max_length)
+    prompts = [prompt_text(r, tokenizer) for r in rows]
+    chosen = encode([{"prompt": p, "completion": r["chosen"]} for p, r in zip(prompts, rows)], tokenizer, max_length)
+    rejected = encode([{"prompt": p, "completion": r["rejected"]} for p, r in zip(prompts, rows)], tokenizer, max_length)
     return [(p, c, r) for (p, c), (_, r) in zip(chosen, rejected)]
 
 

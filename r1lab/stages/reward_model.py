@@ -67,9 +67,9 @@ def encode_pairs(rows: list[dict], tokenizer, cfg: RewardModelConfig) -> list[Pa
     """(chosen ids, rejected ids) of each row, as the scorer would build them."""
     from r1lab.rewards.learned import encode_reward_input
     from r1lab.train.supervised import prompt_text
-    enc = lambda row, key: encode_reward_input(tokenizer, prompt_text(row, tokenizer), row[key], part=cfg.part,
-                                               max_length=cfg.max_length)
-    return [(enc(row, "chosen"), enc(row, "rejected")) for row in rows]
+    enc = lambda prompt, reply: encode_reward_input(tokenizer, prompt, reply, part=cfg.part, max_length=cfg.max_length)
+    prompts = [prompt_text(r, tokenizer) for r in rows]
+    return [(enc(p, r["chosen"]), enc(p, r["rejected"])) for p, r in zip(prompts, rows)]
 
 
 def pair_rewards(rewards_of, pairs: list[Pair], pad_id: int, ctx: RunContext, *, train: bool,

@@ -35,9 +35,8 @@ def prompt_text(row: dict, tokenizer) -> str:
 
 def prompt_and_completion(row: dict, tokenizer) -> tuple[str, str]:
     """A row's prompt text (:func:`prompt_text`) and its completion text."""
-    if "messages" in row:
-        return prompt_text(row, tokenizer), row["messages"][-1]["content"]
-    return prompt_text(row, tokenizer), row["completion"]
+    completion = row["messages"][-1]["content"] if "messages" in row else row["completion"]
+    return prompt_text(row, tokenizer), completion
 
 
 def encode(rows: list[dict], tokenizer, max_length: int) -> list[Encoded]:
