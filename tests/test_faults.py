@@ -18,6 +18,13 @@ from r1lab.train.metrics import MetricsLogger, read_metrics
 from r1lab.train.optim import Optim
 
 
+def stage_config(**kw):
+    """The fields of a training stage's config that TrainLoop reads."""
+    from types import SimpleNamespace
+    return SimpleNamespace(**{"name": "s", "kind": "test", "optim": Optim(lr=0.1, warmup_steps=2),
+                              "checkpoint_every": 2, **kw})
+
+
 def step_with(loop, model, bad: bool) -> float:
     x = torch.ones(2, 3)
     loss = model(x).pow(2).mean() * (float("nan") if bad else 1.0)
@@ -30,7 +37,7 @@ def step_with(loop, model, bad: bool) -> float:
 def test_a_non_finite_gradient_skips_the_step_and_too_many_in_a_row_stop_the_stage(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
-    loop = TrainLoop(model, Optim(lr=0.1, warmup_steps=2), tmp_path, "s", "test", 20, checkpoint_every=2)
+    loop = TrainLoop(model, stage_config(), tmp_path, 20)
     step_with(loop, model, bad=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     moments, lr = {k: v.clone() for k, v in loop.opt.state[model.weight].items()}, loop.lr
@@ -50,7 +57,7 @@ def test_a_non_finite_gradient_skips_the_step_and_too_many_in_a_row_stop_the_sta
         for _ in range(MAX_SKIPPED_IN_A_ROW):
             step_with(loop, model, bad=True)
     fresh = torch.nn.Linear(3, 2)
-    TrainLoop(fresh, Optim(lr=0.1, warmup_steps=2), tmp_path, "s", "test", 20, checkpoint_every=2)  # resumes
+    TrainLoop(fresh, stage_config(), tmp_path, 20)  # resumes
     assert all(torch.equal(good[k], v) for k, v in fresh.state_dict().items())           # good weights kept
 
 

@@ -173,7 +173,7 @@ def run(ctx: RunContext, cfg: DistillConfig, out: Path) -> None:
     total = cfg.epochs * per_epoch
     dist = ctx.dist
     check_shares(len(train), cfg.batch_size, dist, cfg.name)
-    loop = TrainLoop(student, cfg.optim, out, cfg.name, "distill", total, cfg.checkpoint_every, dist=dist)
+    loop = TrainLoop(student, cfg, out, total, dist=dist)
     pad = tokenizer.pad_token_id
 
     def batch_loss(model, pairs, *, train: bool, micro: int, normalizer: int | None = None) -> dict[str, float]:

@@ -192,7 +192,7 @@ def run(ctx: RunContext, cfg: DpoConfig, out: Path) -> None:
     per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = cfg.epochs * per_epoch
     check_shares(len(train), cfg.batch_size, ctx.dist, cfg.name)
-    loop = TrainLoop(model, cfg.optim, out, cfg.name, "dpo", total, cfg.checkpoint_every, dist=ctx.dist)
+    loop = TrainLoop(model, cfg, out, total, dist=ctx.dist)
     model.train()
     final = None
     for step in loop.steps():

@@ -155,8 +155,7 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
         enable_recompute(policy)
     policy = with_adapters(policy, cfg.lora, seed)
     ref = frozen_reference(policy, lambda: load_model(ctx.model_path(cfg.init), ctx.device)[0]) if cfg.beta > 0 else None
-    loop = TrainLoop(policy, cfg.optim, out, cfg.name, "grpo", cfg.steps, cfg.checkpoint_every,
-                     optimizer_steps=cfg.steps * cfg.mu, dist=dist)
+    loop = TrainLoop(policy, cfg, out, cfg.steps, optimizer_steps=cfg.steps * cfg.mu, dist=dist)
     scorers, monitors = build_rewards(with_task(cfg.rewards, task), ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
     n_general = cfg.general_prompts
     if cfg.dynamic_sampling and dist.active:

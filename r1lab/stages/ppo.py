@@ -155,8 +155,7 @@ def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
     ref = frozen_reference(policy, lambda: load_model(ctx.model_path(cfg.init), ctx.device)[0]) if cfg.kl_coef > 0 else None
     n = cfg.prompts_per_step * cfg.samples_per_prompt
     mini_batches = math.ceil(n / cfg.mini_batch_size)
-    loop = TrainLoop(policy, cfg.optim, out, cfg.name, "ppo", cfg.steps, cfg.checkpoint_every,
-                     optimizer_steps=cfg.steps * cfg.ppo_epochs * mini_batches,
+    loop = TrainLoop(policy, cfg, out, cfg.steps, optimizer_steps=cfg.steps * cfg.ppo_epochs * mini_batches,
                      companions={"critic": (critic, cfg.optim.model_copy(update={"lr": cfg.critic_lr}))}, dist=dist)
     scorers, monitors = build_rewards(with_task(cfg.rewards, task), ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
     frozen = dict(micro_batch_size=cfg.mini_batch_size, autocast=ctx.autocast)

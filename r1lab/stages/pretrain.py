@@ -115,7 +115,7 @@ def run(ctx: RunContext, cfg: PretrainConfig, out: Path) -> None:
     model = build_tiny_model(cfg.model, tokenizer, seed).to(ctx.device)
     dist = ctx.dist
     dist.check_share(cfg.batch_size, f"stage {cfg.name!r}: batch_size")
-    loop = TrainLoop(model, cfg.optim, out, cfg.name, "pretrain", cfg.steps, cfg.checkpoint_every, dist=dist)
+    loop = TrainLoop(model, cfg, out, cfg.steps, dist=dist)
     tokens_seen = 0
     model.train()
     for step in loop.steps():

@@ -128,8 +128,7 @@ def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
     total = cfg.epochs * per_epoch
     dist = ctx.dist
     check_shares(len(train), cfg.batch_size, dist, cfg.name)
-    loop = TrainLoop(model, cfg.optim, out, cfg.name, "reward_model", total, cfg.checkpoint_every, dist=dist,
-                     forward=Rewards(model))
+    loop = TrainLoop(model, cfg, out, total, dist=dist, forward=Rewards(model))
     pad = tokenizer.pad_token_id
     summary = json.loads((out / "val.json").read_text()) if (out / "val.json").exists() else {}
     if val and "start" not in summary:                     # the untrained head, before any step

@@ -53,7 +53,7 @@ def run(ctx: RunContext, cfg: SftConfig, out: Path) -> None:
     train, val = split_rows(pairs, cfg.val_fraction, f"sft-val-{ctx.seed}", path)
     total = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
     check_shares(len(train), cfg.batch_size, ctx.dist, cfg.name)
-    loop = TrainLoop(model, cfg.optim, out, cfg.name, "sft", total, cfg.checkpoint_every, dist=ctx.dist)
+    loop = TrainLoop(model, cfg, out, total, dist=ctx.dist)
     pad = tokenizer.pad_token_id
     model.train()
     for step in loop.steps():

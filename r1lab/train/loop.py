@@ -3,7 +3,7 @@ checkpoint, metrics, progress bar, periodic checkpoints and the final save.
 
 The loop body (what a step computes) stays written out in each stage (STYLE rule 4)::
 
-    loop = TrainLoop(model, cfg.optim, out, cfg.name, "sft", cfg.steps, cfg.checkpoint_every)
+    loop = TrainLoop(model, cfg, out, cfg.steps)    # cfg: the stage's config (name, kind, optim, checkpoint_every)
     for step in loop.steps():                    # 0-based index of the step about to run
         loss = ...; loss.backward()
         grad_norm = loop.optimizer_step()
@@ -63,16 +63,16 @@ def _optimizer_and_schedule(model, optim: Optim, steps: int):
 class TrainLoop:
     """State shared by every training stage's loop; see the module docstring."""
 
-    def __init__(self, model, optim: Optim, out: Path, stage: str, kind: str, total_steps: int,
-                 checkpoint_every: int, optimizer_steps: int | None = None, companions: dict | None = None,
-                 dist: Dist = SINGLE, forward: torch.nn.Module | None = None):
-        """``total_steps`` loop steps; ``optimizer_steps`` (default: the same) sizes the schedule(s).
+    def __init__(self, model, cfg, out: Path, total_steps: int, optimizer_steps: int | None = None,
+                 companions: dict | None = None, dist: Dist = SINGLE, forward: torch.nn.Module | None = None):
+        """``cfg``: the stage's config (its ``name``, ``kind``, ``optim`` and ``checkpoint_every``);
+        ``total_steps`` loop steps; ``optimizer_steps`` (default: the same) sizes the schedule(s).
         ``companions``: name -> (model, Optim) of further models to train (module docstring);
         ``dist``: the ranks the stage runs on; ``forward``: the module whose forward a training
         step calls, when it is not the model's own (it holds the model; ``wrapped`` wraps it)."""
-        self.model, self.optim, self.out, self.dist = model, optim, Path(out), dist
+        self.model, self.optim, self.out, self.dist = model, cfg.optim, Path(out), dist
         self.skipped = self.in_a_row = 0            # optimizer steps skipped for a non-finite gradient
-        self.total, self.checkpoint_every = total_steps, checkpoint_every
+        self.total, self.checkpoint_every = total_steps, cfg.checkpoint_every
         steps = optimizer_steps or total_steps
         # wrapped before the optimizers are made: FSDP2 replaces the parameters it shards. DDP wraps
         # the module whose forward the step calls; FSDP2 shards the model in place, under it.
@@ -81,16 +81,16 @@ class TrainLoop:
             self.wrapped = forward or model
         else:
             self.wrapped = dist.wrap(forward or model, find_unused=is_moe(model))  # unrouted experts get no gradient
-        self.opt, self.sched = _optimizer_and_schedule(model, optim, steps)
+        self.opt, self.sched = _optimizer_and_schedule(model, cfg.optim, steps)
         self.companions = {}
         for name, (m, o) in (companions or {}).items():
             wrapped = dist.wrap(m)
             self.companions[name] = Companion(m, o, *_optimizer_and_schedule(m, o, steps), wrapped)
         self.step, self.resumed_elapsed = resume_training(self.out / "checkpoint", model, self.opt, self.sched,
                                                           self._companion_states())
-        self.log = MetricsLogger(self.out / "metrics.jsonl", stage, resume_step=self.step,
+        self.log = MetricsLogger(self.out / "metrics.jsonl", cfg.name, resume_step=self.step,
                                  elapsed_s=self.resumed_elapsed, write=dist.is_main)
-        self.bar = progress_bar(f"{stage} ({kind})", total_steps, self.step, disable=not dist.is_main)
+        self.bar = progress_bar(f"{cfg.name} ({cfg.kind})", total_steps, self.step, disable=not dist.is_main)
 
     def steps(self) -> Iterator[int]:
         """0-based index of each step still to run (after a resume, from where it stopped)."""
