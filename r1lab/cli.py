@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from r1lab.config import load_config
     from r1lab.errors import R1labError
+    from r1lab.train.preemption import Preempted
 
     try:
         if args.command == "report":
@@ -77,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(config, args.run_dir)
         return cmd_eval(config, args.model)
+    except Preempted as e:                       # a signal stopped the run at a safe point
+        print(f"r1lab: {e}", file=sys.stderr)
+        return e.exit_code
     except R1labError as e:                      # every error r1lab raises on purpose (r1lab/errors.py)
         print(f"r1lab: error: {e}", file=sys.stderr)
         return 2

@@ -44,6 +44,9 @@ class RunConfig(BaseModel):
                                               "file:line:field (fail), or skip it, logging how many were skipped (skip).")
     report_to: list[Literal[tuple(TRACKERS)]] = Field([], description="Trackers that also receive every "
                                                      "metrics.jsonl value: tensorboard, trackio, wandb, mlflow.")
+    stall_timeout_s: float | None = Field(1800, gt=0, description="A stage that makes no progress (a step, a "
+                                          "decode step, a data chunk) for this long dumps every thread's stack to "
+                                          "its stall.log and stops the run (None: never).")
     task: Task = Field(description="The verifiable task every stage reads its data from.")
 
     @field_validator("report_to")

@@ -46,6 +46,8 @@ from r1lab.stages import STAGES
 from r1lab.io import write_atomic
 from r1lab.stages.context import RunContext, pick_device
 from r1lab.train.distributed import SINGLE, from_env
+from r1lab.train.preemption import check as check_preempted, stop_on_signals
+from r1lab.train.watchdog import watching
 
 
 class RunDirError(R1labError, ValueError):
@@ -80,6 +82,10 @@ def _status_mb(key: str) -> float | None:
     return round(int(line.split()[1]) / 1024, 1)
 
 
+# settings that change when a stage saves its state, never what it writes: not in its fingerprint
+NOT_OUTPUT = {"checkpoint_every_s"}
+
+
 def stage_dir(run_dir: Path, index: int, name: str) -> Path:
     return run_dir / "stages" / f"{index}-{name}"
 
@@ -90,7 +96,7 @@ def fingerprint(config: RunConfig, stage, upstream: dict[str, str]) -> str:
     r1lab does not make finished stages run again."""
     inputs = {".".join(map(str, where)): upstream.get(ref, f"path:{ref}") for where, ref, _ in stage.references()}
     task = getattr(stage, "task", None) or config.task
-    payload = {"stage": stage.model_dump(mode="json", exclude_none=True), "seed": config.seed,
+    payload = {"stage": stage.model_dump(mode="json", exclude_none=True, exclude=NOT_OUTPUT), "seed": config.seed,
                "task": task.model_dump(mode="json", exclude_none=True), "inputs": inputs}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -130,7 +136,7 @@ def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
     log = log if dist.is_main else (lambda *_: None)
     with run_lock(run_dir) if dist.is_main else contextlib.nullcontext():    # rank 0 speaks for the ranks
         with skipping_bad_rows(log) if config.bad_rows == "skip" else contextlib.nullcontext(), \
-                tracking(config.report_to if dist.is_main else [], run_dir, config.name):
+                tracking(config.report_to if dist.is_main else [], run_dir, config.name), stop_on_signals():
             return _run(config, run_dir, dist, log)
 
 
@@ -163,6 +169,7 @@ def _run(config: RunConfig, run_dir: Path, dist, log) -> Path:
             log(f"{head}: resuming")
         else:
             log(head)
+        check_preempted(dist, f"before stage {stage.name!r} (the stages before it are done)")
         rerun_from = rerun_from or stage.name
         if dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
@@ -170,10 +177,12 @@ def _run(config: RunConfig, run_dir: Path, dist, log) -> Path:
         dist.barrier()
         t0 = time.time()
         reset_peak_rss()
-        if stage.data_parallel:
-            STAGES[stage.kind].run(ctx, stage, out)
-        elif dist.is_main:                       # alone: its collectives must not wait for the others
-            STAGES[stage.kind].run(dataclasses.replace(ctx, dist=SINGLE), stage, out)
+        runs_here = stage.data_parallel or dist.is_main   # else: rank 0 runs it alone while this rank waits
+        with watching(config.stall_timeout_s if runs_here else None, out / "stall.log", stage.name):
+            if stage.data_parallel:
+                STAGES[stage.kind].run(ctx, stage, out)
+            elif dist.is_main:                   # alone: its collectives must not wait for the others
+                STAGES[stage.kind].run(dataclasses.replace(ctx, dist=SINGLE), stage, out)
         dist.barrier()                           # rank 0 has finished a stage the others skipped
         done = {"seconds": round(time.time() - t0, 1), "peak_rss_mb": peak_rss_mb()}
         if dist.is_main:

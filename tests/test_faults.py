@@ -22,7 +22,7 @@ def stage_config(**kw):
     """The fields of a training stage's config that TrainLoop reads."""
     from types import SimpleNamespace
     return SimpleNamespace(**{"name": "s", "kind": "test", "optim": Optim(lr=0.1, warmup_steps=2),
-                              "checkpoint_every": 2, **kw})
+                              "checkpoint_every": 2, "checkpoint_every_s": None, **kw})
 
 
 def step_with(loop, model, bad: bool) -> float:

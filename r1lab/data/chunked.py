@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 
 from r1lab.io import write_atomic
+from r1lab.train.preemption import Preempted, requested
+from r1lab.train.watchdog import progress
 
 
 class ChunkedJsonl:
@@ -64,6 +66,10 @@ class ChunkedJsonl:
             os.fsync(f.fileno())
         self.state["chunks"], self.state["rows"] = self.state["chunks"] + 1, self.state["rows"] + len(rows)
         write_atomic(self.progress, json.dumps(self.state, ensure_ascii=False) + "\n")
+        progress(f"chunk {self.chunks}")
+        if requested():                    # a polite stop (r1lab/train/preemption.py): after a commit
+            raise Preempted(f"{self.out}: stopped by {requested()} after chunk {self.chunks} "
+                            f"({self.state['rows']} rows written); run the same command to resume")
 
     def finish(self) -> None:
         """``data.jsonl`` and ``stats.json`` in place, the progress file gone."""

@@ -26,6 +26,7 @@ from r1lab.rollout import hf, native, vllm
 from r1lab.rollout.heap import release_free_heap
 from r1lab.rollout.types import Rollout
 from r1lab.settings import Backend, Sampling
+from r1lab.train.watchdog import progress
 _TOLD: set[str] = set()          # model types already told to fall back to hf
 
 
@@ -41,6 +42,7 @@ def generate(model, prompts: list[list[int]], *, backend: Backend = "auto", **kw
     if sharded and not native.supports(plain_model(model)):  # hf's loop runs a forward per token: ranks would fall out of step
         raise BackendError(f"an FSDP2-sharded {_kind(model)} model cannot be decoded: the native backend does not "
                            f"cover it; use data_parallel ddp")
+    progress()                                                      # the stall watchdog's heartbeat
     with unsharded(model), merged_for_decoding(model) as plain:     # gathered first: adapters merge into whole weights
         release_free_heap(next(plain.parameters()).device)          # training's freed pages before the KV cache
         if backend == "vllm":

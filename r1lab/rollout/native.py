@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from r1lab.errors import BackendError
 from r1lab.rollout.types import Rollout, left_pad
 from r1lab.rollout.sampling import sample_next
+from r1lab.train.watchdog import progress
 
 _MODEL_TYPES = ("llama", "qwen2")
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn")    # cos/sin depend on the position alone
@@ -328,6 +329,7 @@ def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, 
     active = torch.arange(N, device=device)                                 # [R] sample index of each live row
     steps = max_new_tokens
     for t in range(max_new_tokens):
+        progress()                                                          # the stall watchdog's heartbeat
         uniform = torch.rand(total, generator=generator, device=device, dtype=torch.float64)[first:first + N]
         R = active.shape[0]
         tok, lp = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p,

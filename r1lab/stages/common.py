@@ -69,6 +69,12 @@ def block(cls: type[BaseModel], description: str, **defaults: Any) -> Any:
                      Field(default_factory=lambda: cls(**defaults), description=description)]
 
 
+def checkpoint_seconds():
+    """The ``checkpoint_every_s`` field of every training stage (beside its ``checkpoint_every``)."""
+    return Field(900, gt=0, description="Seconds between resumable checkpoints too, whichever comes first "
+                 "(None: by steps only).")
+
+
 class StageConfig(BaseModel):
     """Base of every stage's typed config (``r1lab/stages/<kind>.py`` subclasses it)."""
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -122,3 +128,4 @@ class SupervisedStageConfig(StageConfig):
     eval_every: int = Field(50, gt=0, description="Steps between validation passes (and at the end).")
     lora: LoraBlock = None
     checkpoint_every: int = Field(50, gt=0, description="Steps between resumable checkpoints.")
+    checkpoint_every_s: float | None = checkpoint_seconds()

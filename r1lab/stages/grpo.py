@@ -33,7 +33,7 @@ from pydantic import Field
 from r1lab.data.general import REQUESTS
 from r1lab.losses.registry import ADVANTAGE_ESTIMATORS, GRPO_LOSSES
 from r1lab.rewards import RewardsSpec, build_rewards, learned_models, with_task
-from r1lab.stages.common import RL_REPORT, TaskStageConfig, block
+from r1lab.stages.common import RL_REPORT, TaskStageConfig, block, checkpoint_seconds
 from r1lab.settings import DynamicSampling, LoraBlock, Optim, Sampling
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class GrpoConfig(TaskStageConfig):
                                  description="Reward name -> weight, or -> {weight, **params}; names from "
                                  "r1lab.rewards.REWARDS.")
     checkpoint_every: int = Field(10, gt=0, description="Steps between resumable checkpoints.")
+    checkpoint_every_s: float | None = checkpoint_seconds()
     dynamic_sampling: DynamicSampling | None = Field(None, description="DAPO dynamic sampling: drop groups "
                                                      "whose correctness is all equal and draw more prompts.")
     mask_truncated: bool = Field(False, description="Completions cut at max_new_tokens add no loss (DAPO's "

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from r1lab.rewards import RewardsSpec, build_rewards, learned_models, with_task
-from r1lab.stages.common import RL_REPORT, TaskStageConfig, block
+from r1lab.stages.common import RL_REPORT, TaskStageConfig, block, checkpoint_seconds
 from r1lab.settings import LoraBlock, Optim, Sampling
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ class PpoConfig(TaskStageConfig):
                                  description="Reward name -> weight, or -> {weight, **params}; names from "
                                  "r1lab.rewards.REWARDS (as grpo).")
     checkpoint_every: int = Field(10, gt=0, description="Steps between resumable checkpoints.")
+    checkpoint_every_s: float | None = checkpoint_seconds()
 
     def references(self):
         return super().references() + [(("rewards", *where), ref, "model") for where, ref in learned_models(self.rewards)]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from r1lab.data.corpus import CorpusMix, documents
-from r1lab.stages.common import LOSS_REPORT, TaskStageConfig, block
+from r1lab.stages.common import LOSS_REPORT, TaskStageConfig, block, checkpoint_seconds
 from r1lab.settings import Optim, TinyModelConfig
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ class PretrainConfig(TaskStageConfig):
     eval_every: int = Field(100, gt=0, description="Steps between validation losses.")
     val_rows: int = Field(64, gt=0, description="Packed rows held back for validation.")
     checkpoint_every: int = Field(100, gt=0, description="Steps between resumable checkpoints.")
+    checkpoint_every_s: float | None = checkpoint_seconds()
 
     def task_problem(self, task) -> str | None:
         if task.kind != "arithmetic":

@@ -100,6 +100,12 @@ class Dist:
             return value
         return float(_all_reduce(torch.tensor([float(value)], dtype=torch.float64)))
 
+    def sum_each(self, values: list[float]) -> list[float]:
+        """Each of ``values`` summed over ranks, in one exchange."""
+        if not self.active:
+            return list(values)
+        return _all_reduce(torch.tensor(values, dtype=torch.float64)).tolist()
+
     def mean(self, values: dict[str, float], weight: float = 1.0, summed: tuple[str, ...] = ()) -> dict[str, float]:
         """Each value averaged over the ranks that hold its key, weighted by each rank's ``weight``
         (its rows of the batch), the keys in ``summed`` added up instead. A rank whose share of the

@@ -22,6 +22,7 @@ hold both, and ``finish`` saves it to ``out/critic/``.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -35,7 +36,9 @@ from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save
 from r1lab.train.distributed import SINGLE, Dist, whole_model
 from r1lab.train.metrics import MetricsLogger
 from r1lab.train.optim import Optim, build_optimizer, build_scheduler, optimizer_step
+from r1lab.train.preemption import Preempted, agreed, requested
 from r1lab.train.progress import progress_bar, show
+from r1lab.train.watchdog import progress
 
 
 SUMMED = ("tokens_per_s", "tokens")     # logged values that count work: summed over ranks, not averaged
@@ -65,14 +68,16 @@ class TrainLoop:
 
     def __init__(self, model, cfg, out: Path, total_steps: int, optimizer_steps: int | None = None,
                  companions: dict | None = None, dist: Dist = SINGLE, forward: torch.nn.Module | None = None):
-        """``cfg``: the stage's config (its ``name``, ``kind``, ``optim`` and ``checkpoint_every``);
+        """``cfg``: the stage's config (its ``name``, ``kind``, ``optim``, ``checkpoint_every`` and
+        ``checkpoint_every_s``);
         ``total_steps`` loop steps; ``optimizer_steps`` (default: the same) sizes the schedule(s).
         ``companions``: name -> (model, Optim) of further models to train (module docstring);
         ``dist``: the ranks the stage runs on; ``forward``: the module whose forward a training
         step calls, when it is not the model's own (it holds the model; ``wrapped`` wraps it)."""
         self.model, self.optim, self.out, self.dist = model, cfg.optim, Path(out), dist
         self.skipped = self.in_a_row = 0            # optimizer steps skipped for a non-finite gradient
-        self.total, self.checkpoint_every = total_steps, cfg.checkpoint_every
+        self.name, self.total = cfg.name, total_steps
+        self.checkpoint_every, self.checkpoint_every_s = cfg.checkpoint_every, cfg.checkpoint_every_s
         steps = optimizer_steps or total_steps
         # wrapped before the optimizers are made: FSDP2 replaces the parameters it shards. DDP wraps
         # the module whose forward the step calls; FSDP2 shards the model in place, under it.
@@ -91,10 +96,12 @@ class TrainLoop:
         self.log = MetricsLogger(self.out / "metrics.jsonl", cfg.name, resume_step=self.step,
                                  elapsed_s=self.resumed_elapsed, write=dist.is_main)
         self.bar = progress_bar(f"{cfg.name} ({cfg.kind})", total_steps, self.step, disable=not dist.is_main)
+        self.saved_step, self.saved_at = self.step, time.monotonic()   # the last checkpoint's step and time
 
     def steps(self) -> Iterator[int]:
         """0-based index of each step still to run (after a resume, from where it stopped)."""
         while self.step < self.total:
+            progress(f"the start of step {self.step + 1} of {self.total}")
             yield self.step
 
     def optimizer_step(self, companion: str | None = None) -> float:
@@ -112,7 +119,7 @@ class TrainLoop:
             return norm
         self.skipped, self.in_a_row = self.skipped + 1, self.in_a_row + 1
         if self.in_a_row >= MAX_SKIPPED_IN_A_ROW:
-            last = f"step {self.step - self.step % self.checkpoint_every}" if self.step >= self.checkpoint_every else "none"
+            last = f"step {self.saved_step}" if self.saved_step else "none"
             raise NonFiniteError(
                 f"{self.out}: {self.in_a_row} optimizer steps in a row had a non-finite gradient norm ({norm}) "
                 f"at step {self.step + 1}; stopped (last checkpoint: {last}). Lower optim.lr or check the data")
@@ -126,8 +133,11 @@ class TrainLoop:
         return self.sched.get_last_lr()[0]
 
     def end_step(self, values: dict[str, float], show_keys: Iterable[str] = (), rows: int = 1) -> None:
-        """Count the step, log ``values`` under its 1-based number, update the bar, checkpoint.
-        Under torchrun the values are averaged over ranks, each weighted by its ``rows`` of the batch."""
+        """Count the step, log ``values`` under its 1-based number, update the bar, checkpoint:
+        every ``checkpoint_every`` steps, when ``checkpoint_every_s`` have passed since the last
+        one, and when a signal asked the run to stop (r1lab/train/preemption.py), which then
+        raises :class:`Preempted`. Under torchrun the values are averaged over ranks, each
+        weighted by its ``rows`` of the batch, and the ranks agree on when to checkpoint."""
         self.step += 1
         if self.skipped:
             values = {**values, "skipped_steps": float(self.skipped)}
@@ -135,9 +145,21 @@ class TrainLoop:
         self.log.log(self.step, values)
         show(self.bar, {k: values[k] for k in show_keys})
         self.bar.update(1)
-        if self.step % self.checkpoint_every == 0 and self.step < self.total and (self.dist.is_main or self.dist.sharded):
-            save_training(self.out / "checkpoint", self.model, self.opt, self.sched, self.step, self.log.elapsed(),
-                          self._companion_states(), write=self.dist.is_main)  # FSDP2: every rank gathers
+        progress(f"step {self.step} of {self.total}")
+        due = self.checkpoint_every_s is not None and time.monotonic() - self.saved_at >= self.checkpoint_every_s
+        stop, due = agreed(self.dist, requested() is not None, due)
+        if self.step == self.total:                  # the model is saved next; a stop comes after it
+            return
+        if self.step % self.checkpoint_every == 0 or due or stop:
+            if self.dist.is_main or self.dist.sharded:   # FSDP2: every rank gathers
+                save_training(self.out / "checkpoint", self.model, self.opt, self.sched, self.step,
+                              self.log.elapsed(), self._companion_states(), write=self.dist.is_main)
+            self.saved_step, self.saved_at = self.step, time.monotonic()
+            progress(f"the checkpoint of step {self.step}")
+        if stop:
+            self.bar.close()
+            raise Preempted(f"stage {self.name!r}: stopped by {requested() or 'a signal to another rank'} after "
+                            f"step {self.step} of {self.total}, its checkpoint written; run the same command to resume")
 
     def finish(self, tokenizer) -> None:
         """Close the bar and save the trained model (HF format) to ``out/model``, each companion
