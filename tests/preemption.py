@@ -43,11 +43,11 @@ stages:
   - kind: grpo
     name: rl
     init: base
-    steps: 12
+    steps: 30
     checkpoint_every: 1000
-    prompts_per_step: 4
-    group_size: 4
-    sampling: {max_new_tokens: 16}
+    prompts_per_step: 8
+    group_size: 8
+    sampling: {max_new_tokens: 24}
 """
 RL = "stages/1-rl"
 EXIT_PREEMPTED = 75

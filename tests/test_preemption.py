@@ -102,7 +102,7 @@ def test_a_step_that_hangs_ends_in_the_stall_timeout_with_every_threads_stack(tm
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_STALLED, err[-2000:]
     assert time.monotonic() - t0 < 180
-    line = f"r1lab: stage 'rl': no progress for 10 s after the start of step 2 of 12 (stall_timeout_s: 10)"
+    line = f"r1lab: stage 'rl': no progress for 10 s after the start of step 2 of 30 (stall_timeout_s: 10)"
     assert line in err
     log = (tmp_path / "run" / RL / "stall.log").read_text()
     assert log.startswith(line)

@@ -285,8 +285,18 @@ def from_env(strategy: str = "ddp", device: str = "auto") -> Dist:
                     "device(s): start one rank per GPU (--nproc_per_node), or run every rank on the CPU "
                     "(gloo) with CUDA_VISIBLE_DEVICES=''")
             torch.cuda.set_device(local)
-        tdist.init_process_group("nccl" if gpus else "gloo", timeout=WAIT)
+        tdist.init_process_group("nccl" if gpus else "gloo", store=_attempt_store(rank, world), rank=rank,
+                                 world_size=world, timeout=WAIT)
     return Dist(rank=rank, world=world, local_rank=local, strategy=strategy)
+
+
+def _attempt_store(rank: int, world: int):
+    """torchrun's key-value store, under a prefix of its own for each start of the group. After
+    ``--max-restarts`` starts the ranks again, the store still holds the keys the last group's
+    ranks wrote (their addresses), and the new group would connect to the dead ranks and wait
+    (pytorch/pytorch#167288); with the restart count in every key it reads its own."""
+    store, _, _ = next(tdist.rendezvous("env://", rank, world, timeout=WAIT))
+    return tdist.PrefixStore(f"r1lab/start-{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
 def local_module(model):

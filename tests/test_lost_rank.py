@@ -1,0 +1,55 @@
+"""A lost rank (issue: reliability): under ``torchrun --max-restarts 1`` one of 2 gloo ranks is
+killed with SIGKILL in the middle of a GRPO step; torchrun stops the other, starts the group
+again, the run resumes from its last checkpoint by itself and ends with the weights of an
+unbroken 2-rank run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from preemption import CONFIG, RL, steps_logged
+from test_distributed import launch, weights
+
+
+def rank_pid(launcher: int, rank: int) -> int | None:
+    """The process id of torchrun's (``launcher``'s) worker of ``rank``, None while there is none."""
+    for proc in Path("/proc").iterdir():
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == launcher and f"RANK={rank}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_step_restarts_the_group_which_resumes_to_the_unbroken_weights(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG.replace("checkpoint_every: 1000", "checkpoint_every: 4"))
+    launch(config, tmp_path / "unbroken", 2)
+    run_dir = tmp_path / "broken"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "--max-restarts=1",
+           "-m", "r1lab", "run", str(config), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    while steps_logged(run_dir) < 5:                         # step 6 under way; the checkpoint is step 4's
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        time.sleep(0.01)
+    os.kill(rank_pid(proc.pid, 1), signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "failed (exitcode: -9) local_rank: 1" in out      # torchrun saw the kill, and started the group again:
+    assert "[1] rl (grpo): resuming" in out                  # the new rank 0 resumed from the checkpoint
+    logged = (run_dir / RL / "metrics.jsonl").read_text().splitlines()
+    assert len(logged) == 30                                 # steps 5-6 dropped on resume and run again
+    a, b = weights(tmp_path / "unbroken", "1-rl"), weights(run_dir, "1-rl")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
