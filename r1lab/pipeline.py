@@ -45,13 +45,17 @@ from r1lab.models.io import quiet_transformers
 from r1lab.stages import STAGES
 from r1lab.io import write_atomic
 from r1lab.stages.context import RunContext, pick_device
-from r1lab.train.distributed import SINGLE, from_env
+from r1lab.train.distributed import SINGLE, from_collective, from_env
 from r1lab.train.preemption import check as check_preempted, stop_on_signals
-from r1lab.train.watchdog import watching
+from r1lab.train.watchdog import last_place, watching
 
 
 class RunDirError(R1labError, ValueError):
     """The run directory holds a different run."""
+
+
+class PeerLostError(R1labError, RuntimeError):
+    """Under torchrun, a collective failed in a training stage: a peer rank is gone."""
 
 
 def reset_peak_rss() -> None:
@@ -128,6 +132,21 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def naming_lost_peers(dist, stage: str) -> Iterator[None]:
+    """A collective that fails under torchrun (a peer rank died) raised as one line naming the
+    stage and the step, not a traceback from inside torch.distributed."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not (dist.active and from_collective(e)):
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PeerLostError(f"stage {stage!r}: a collective failed after {last_place()}, on rank {dist.rank} "
+                            f"({first}); a peer rank has likely died. Under torchrun --max-restarts the group "
+                            f"starts again and resumes from the last checkpoint") from None
+
+
 def run(config: RunConfig, run_dir: Path | None = None, log=print) -> Path:
     """Run (or resume) every stage of ``config``; returns the run directory."""
     quiet_transformers()
@@ -180,7 +199,8 @@ def _run(config: RunConfig, run_dir: Path, dist, log) -> Path:
         runs_here = stage.data_parallel or dist.is_main   # else: rank 0 runs it alone while this rank waits
         with watching(config.stall_timeout_s if runs_here else None, out / "stall.log", stage.name):
             if stage.data_parallel:
-                STAGES[stage.kind].run(ctx, stage, out)
+                with naming_lost_peers(dist, stage.name):
+                    STAGES[stage.kind].run(ctx, stage, out)
             elif dist.is_main:                   # alone: its collectives must not wait for the others
                 STAGES[stage.kind].run(dataclasses.replace(ctx, dist=SINGLE), stage, out)
         dist.barrier()                           # rank 0 has finished a stage the others skipped

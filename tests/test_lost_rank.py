@@ -1,11 +1,12 @@
 """A lost rank (issue: reliability): under ``torchrun --max-restarts 1`` one of 2 gloo ranks is
 killed with SIGKILL in the middle of a GRPO step; torchrun stops the other, starts the group
 again, the run resumes from its last checkpoint by itself and ends with the weights of an
-unbroken 2-rank run."""
+unbroken 2-rank run. The surviving rank's failed collective is one line naming the stage and step."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -48,6 +49,9 @@ def test_a_rank_killed_mid_step_restarts_the_group_which_resumes_to_the_unbroken
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
     assert "failed (exitcode: -9) local_rank: 1" in out      # torchrun saw the kill, and started the group again:
+    # rank 0's collective failed at once, in one line naming the stage and the step
+    assert re.search(r"r1lab: error: stage 'rl': a collective failed after (the start of )?step \d+ of 30, on rank 0", out), \
+        out[-3000:]
     assert "[1] rl (grpo): resuming" in out                  # the new rank 0 resumed from the checkpoint
     logged = (run_dir / RL / "metrics.jsonl").read_text().splitlines()
     assert len(logged) == 30                                 # steps 5-6 dropped on resume and run again

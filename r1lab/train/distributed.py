@@ -290,6 +290,16 @@ def from_env(strategy: str = "ddp", device: str = "auto") -> Dist:
     return Dist(rank=rank, world=world, local_rank=local, strategy=strategy)
 
 
+def from_collective(error: BaseException) -> bool:
+    """Whether ``error`` was raised inside torch.distributed (a collective whose peer is gone)."""
+    if isinstance(error, tdist.DistError):
+        return True
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"torch{os.sep}distributed{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
 def _attempt_store(rank: int, world: int):
     """torchrun's key-value store, under a prefix of its own for each start of the group. After
     ``--max-restarts`` starts the ranks again, the store still holds the keys the last group's

@@ -25,26 +25,29 @@ from pathlib import Path
 EXIT_STALLED = 124                 # as timeout(1) exits
 
 _current: list[Watchdog] = []      # the watchdog of the stage this process runs, if any
+_where = ["its start"]             # the last place progress() named
 
 
 def progress(where: str | None = None) -> None:
     """Tell the watchdog (if one runs) that work moved on; ``where`` (e.g. "step 3 of 10") is
-    named if it stalls after this. Cheap enough for every decode step."""
+    named if it stalls after this (and by :func:`last_place`). Cheap enough for every decode step."""
+    if where is not None:
+        _where[0] = where
     if _current:
-        _current[0].beat(where)
+        _current[0].last = time.monotonic()
+
+
+def last_place() -> str:
+    """Where the stage under way last made progress, e.g. "the start of step 6 of 30"."""
+    return _where[0]
 
 
 class Watchdog:
     def __init__(self, timeout_s: float, log: Path, stage: str):
         self.timeout_s, self.log, self.stage = timeout_s, Path(log), stage
-        self.last, self.where = time.monotonic(), "its start"
+        self.last = time.monotonic()
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._watch, name="r1lab-stall-watchdog", daemon=True)
-
-    def beat(self, where: str | None) -> None:
-        self.last = time.monotonic()
-        if where is not None:
-            self.where = where
 
     def _watch(self) -> None:
         while not self.done.wait(max(0.0, self.last + self.timeout_s - time.monotonic())):
@@ -53,7 +56,7 @@ class Watchdog:
                 self._fire(idle)
 
     def _fire(self, idle: float) -> None:
-        line = (f"r1lab: stage {self.stage!r}: no progress for {idle:.0f} s after {self.where} "
+        line = (f"r1lab: stage {self.stage!r}: no progress for {idle:.0f} s after {last_place()} "
                 f"(stall_timeout_s: {self.timeout_s:g}); every thread's stack is in {self.log}; stopping")
         with open(self.log, "a") as f:
             f.write(line + "\n")
@@ -66,6 +69,7 @@ class Watchdog:
 @contextlib.contextmanager
 def watching(timeout_s: float | None, log: Path, stage: str) -> Iterator[None]:
     """Watch the stage ``stage`` for stalls of ``timeout_s`` seconds (None: not at all)."""
+    _where[0] = "its start"
     if timeout_s is None:
         yield
         return
