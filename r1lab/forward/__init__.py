@@ -25,6 +25,7 @@ from r1lab.models.moe import is_moe, with_router_loss
 from r1lab.models.recompute import recomputes
 from r1lab.rollout.types import left_pad
 from r1lab.train.distributed import in_row_order, local_module, micro_batch_slices
+from r1lab.train.watchdog import progress
 
 # Sequence positions whose logits are upcast to float32 at once: [N, 64, V] is 0.6 GB for
 # Qwen's 151,936-token vocabulary at N = 16, against 5.0 GB for all 512 positions.
@@ -158,6 +159,7 @@ def _in_parts(forward, batch: dict[str, torch.Tensor], micro_batch_size: int, au
     :func:`micro_batch_slices`), its results put back in row order."""
     parts = {}
     for rows in micro_batch_slices(batch["input_ids"].shape[0], micro_batch_size, batch["attention_mask"].sum(1)):
+        progress()                                                           # the stall watchdog's heartbeat
         with autocast():
             parts[rows.start] = forward({k: v[rows] for k, v in batch.items()}).float().cpu()
     return in_row_order(parts)                                               # [N, L]

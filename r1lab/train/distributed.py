@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from r1lab.errors import R1labError
 from r1lab.models.adapters import plain_model
+from r1lab.train.watchdog import progress
 
 # Ranks wait for rank 0 while it runs a stage that trains nothing (an eval, rejection sampling).
 WAIT = datetime.timedelta(hours=6)
@@ -164,6 +165,7 @@ class Dist:
             if root is not None:
                 root.set_requires_gradient_sync(last)
             sync = last or not isinstance(model, DistributedDataParallel)
+            progress()                                   # the stall watchdog's heartbeat
             with contextlib.nullcontext() if sync else model.no_sync():
                 yield rows
 
