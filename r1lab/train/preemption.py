@@ -36,7 +36,7 @@ from r1lab.errors import R1labError
 EXIT_PREEMPTED = 75
 SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
 
-REPEAT_S = 2.0                     # a signal this soon after the first is the same request again
+REPEAT_S = 1.0                     # a signal this soon after the first is the same request again
 _received: list[tuple[str, float]] = []   # the first signal's name and when it came, once one did
 
 
@@ -77,7 +77,7 @@ def _handle(signum, frame) -> None:
         return
     _received.append((signal.Signals(signum).name, time.monotonic()))
     print(f"r1lab: {requested()}: finishing the current step, then a checkpoint and exit "
-          f"(send it again to stop at once)", file=sys.stderr, flush=True)
+          f"(send it again, a second or more from now, to stop at once)", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
