@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from r1lab.io import write_atomic
-from r1lab.train.preemption import Preempted, requested
+from r1lab.train.preemption import requested, stopped
 from r1lab.train.watchdog import progress
 
 
@@ -68,8 +68,7 @@ class ChunkedJsonl:
         write_atomic(self.progress, json.dumps(self.state, ensure_ascii=False) + "\n")
         progress(f"chunk {self.chunks}")
         if requested():                    # a polite stop (r1lab/train/preemption.py): after a commit
-            raise Preempted(f"{self.out}: stopped by {requested()} after chunk {self.chunks} "
-                            f"({self.state['rows']} rows written); run the same command to resume")
+            raise stopped(f"after chunk {self.chunks} ({self.state['rows']} rows written)", f"{self.out}: ")
 
     def finish(self) -> None:
         """``data.jsonl`` and ``stats.json`` in place, the progress file gone."""

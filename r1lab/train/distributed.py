@@ -97,15 +97,13 @@ class Dist:
 
     def sum(self, value: float) -> float:
         """``value`` summed over ranks (a float on every rank)."""
-        if not self.active:
-            return value
-        return float(_all_reduce(torch.tensor([float(value)], dtype=torch.float64)))
+        return self.sum_each([value])[0] if self.active else value
 
     def sum_each(self, values: list[float]) -> list[float]:
         """Each of ``values`` summed over ranks, in one exchange."""
         if not self.active:
             return list(values)
-        return _all_reduce(torch.tensor(values, dtype=torch.float64)).tolist()
+        return _all_reduce(torch.tensor([float(v) for v in values], dtype=torch.float64)).tolist()
 
     def mean(self, values: dict[str, float], weight: float = 1.0, summed: tuple[str, ...] = ()) -> dict[str, float]:
         """Each value averaged over the ranks that hold its key, weighted by each rank's ``weight``

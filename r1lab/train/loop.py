@@ -36,7 +36,7 @@ from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save
 from r1lab.train.distributed import SINGLE, Dist, whole_model
 from r1lab.train.metrics import MetricsLogger
 from r1lab.train.optim import Optim, build_optimizer, build_scheduler, optimizer_step
-from r1lab.train.preemption import Preempted, agreed, requested
+from r1lab.train.preemption import agreed, requested, stopped
 from r1lab.train.progress import progress_bar, show
 from r1lab.train.watchdog import progress
 
@@ -136,8 +136,8 @@ class TrainLoop:
         """Count the step, log ``values`` under its 1-based number, update the bar, checkpoint:
         every ``checkpoint_every`` steps, when ``checkpoint_every_s`` have passed since the last
         one, and when a signal asked the run to stop (r1lab/train/preemption.py), which then
-        raises :class:`Preempted`. Under torchrun the values are averaged over ranks, each
-        weighted by its ``rows`` of the batch, and the ranks agree on when to checkpoint."""
+        raises ``Preempted``. Under torchrun the values are averaged over ranks, each weighted
+        by its ``rows`` of the batch, and the ranks agree on when to checkpoint."""
         self.step += 1
         if self.skipped:
             values = {**values, "skipped_steps": float(self.skipped)}
@@ -158,8 +158,7 @@ class TrainLoop:
             progress(f"the checkpoint of step {self.step}")
         if stop:
             self.bar.close()
-            raise Preempted(f"stage {self.name!r}: stopped by {requested() or 'a signal to another rank'} after "
-                            f"step {self.step} of {self.total}, its checkpoint written; run the same command to resume")
+            raise stopped(f"after step {self.step} of {self.total}, its checkpoint written", f"stage {self.name!r}: ")
 
     def finish(self, tokenizer) -> None:
         """Close the bar and save the trained model (HF format) to ``out/model``, each companion

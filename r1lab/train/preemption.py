@@ -57,13 +57,19 @@ def agreed(dist, *flags: bool) -> list[bool]:
     return [x > 0 for x in dist.sum_each([float(f) for f in flags])]
 
 
+def stopped(where: str, subject: str = "") -> Preempted:
+    """The error of a stop at ``where`` (e.g. "after step 5 of 30"); ``subject`` (e.g. "stage
+    'rl': ") says what stopped."""
+    return Preempted(f"{subject}stopped by {requested() or 'a signal to another rank'} {where}; "
+                     f"run the same command to resume")
+
+
 def check(dist, where: str) -> None:
     """Raise :class:`Preempted` at ``where`` (a safe point: nothing is half done) when a stop
     was asked for on any rank."""
     (stop,) = agreed(dist, requested() is not None)
     if stop:
-        raise Preempted(f"stopped by {requested() or 'a signal to another rank'} {where}; "
-                        f"run the same command to resume")
+        raise stopped(where)
 
 
 def _handle(signum, frame) -> None:
