@@ -14,6 +14,7 @@ r1lab trains reasoning language models the way DeepSeek-R1 was trained.
 
   r1lab run                      the whole R1 recipe on a tiny model it builds itself (config r1-tiny)
   r1lab run CONFIG --set k=v     any config (a YAML path or a shipped name) with overrides
+  r1lab run CONFIG --plan        each stage's parameters and expected peak memory, before running anything
   r1lab eval MODEL               evaluate a saved model (folder, .gguf, pkg:) on a config's held-out split
   r1lab report RUN_DIR           write RUN_DIR/report.md and plots/*.png (run writes it at the end)
 """
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set stages.r1-zero.steps=20 "
                        "(stages by index or name; the value is read as YAML); repeatable")
+    run_p.add_argument("--plan", action="store_true",
+                       help="run nothing: print each stage's parameters, its expected peak memory (worst case) "
+                       "against the device's, and what an earlier run in the run directory measured")
+    run_p.add_argument("--for", dest="target", default=None, metavar="DEVICE",
+                       help="with --plan: plan for another device than this one: cpu or cuda, with :GB and "
+                       "xRANKS (e.g. cuda:80x8)")
 
     eval_p = sub.add_parser("eval", help="evaluate a model directory on a task's held-out split",
                             description="Evaluate an HF-format model directory with the task and the "
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return cmd_report(args.run_dir)
         config = load_config(args.config, args.overrides)
+        if args.command == "run" and args.plan:
+            return cmd_plan(config, args.run_dir, args.target)
         if args.command == "run":
             return cmd_run(config, args.run_dir)
         return cmd_eval(config, args.model)
@@ -109,6 +118,17 @@ def cmd_run(config, run_dir: Path | None) -> int:
     if table:
         print(table)
     print(f"report: {write_report(out)}")
+    return 0
+
+
+def cmd_plan(config, run_dir: Path | None, target: str | None) -> int:
+    from r1lab.plan import Plan, parse_target, process_floor, render
+
+    target = parse_target(target, config)
+    floor = process_floor(target)
+    run_dir = run_dir or Path("runs") / config.name
+    plan = Plan(config, target, floor, run_dir)
+    print(render(plan.rows(run_dir), target, floor, plan.notes))
     return 0
 
 

@@ -208,5 +208,14 @@ def run(ctx: RunContext, cfg: DistillConfig, out: Path) -> None:
     loop.finish(tokenizer)
 
 
+def memory(cfg: DistillConfig, plan) -> dict:
+    """Bytes of a micro-batch's forward and backward at its longest row, with the teacher beside the
+    student where one is loaded (r1lab/plan.py)."""
+    teacher = plan.shape(cfg.teacher).weights if cfg.teacher and cfg.method == "logit" else 0
+    return plan.supervised(plan.shape(cfg.init), plan.trained(cfg.init, cfg.lora), length=plan.row_len(cfg),
+                           rows=plan.target.share(cfg.micro_batch_size or cfg.batch_size),
+                           extra={"teacher": teacher} if teacher else None)
+
+
 Config = DistillConfig
 REPORT = LOSS_REPORT

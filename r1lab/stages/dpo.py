@@ -213,5 +213,13 @@ def run(ctx: RunContext, cfg: DpoConfig, out: Path) -> None:
     loop.finish(tokenizer)
 
 
+def memory(cfg: DpoConfig, plan) -> dict:
+    """Bytes of a micro-batch's forward and backward, chosen and rejected, at their longest row (r1lab/plan.py)."""
+    shape = plan.shape(cfg.init)
+    return plan.supervised(shape, plan.trained(cfg.init, cfg.lora), length=plan.row_len(cfg),
+                           rows=2 * plan.target.share(cfg.micro_batch_size or cfg.batch_size),
+                           extra={"reference": shape.weights} if cfg.lora is None else None)
+
+
 Config = DpoConfig
 REPORT = LOSS_REPORT

@@ -209,5 +209,20 @@ def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
         loop.end_step(values, show_keys=("reward/mean", "accuracy", "value_loss", "tokens_per_s"), rows=len(my_rows))
     loop.finish(tokenizer)                                                     # out/model and out/critic
 
+def memory(cfg: PpoConfig, plan) -> dict:
+    """Bytes per phase of a step on one rank (r1lab/plan.py): the rollout, then a mini-batch's
+    forward and backward (the actor's; the critic's is its size or smaller)."""
+    from r1lab.memory import gradients
+    from r1lab.rewards import learned_models
+    critic = plan.shape(cfg.critic_init or cfg.init)
+    extra = {"critic, its gradients and moments": critic.weights + sum(gradients(critic.params, plan.target).values())}
+    if judges := sum(plan.shape(ref).weights for _, ref in learned_models(cfg.rewards)):
+        extra["reward models"] = judges
+    return plan.rl(plan.shape(cfg.init), plan.trained(cfg.init, cfg.lora), prompts=plan.target.share(cfg.prompts_per_step),
+                   group=cfg.samples_per_prompt, prompt_len=plan.prompt_len(cfg, cfg.init),
+                   new_tokens=cfg.sampling.max_new_tokens, micro_batch=cfg.mini_batch_size,
+                   reference=cfg.kl_coef > 0 and cfg.lora is None, extra=extra)
+
+
 Config = PpoConfig
 REPORT = RL_REPORT

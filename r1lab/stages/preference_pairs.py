@@ -121,5 +121,12 @@ def run(ctx: RunContext, cfg: PreferencePairsConfig, out: Path) -> None:
         writer.finish()
 
 
+def memory(cfg: PreferencePairsConfig, plan) -> dict:
+    """Bytes while one batch of requests is sampled (r1lab/plan.py)."""
+    return plan.sampling(plan.shape(cfg.model), prompts=min(cfg.batch_size, cfg.prompts), n=cfg.samples,
+                         prompt_len=plan.prompt_len(cfg, cfg.model, general=True),
+                         new_tokens=cfg.sampling.max_new_tokens)
+
+
 Config = PreferencePairsConfig
 REPORT = ReportEntries()

@@ -207,5 +207,11 @@ def run(ctx: RunContext, cfg: RejectionSampleConfig, out: Path) -> None:
         writer.finish()
 
 
+def memory(cfg: RejectionSampleConfig, plan) -> dict:
+    """Bytes while one batch of questions is sampled (r1lab/plan.py)."""
+    return plan.sampling(plan.shape(cfg.model), prompts=min(cfg.batch_size, cfg.prompts), n=cfg.samples,
+                         prompt_len=plan.prompt_len(cfg, cfg.model), new_tokens=cfg.sampling.max_new_tokens)
+
+
 Config = RejectionSampleConfig
 REPORT = ReportEntries(final=("kept", "drawn"))

@@ -155,5 +155,13 @@ def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
         write_atomic(out / "val.json", json.dumps(summary, indent=1) + "\n")
 
 
+def memory(cfg: RewardModelConfig, plan) -> dict:
+    """Bytes of a micro-batch's forward and backward, chosen and rejected, at their longest row, through
+    HF's own modules (r1lab/plan.py)."""
+    return plan.supervised(plan.shape(cfg.init), plan.trained(cfg.init, cfg.lora), length=plan.row_len(cfg),
+                           rows=2 * plan.target.share(cfg.micro_batch_size or cfg.batch_size), packed=False,
+                           head=False)
+
+
 Config = RewardModelConfig
 REPORT = LOSS_REPORT

@@ -74,5 +74,11 @@ def run(ctx: RunContext, cfg: SftConfig, out: Path) -> None:
     loop.finish(tokenizer)
 
 
+def memory(cfg: SftConfig, plan) -> dict:
+    """Bytes of a micro-batch's forward and backward at its longest row (r1lab/plan.py)."""
+    return plan.supervised(plan.shape(cfg.init), plan.trained(cfg.init, cfg.lora),
+                           rows=plan.target.share(cfg.micro_batch_size or cfg.batch_size), length=plan.row_len(cfg))
+
+
 Config = SftConfig
 REPORT = LOSS_REPORT
