@@ -67,7 +67,7 @@ def main() -> None:
         folder = run_alone(args.config, args.source, args.work, i, args.sets)
         (merged / "stages" / folder.name).symlink_to(folder.resolve())
     target = parse_target(None, config)
-    rows = Plan(config, target, process_floor(target), merged).rows(merged)
+    rows = Plan(config, target, process_floor(target), merged).rows()
     ratios = []
     for r in rows:
         if r["index"] not in chosen or not r["measured"].get("peak_mb"):

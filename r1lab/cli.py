@@ -128,7 +128,7 @@ def cmd_plan(config, run_dir: Path | None, target: str | None) -> int:
     floor = process_floor(target)
     run_dir = run_dir or Path("runs") / config.name
     plan = Plan(config, target, floor, run_dir)
-    print(render(plan.rows(run_dir), target, floor, plan.notes))
+    print(render(plan.rows(), target, floor, plan.notes))
     return 0
 
 

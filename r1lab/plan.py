@@ -29,7 +29,7 @@ CHARS_PER_TOKEN = 3.5            # where no tokenizer is at hand (a folder of co
 
 
 class PlanError(R1labError, ValueError):
-    """A ``--for`` target that cannot be read."""
+    """A ``--for`` target that cannot be read, or a model whose shape cannot be found."""
 
 
 def parse_target(spec: str | None, config) -> Target:
@@ -89,20 +89,22 @@ class Plan:
 
     # -- models ------------------------------------------------------------------------------
     def _origin(self, ref: str):
-        """(kind, thing): ("pretrain", its config) or ("path", a Path) that ``ref`` leads back to."""
-        from r1lab.locate import resolve
-        earlier = {s.name: s for s in self.config.stages[:self.index]}
-        while ref in earlier:
-            stage = earlier.pop(ref)
-            if stage.kind == "pretrain":
-                return "pretrain", stage
-            ref = stage.init
-        return "path", resolve(ref)
+        """(kind, thing): ("pretrain", its config) or ("path", a Path) that ``ref`` leads back to
+        (r1lab/lineage.py's trace, as the tokenizer check follows it)."""
+        from r1lab.lineage import trace
+        origin = trace(self.config, self.index, ref)
+        if isinstance(origin, str):
+            raise PlanError(f"cannot plan {ref!r}: it leads to {origin}")
+        return ("pretrain", origin.stage) if origin.stage is not None else ("path", origin.path)
+
+    def _keyed(self, ref: str):
+        """(kind, thing, a key for both) of :meth:`_origin`."""
+        kind, what = self._origin(ref)
+        return kind, what, f"{kind}:{what.name if kind == 'pretrain' else what}"
 
     def _model(self, ref: str):
         """(Shape, meta model) of the model ``ref`` names."""
-        kind, what = self._origin(ref)
-        key = f"{kind}:{what.name if kind == 'pretrain' else what}"
+        kind, what, key = self._keyed(ref)
         if key not in self._models:
             if kind == "pretrain":               # its vocabulary: the tokenizer it trains, not vocab_size
                 config = _pretrain_config(what.model, len(self.corpus(what)[1]))
@@ -145,8 +147,8 @@ class Plan:
         return max(len(tokenizer(task.prompt(e, tokenizer))["input_ids"]) for e in examples)
 
     def _tokenizer(self, ref: str):
-        kind, what = self._origin(ref)
-        key = f"{kind}:{what.name if kind == 'pretrain' else what}"
+        """The tokenizer of the model ``ref`` names, or None where it has none on disk."""
+        kind, what, key = self._keyed(ref)
         if key not in self._tokenizers:
             if kind == "pretrain":
                 self._tokenizers[key] = self.corpus(what)[1]
@@ -241,9 +243,11 @@ class Plan:
                                              self.used(new_tokens))}}
 
     # -- the plan ----------------------------------------------------------------------------
-    def rows(self, run_dir: Path | None) -> list[dict]:
-        """One dict a stage: name, kind, params, trained, phases (name -> parts -> bytes), peak,
-        over (the device's memory), measured (peak_mb, seconds, step_s) where the run dir has them."""
+    def rows(self) -> list[dict]:
+        """One dict a stage: name, kind, params, phases (name -> parts -> bytes), their totals, the
+        peak, over (the device's memory), what the run dir measured (:func:`measured`), and the
+        peak at its measured lengths."""
+        run_dir = self.run_dir
         out = []
         for i, stage in enumerate(self.config.stages):
             self.index = i

@@ -120,7 +120,7 @@ def test_an_earlier_run_gives_its_peak_its_step_time_and_its_lengths(tmp_path):
                                                 + "\n" for s in (1, 2, 3)))
     found = measured(run, 2, "r1-zero")
     assert found == {"completion_len": 13, "peak_mb": 800.0, "seconds": 9.0, "step_s": 2.0}
-    rows = plan_of(config, run_dir=run).rows(run)
+    rows = plan_of(config, run_dir=run).rows()
     row = rows[2]
     assert row["measured"] == found and row["at_lengths"] < row["peak"]
     assert rows[1]["at_lengths"] is None and rows[1]["measured"] == {}
@@ -172,7 +172,7 @@ def test_ranks_share_rows_and_fsdp2_shards_the_optimizer_state():
 @pytest.mark.parametrize("name", ["ppo-vs-grpo-tiny", "r1-zero-tiny-moe"])
 def test_every_stage_kind_and_a_mixture_of_experts_plan(name, tmp_path):
     config = load_config(name)
-    rows = plan_of(config).rows(tmp_path)
+    rows = plan_of(config, run_dir=tmp_path).rows()
     assert [r["name"] for r in rows] == [s.name for s in config.stages]
     assert all(r["peak"] > 0 and r["params"] > 0 for r in rows)
     if name == "r1-zero-tiny-moe":
