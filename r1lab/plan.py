@@ -262,9 +262,11 @@ class Plan:
                 at_lengths = None
             ref = next((getattr(stage, f) for f in ("init", "model") if isinstance(getattr(stage, f, None), str)), None)
             params = self.shape(ref).params if ref else self.pretrain_shape(stage).params
+            lora = getattr(stage, "lora", None)
+            trained = self.trained(ref, lora) if ref and lora is not None and "training" in phases else None
             totals = {name: self.floor + sum(parts.values()) for name, parts in phases.items()}
             peak_phase = max(totals, key=totals.get)
-            out.append(dict(index=i, name=stage.name, kind=stage.kind, params=params, phases=phases,
+            out.append(dict(index=i, name=stage.name, kind=stage.kind, params=params, trained=trained, phases=phases,
                             totals=totals, peak_phase=peak_phase, peak=totals[peak_phase],
                             over=totals[peak_phase] > self.target.memory > 0, measured=found,
                             at_lengths=None if at_lengths is None else
@@ -385,7 +387,8 @@ def render(rows: list[dict], target: Target, floor: int, notes: list[str]) -> st
         meas = m.get("peak_mb") and m["peak_mb"] * 1e6
         ratio = f"{(at or r['peak']) / meas:.2f}" if meas else "-"
         step = f"{m['step_s']:.1f}" if m.get("step_s") else "-"
-        lines.append(f"| {r['index']} | {r['name']} | {r['kind']} | {r['params'] / 1e6:.1f}M | "
+        params = f"{r['params'] / 1e6:.1f}M" + (f" ({r['trained'] / 1e6:.1f}M trained)" if r["trained"] else "")
+        lines.append(f"| {r['index']} | {r['name']} | {r['kind']} | {params} | "
                      f"{gb(r['totals'].get('rollout'))} | {gb(r['totals'].get('training'))} | {gb(at)} | {gb(meas)} | "
                      f"{ratio} | {step} | {'OVER' if r['over'] else 'yes'} |")
     lines.append("")
