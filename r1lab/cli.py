@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     report_p.add_argument("run_dir", type=Path, help="a run directory (runs/<name>)")
 
     args = parser.parse_args(argv)
+    if args.command == "run" and args.target and not args.plan:
+        parser.error("--for plans for a device: use it with --plan")
     from r1lab.config import load_config
     from r1lab.errors import R1labError
     from r1lab.train.preemption import Preempted

@@ -97,9 +97,20 @@ def test_the_plan_of_the_default_run_has_a_row_a_stage_and_flags_a_device_too_sm
     assert "| OVER |" in out and "OVER: base" in out
 
 
-def test_a_bad_target_is_one_line(capsys):
-    assert main(["run", "--plan", "--for", "tpu:80"]) == 2
-    assert "--for tpu:80: expected cpu or cuda" in capsys.readouterr().err
+@pytest.mark.parametrize("spec", ["tpu:80", "cuda:80x0", "cuda:inf", "cuda:-80", "cpux-2"])
+def test_a_bad_target_is_one_line(capsys, spec):
+    assert main(["run", "--plan", "--for", spec]) == 2
+    assert f"--for {spec}: expected cpu or cuda" in capsys.readouterr().err
+
+
+def test_a_model_the_plan_cannot_read_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 2}))
+    assert main(["run", "r1-zero-tiny", "--plan", "--set", f"stages.r1-zero.init={bad}",
+                 "--set", "stages.eval-base.model=base", "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("r1lab: error: ") and "cannot plan a GPT2Config model" in err and len(err.splitlines()) == 1
 
 
 def test_targets_read_size_and_ranks():
@@ -118,9 +129,16 @@ def test_an_earlier_run_gives_its_peak_its_step_time_and_its_lengths(tmp_path):
     (grpo / "DONE").write_text(json.dumps({"seconds": 9.0, "peak_rss_mb": 800.0}))
     (grpo / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "time_s": 2.0 * s, "completion_len/mean": 10 + s})
                                                 + "\n" for s in (1, 2, 3)))
-    found = measured(run, 2, "r1-zero")
+    found = measured(grpo)
     assert found == {"completion_len": 13, "peak_mb": 800.0, "seconds": 9.0, "step_s": 2.0}
-    rows = plan_of(config, run_dir=run).rows()
+    assert measured(grpo, "another config") == {}            # figures of another config are not this one's
+    plan = plan_of(config, run_dir=run)
+    from r1lab.pipeline import fingerprint
+    prints = {}
+    for stage in config.stages[:3]:
+        prints[stage.name] = fingerprint(config, stage, prints)
+    (grpo / "FINGERPRINT").write_text(prints["r1-zero"] + "\n")
+    rows = plan.rows()
     row = rows[2]
     assert row["measured"] == found and row["at_lengths"] < row["peak"]
     assert rows[1]["at_lengths"] is None and rows[1]["measured"] == {}
@@ -147,7 +165,7 @@ def test_a_folder_with_config_json_alone_is_enough_to_plan(tmp_path, capsys):
     assert main(["run", str(config), "--plan", "--for", "cuda:80", "--run-dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "| 0 | rl | grpo | 494.0M |" in out
-    assert "no tokenizer to read; its prompt lengths are guessed" in out
+    assert "no tokenizer that loads; its prompt lengths are guessed" in out
 
 
 def test_the_cpu_counts_the_kv_pages_rows_write_and_cuda_the_whole_preallocation():
@@ -179,3 +197,26 @@ def test_every_stage_kind_and_a_mixture_of_experts_plan(name, tmp_path):
         base = config.stages[0]
         built = build_tiny_model(base.model, plan_of(config).corpus(base)[1], 0)
         assert rows[0]["params"] == sum(p.numel() for p in built.parameters())
+
+
+def test_the_plan_takes_the_forward_and_engine_the_run_takes():
+    """Several ranks train through HF's forward with its logits (DDP), one through the packed
+    walk; a micro-batch is this rank's share of the batch; a mixture of experts samples through
+    HF's engine."""
+    config = load_config(None)
+    i = next(i for i, s in enumerate(config.stages) if s.kind == "sft")
+    one, ddp = plan_of(config), plan_of(config, memory.Target("cpu", 24 * 10**9, 4))
+    for plan in (one, ddp):
+        plan.index = i
+    assert one.packs("base") and not ddp.packs("base")
+    sft = config.stages[i]
+    length = one.row_len(sft)
+    a, b = (p.rows()[i]["phases"]["training"] for p in (one, ddp))
+    assert a["activations"] == 4 * b["activations"]                       # 16 rows, then 4 a rank
+    shape = one.shape("base")
+    assert a["logits"] == memory.head(shape, CPU, 16, length, packed=True)
+    assert b["logits"] == memory.head(shape, CPU, 4, length, packed=False)
+    moe = load_config("r1-zero-tiny-moe")
+    plan = plan_of(moe)
+    plan.index = 1
+    assert plan.engine("base", moe.stages[1].sampling) == "hf" and not plan.packs("base")

@@ -209,12 +209,24 @@ def run(ctx: RunContext, cfg: DistillConfig, out: Path) -> None:
 
 
 def memory(cfg: DistillConfig, plan) -> dict:
-    """Bytes of a micro-batch's forward and backward at its longest row, with the teacher beside the
-    student where one is loaded (r1lab/plan.py)."""
-    teacher = plan.shape(cfg.teacher).weights if cfg.teacher and cfg.method == "logit" else 0
-    return plan.supervised(plan.shape(cfg.init), plan.trained(cfg.init, cfg.lora), length=plan.row_len(cfg),
-                           rows=plan.target.share(cfg.micro_batch_size or cfg.batch_size),
-                           extra={"teacher": teacher} if teacher else None)
+    """Bytes of a micro-batch's forward and backward at its longest row (r1lab/plan.py). In logit
+    mode the teacher sits beside the student, and both models' logits of every position are
+    held; with ``on_policy`` the student samples its own completions first."""
+    from r1lab.memory import FLOAT, moments
+    rows, length = plan.target.share(cfg.batch_size), plan.row_len(cfg)
+    rows = min(cfg.micro_batch_size or rows, rows)           # micro_batch_size is this rank's
+    trained = plan.trained(cfg.init, cfg.lora)
+    extra = None
+    if cfg.method == "logit":
+        teacher = plan.shape(cfg.teacher)
+        extra = {"teacher": teacher.weights, "teacher logits": rows * length * teacher.vocab * FLOAT}
+    phases = plan.supervised(cfg.init, trained, rows=rows, length=length, extra=extra,
+                             packed=False if cfg.method == "logit" else None)
+    if cfg.on_policy > 0:
+        sampled = plan.sampling(cfg.init, cfg.sampling, prompts=plan.target.share(cfg.batch_size), n=1,
+                                prompt_len=length)["rollout"]
+        phases["rollout"] = {**sampled, **moments(trained, plan.target), **(extra or {})}
+    return phases
 
 
 Config = DistillConfig

@@ -214,11 +214,11 @@ def run(ctx: RunContext, cfg: DpoConfig, out: Path) -> None:
 
 
 def memory(cfg: DpoConfig, plan) -> dict:
-    """Bytes of a micro-batch's forward and backward, chosen and rejected, at their longest row (r1lab/plan.py)."""
-    shape = plan.shape(cfg.init)
-    return plan.supervised(shape, plan.trained(cfg.init, cfg.lora), length=plan.row_len(cfg),
-                           rows=2 * plan.target.share(cfg.micro_batch_size or cfg.batch_size),
-                           extra={"reference": shape.weights} if cfg.lora is None else None)
+    """Bytes of a micro-batch's forward and backward, chosen and rejected, at their longest row;
+    the reference's log-probs are computed beforehand by the same model (r1lab/plan.py)."""
+    pairs = plan.target.share(cfg.batch_size)                # micro_batch_size is this rank's
+    return plan.supervised(cfg.init, plan.trained(cfg.init, cfg.lora), length=plan.row_len(cfg),
+                           rows=2 * min(cfg.micro_batch_size or pairs, pairs))
 
 
 Config = DpoConfig

@@ -171,9 +171,9 @@ def run(ctx: RunContext, cfg: EvalConfig, out: Path) -> None:
 def memory(cfg: EvalConfig, plan) -> dict:
     """Bytes while one batch of questions is sampled (r1lab/plan.py)."""
     task = cfg.task or plan.config.task
-    prompts = min(cfg.batch_size, task.n_test) if getattr(task, "n_test", None) else cfg.batch_size
-    return plan.sampling(plan.shape(cfg.model), prompts=prompts, n=cfg.samples,
-                         prompt_len=plan.prompt_len(cfg, cfg.model), new_tokens=cfg.sampling.max_new_tokens)
+    prompts = min(cfg.batch_size, len(task.test_examples(plan.config.seed)))
+    return plan.sampling(cfg.model, cfg.sampling, prompts=prompts, n=cfg.samples,
+                         prompt_len=plan.prompt_len(cfg, cfg.model))
 
 
 Config = EvalConfig

@@ -203,17 +203,18 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
                       rows=len(advantages))
     loop.finish(tokenizer)
 
+
 def memory(cfg: GrpoConfig, plan) -> dict:
     """Bytes per phase of a step on one rank (r1lab/plan.py): the rollout of this rank's rows,
     then one micro-batch's forward and backward."""
     from r1lab.rewards import learned_models
     length = max([plan.prompt_len(cfg, cfg.init)] + ([plan.prompt_len(cfg, cfg.init, general=True)]
                                                      if cfg.general_prompts else []))
-    judges = sum(plan.shape(ref).weights for _, ref in learned_models(cfg.rewards))
-    return plan.rl(plan.shape(cfg.init), plan.trained(cfg.init, cfg.lora), prompts=plan.target.share(cfg.prompts_per_step),
-                   group=cfg.group_size, prompt_len=length, new_tokens=cfg.sampling.max_new_tokens,
-                   micro_batch=cfg.micro_batch_size, reference=cfg.beta > 0 and cfg.lora is None,
-                   recompute=cfg.activation_checkpointing, extra={"reward models": judges} if judges else None)
+    judges = sum(plan.shape(ref, scalar_head=True).weights for _, ref in learned_models(cfg.rewards))
+    return plan.rl(cfg.init, plan.trained(cfg.init, cfg.lora), cfg.sampling, prompts=plan.target.share(cfg.prompts_per_step),
+                   group=cfg.group_size, prompt_len=length, micro_batch=cfg.micro_batch_size,
+                   reference=cfg.beta > 0 and cfg.lora is None, recompute=cfg.activation_checkpointing,
+                   extra={"reward models": judges} if judges else None)
 
 
 def refill(first, draw, cfg: GrpoConfig, pad_id: int):

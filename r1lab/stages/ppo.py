@@ -209,19 +209,26 @@ def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
         loop.end_step(values, show_keys=("reward/mean", "accuracy", "value_loss", "tokens_per_s"), rows=len(my_rows))
     loop.finish(tokenizer)                                                     # out/model and out/critic
 
+
 def memory(cfg: PpoConfig, plan) -> dict:
     """Bytes per phase of a step on one rank (r1lab/plan.py): the rollout, then a mini-batch's
-    forward and backward (the actor's; the critic's is its size or smaller)."""
-    from r1lab.memory import gradients
+    forward and backward, the actor's (packed where it can be) or the critic's (HF's padded
+    forward), whichever keeps more."""
+    from r1lab.memory import activations, gradients, moments
     from r1lab.rewards import learned_models
-    critic = plan.shape(cfg.critic_init or cfg.init)
-    extra = {"critic, its gradients and moments": critic.weights + sum(gradients(critic.params, plan.target).values())}
-    if judges := sum(plan.shape(ref).weights for _, ref in learned_models(cfg.rewards)):
-        extra["reward models"] = judges
-    return plan.rl(plan.shape(cfg.init), plan.trained(cfg.init, cfg.lora), prompts=plan.target.share(cfg.prompts_per_step),
-                   group=cfg.samples_per_prompt, prompt_len=plan.prompt_len(cfg, cfg.init),
-                   new_tokens=cfg.sampling.max_new_tokens, micro_batch=cfg.mini_batch_size,
-                   reference=cfg.kl_coef > 0 and cfg.lora is None, extra=extra)
+    t = plan.target
+    critic = plan.shape(cfg.critic_init or cfg.init, scalar_head=True)
+    judges = sum(plan.shape(ref, scalar_head=True).weights for _, ref in learned_models(cfg.rewards))
+    prompts, length = t.share(cfg.prompts_per_step), plan.prompt_len(cfg, cfg.init)
+    mini = min(t.share(cfg.mini_batch_size), prompts * cfg.samples_per_prompt)  # mini_batch_size is global
+    phases = plan.rl(cfg.init, plan.trained(cfg.init, cfg.lora), cfg.sampling, prompts=prompts,
+                     group=cfg.samples_per_prompt, prompt_len=length, micro_batch=mini,
+                     reference=cfg.kl_coef > 0 and cfg.lora is None, extra={"reward models": judges} if judges else None)
+    phases["rollout"]["critic and its moments"] = critic.weights + sum(moments(critic.params, t).values())
+    phases["training"]["critic, its gradients and moments"] = critic.weights + sum(gradients(critic.params, t).values())
+    padded = mini * (length + plan.used(cfg.sampling.max_new_tokens))
+    phases["training"]["activations"] = max(phases["training"]["activations"], activations(critic, t, padded))
+    return phases
 
 
 Config = PpoConfig

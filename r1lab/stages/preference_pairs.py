@@ -123,9 +123,8 @@ def run(ctx: RunContext, cfg: PreferencePairsConfig, out: Path) -> None:
 
 def memory(cfg: PreferencePairsConfig, plan) -> dict:
     """Bytes while one batch of requests is sampled (r1lab/plan.py)."""
-    return plan.sampling(plan.shape(cfg.model), prompts=min(cfg.batch_size, cfg.prompts), n=cfg.samples,
-                         prompt_len=plan.prompt_len(cfg, cfg.model, general=True),
-                         new_tokens=cfg.sampling.max_new_tokens)
+    return plan.sampling(cfg.model, cfg.sampling, prompts=min(cfg.batch_size, cfg.prompts), n=cfg.samples,
+                         prompt_len=plan.prompt_len(cfg, cfg.model, general=True))
 
 
 Config = PreferencePairsConfig

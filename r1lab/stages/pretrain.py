@@ -167,10 +167,11 @@ def memory(cfg: PretrainConfig, plan) -> dict:
     docs, tokenizer = plan.corpus(cfg)
     sample = docs[::max(1, len(docs) // 500)]
     ids = tokenizer([p for p, _ in sample] + [c for _, c in sample])["input_ids"]
-    per_doc = sum(map(len, ids)) + len(sample)                      # and an EOS each
+    per_doc = (sum(map(len, ids)) + len(sample)) / len(sample)          # and an EOS each
     shape = plan.pretrain_shape(cfg)
-    return plan.supervised(shape, shape.params, rows=plan.target.share(cfg.batch_size), length=cfg.seq_len,
-                           packed=False, extra={"corpus": per_doc / len(sample) * len(docs) * CORPUS_TOKEN_BYTES})
+    return plan.supervised(None, shape.params, shape=shape, rows=plan.target.share(cfg.batch_size),
+                           length=cfg.seq_len, packed=False,
+                           extra={"corpus": int(per_doc * len(docs) * CORPUS_TOKEN_BYTES)})
 
 
 Config = PretrainConfig

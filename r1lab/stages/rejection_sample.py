@@ -209,8 +209,8 @@ def run(ctx: RunContext, cfg: RejectionSampleConfig, out: Path) -> None:
 
 def memory(cfg: RejectionSampleConfig, plan) -> dict:
     """Bytes while one batch of questions is sampled (r1lab/plan.py)."""
-    return plan.sampling(plan.shape(cfg.model), prompts=min(cfg.batch_size, cfg.prompts), n=cfg.samples,
-                         prompt_len=plan.prompt_len(cfg, cfg.model), new_tokens=cfg.sampling.max_new_tokens)
+    return plan.sampling(cfg.model, cfg.sampling, prompts=min(cfg.batch_size, cfg.prompts), n=cfg.samples,
+                         prompt_len=plan.prompt_len(cfg, cfg.model))
 
 
 Config = RejectionSampleConfig

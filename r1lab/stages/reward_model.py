@@ -156,11 +156,13 @@ def run(ctx: RunContext, cfg: RewardModelConfig, out: Path) -> None:
 
 
 def memory(cfg: RewardModelConfig, plan) -> dict:
-    """Bytes of a micro-batch's forward and backward, chosen and rejected, at their longest row, through
-    HF's own modules (r1lab/plan.py)."""
-    return plan.supervised(plan.shape(cfg.init), plan.trained(cfg.init, cfg.lora), length=plan.row_len(cfg),
-                           rows=2 * plan.target.share(cfg.micro_batch_size or cfg.batch_size), packed=False,
-                           head=False)
+    """Bytes of a micro-batch's forward and backward, chosen and rejected, at their longest row,
+    through HF's own modules under a scalar head (r1lab/plan.py)."""
+    pairs = plan.target.share(cfg.batch_size)                # micro_batch_size is this rank's
+    shape = plan.shape(cfg.init, scalar_head=True)
+    trained = shape.params if cfg.lora is None else plan.trained(cfg.init, cfg.lora)
+    return plan.supervised(None, trained, shape=shape, length=plan.row_len(cfg),
+                           rows=2 * min(cfg.micro_batch_size or pairs, pairs), head=False)
 
 
 Config = RewardModelConfig

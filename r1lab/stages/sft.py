@@ -76,8 +76,9 @@ def run(ctx: RunContext, cfg: SftConfig, out: Path) -> None:
 
 def memory(cfg: SftConfig, plan) -> dict:
     """Bytes of a micro-batch's forward and backward at its longest row (r1lab/plan.py)."""
-    return plan.supervised(plan.shape(cfg.init), plan.trained(cfg.init, cfg.lora),
-                           rows=plan.target.share(cfg.micro_batch_size or cfg.batch_size), length=plan.row_len(cfg))
+    rows = plan.target.share(cfg.batch_size)                 # micro_batch_size is this rank's
+    return plan.supervised(cfg.init, plan.trained(cfg.init, cfg.lora), rows=min(cfg.micro_batch_size or rows, rows),
+                           length=plan.row_len(cfg))
 
 
 Config = SftConfig
