@@ -321,8 +321,11 @@ class Plan:
                 params, trained = self.shape(ref).params, (self.trained(ref, lora) if lora is not None else None)
             totals = {name: self.floor + sum(parts.values()) for name, parts in phases.items()}
             peak_phase = max(totals, key=totals.get)
-            # ranks on one CPU machine share its memory; each GPU has its own
-            need = totals[peak_phase] * (self.target.ranks if self.target.device == "cpu" else 1)
+            # ranks on one CPU machine share its memory (while rank 0 runs a stage alone, the others
+            # wait holding their process's floor); each GPU has its own
+            need = totals[peak_phase]
+            if self.target.device == "cpu" and self.target.ranks > 1:
+                need = need * self.target.ranks if stage.data_parallel else need + (self.target.ranks - 1) * self.floor
             out.append(dict(index=i, name=stage.name, kind=stage.kind, params=params, trained=trained, phases=phases,
                             totals=totals, peak_phase=peak_phase, peak=totals[peak_phase],
                             over=need > self.target.memory, measured=found, at_lengths=at_lengths))

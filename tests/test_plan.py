@@ -95,6 +95,13 @@ def test_the_plan_of_the_default_run_has_a_row_a_stage_and_flags_a_device_too_sm
     assert main(["run", "--plan", "--for", "cpu:0.2", "--run-dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "| OVER |" in out and "OVER: base" in out
+    # two ranks on one CPU: a data-parallel stage twice over, a stage rank 0 runs alone once
+    # (beside the other rank's idle process)
+    config, floor = load_config(None), 4 * 10**8
+    peaks = [r["peak"] for r in Plan(config, memory.Target("cpu", 10**12, 2), floor=floor).rows()[:2]]
+    over = lambda i, size: Plan(config, memory.Target("cpu", size, 2), floor=floor).rows()[i]["over"]
+    assert over(0, 2 * peaks[0] - 1) and not over(0, 2 * peaks[0])
+    assert over(1, peaks[1] + floor - 1) and not over(1, peaks[1] + floor)
 
 
 @pytest.mark.parametrize("spec", ["tpu:80", "cuda:80x0", "cuda:inf", "cuda:-80", "cpux-2"])
