@@ -105,6 +105,11 @@ def fingerprint(config: RunConfig, stage, upstream: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def recorded_fingerprint(out: Path) -> str | None:
+    """The fingerprint a stage's folder was last run under, or None."""
+    return (out / "FINGERPRINT").read_text().strip() if (out / "FINGERPRINT").exists() else None
+
+
 def check_run_dir(config: RunConfig, run_dir: Path) -> None:
     """Refuse a run directory that holds another run (another ``name``)."""
     saved = run_dir / "config.yaml"
@@ -172,7 +177,7 @@ def _run(config: RunConfig, run_dir: Path, dist, log) -> Path:
         out = stage_dir(run_dir, i, stage.name)
         ctx.stage_dirs[stage.name] = out
         fp = prints[stage.name] = fingerprint(config, stage, prints)
-        recorded = (out / "FINGERPRINT").read_text().strip() if (out / "FINGERPRINT").exists() else None
+        recorded = recorded_fingerprint(out)
         done = (out / "DONE").exists()
         head = f"[{i}] {stage.name} ({stage.kind})"
         dist.barrier()                           # every rank has decided before rank 0 changes ``out``

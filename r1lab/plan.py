@@ -404,18 +404,19 @@ def measured(folder: Path, fingerprint: str | None = None) -> dict:
     FINGERPRINT is ``fingerprint``): its peak RSS (MB) and seconds (DONE), the median seconds
     between its logged steps (metrics.jsonl), and the largest mean completion length in tokens
     that a step logged, or that an eval measured."""
-    recorded = (folder / "FINGERPRINT").read_text().strip() if (folder / "FINGERPRINT").is_file() else None
-    if fingerprint is not None and recorded != fingerprint:
+    from r1lab.pipeline import recorded_fingerprint
+    if fingerprint is not None and recorded_fingerprint(folder) != fingerprint:
         return {}
     found = {}
-    lengths = [r["completion_len/mean"] for r in _lines(folder / "metrics.jsonl") or _lines(folder / "eval.json", True)
+    logged = _lines(folder / "metrics.jsonl")
+    lengths = [r["completion_len/mean"] for r in logged or _lines(folder / "eval.json", True)
                if isinstance(r.get("completion_len/mean"), (int, float))]
     if lengths:
         found["completion_len"] = max(lengths)
     done = (_lines(folder / "DONE", whole=True) or [{}])[0]
     if done.get("peak_rss_mb"):
         found.update(peak_mb=done["peak_rss_mb"], seconds=done.get("seconds"))
-    times = [r["time_s"] for r in _lines(folder / "metrics.jsonl") if isinstance(r.get("time_s"), (int, float))]
+    times = [r["time_s"] for r in logged if isinstance(r.get("time_s"), (int, float))]
     if gaps := [b - a for a, b in zip(times, times[1:]) if b > a]:
         found["step_s"] = statistics.median(gaps)
     return found

@@ -54,7 +54,7 @@ def agreed(dist, *flags: bool) -> list[bool]:
     """Each flag, true when it is true on any rank (as it is without torchrun)."""
     if not dist.active:
         return list(flags)
-    return [x > 0 for x in dist.sum_each([float(f) for f in flags])]
+    return [x > 0 for x in dist.sum_each(flags)]
 
 
 def stopped(where: str, subject: str = "") -> Preempted:

@@ -4,10 +4,9 @@ A run can hang with no error: a collective whose peer is gone, a weight sync, a 
 a deadlock. While :func:`watching` is in force (r1lab/pipeline.py holds it around each stage a
 process runs) a thread waits for :func:`progress` calls: each training step and micro-batch,
 each decode step of the native decoder and each generate call, each committed chunk of a data
-stage. When none
-comes for the timeout, it appends a line naming the stage and the last progress, then every
-thread's Python stack (``faulthandler``), to the stage's ``stall.log``, prints the line to
-stderr, and ends the process with :data:`EXIT_STALLED`. Nothing is written half: the run
+stage. When none comes for the timeout, it appends a line naming the stage and the last
+progress, then every thread's Python stack (``faulthandler``), to the stage's ``stall.log``,
+prints the line to stderr, and ends the process with :data:`EXIT_STALLED`. Nothing is written half: the run
 resumes from its last checkpoint. Under torchrun the rank's exit makes torchrun stop (or, with
 ``--max-restarts``, restart) the group.
 """
