@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from r1lab.forward import CHUNK_SIZE
-from r1lab.forward.packed import CHUNK_BYTES
+from r1lab.forward.packed import head_tile
 from r1lab.rollout.native import PACK_MIN_BYTES
 
 FLOAT = 4                         # bytes: weights, moments, KV cache and CPU activations are float32
@@ -106,11 +106,12 @@ def activations(shape: Shape, target: Target, tokens: int, rows: int = 0, prompt
 
 
 def head(shape: Shape, target: Target, rows: int, positions: int, *, packed: bool = True) -> int:
-    """The LM head's logits a micro-batch holds at once: the packed forward's float32 chunks
-    (a chunk's forward and backward hold three), or every position's logits (bf16 on CUDA),
+    """The LM head's logits a micro-batch holds at once: the packed forward's float32 tiles
+    (a tile's forward and backward hold three), or every position's logits (bf16 on CUDA),
     their gradient and float32 chunks of ``CHUNK_SIZE`` positions."""
     if packed:
-        return 3 * min(CHUNK_BYTES, rows * positions * shape.vocab * FLOAT)
+        tile_rows, tile_cols = head_tile(CHUNK_SIZE, shape.vocab, target.device)
+        return 3 * min(tile_rows, rows * positions) * tile_cols * FLOAT
     width = 2 if target.device == "cuda" else FLOAT
     return rows * positions * shape.vocab * 2 * width + 3 * rows * min(positions, CHUNK_SIZE) * shape.vocab * FLOAT
 

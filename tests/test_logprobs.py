@@ -163,15 +163,17 @@ def test_chunk_size_and_temperature_must_be_positive():
         chunked_token_logprobs(logits, ids, 2, temperature=0.0)
 
 
+@pytest.mark.parametrize("vocab_chunk", [None, 16, 7])
 @pytest.mark.parametrize("with_entropy", [False, True])
 @pytest.mark.parametrize("temperature", [0.6, 1.0])
-def test_linear_token_logprobs_equal_the_head_then_chunks(temperature, with_entropy):
+def test_linear_token_logprobs_equal_the_head_then_chunks(temperature, with_entropy, vocab_chunk):
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(23, 16, generator=g, requires_grad=True)
     weight = torch.randn(50, 16, generator=g, requires_grad=True)
     ids = torch.randint(0, 50, (23,), generator=g)
     weights = torch.randn(23, generator=g)
-    fused, entropy = linear_token_logprobs(hidden, weight, ids, 5, temperature=temperature, with_entropy=with_entropy)
+    fused, entropy = linear_token_logprobs(hidden, weight, ids, 5, vocab_chunk=vocab_chunk, temperature=temperature,
+                                           with_entropy=with_entropy)          # tiles of 5 rows x 16 or 7 ids (50 = 3*16 + 2)
     (fused * weights).sum().backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None

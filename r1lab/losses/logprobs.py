@@ -57,22 +57,23 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
 
 
 class _LinearTokenLogprobs(torch.autograd.Function):
-    """Autograd function behind ``linear_token_logprobs``: the LM head's matmul inside the chunk
-    loop, recomputed in backward, so no [C, V] tensor outlives a chunk."""
+    """Autograd function behind ``linear_token_logprobs``: the LM head's matmul inside a loop over
+    tiles of ``rows`` positions x ``cols`` vocabulary entries, recomputed in backward, so no tile
+    outlives its turn and no [C, V] tensor is made."""
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, chunk_size: int,
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, rows: int, cols: int,
                 temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)      # [C]
         lse = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)      # [C]
         entropy = torch.empty(ids.shape if with_entropy else 0, dtype=torch.float32, device=hidden.device)
-        for start in range(0, len(ids), chunk_size):
-            rows = slice(start, start + chunk_size)
-            chunk = _scaled(torch.nn.functional.linear(hidden[rows], weight), temperature)  # [c, V]
-            _chunk_forward(chunk, ids[rows], out[rows], lse[rows], entropy[rows] if with_entropy else None)
+        for start in range(0, len(ids), rows):
+            r = slice(start, start + rows)
+            _rows_forward(hidden[r], weight, ids[r], cols, temperature, out[r], lse[r],
+                          entropy[r] if with_entropy else None)
         ctx.mark_non_differentiable(entropy)
         ctx.save_for_backward(hidden, weight, ids, lse)
-        ctx.chunk_size, ctx.temperature = chunk_size, temperature
+        ctx.rows, ctx.cols, ctx.temperature = rows, cols, temperature
         return out, entropy
 
     @staticmethod
@@ -82,29 +83,73 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         want_h, want_w = ctx.needs_input_grad[:2]
         grad_h = torch.empty_like(hidden) if want_h else None                       # [C, d]
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
-        for start in range(0, len(ids), ctx.chunk_size):
-            rows = slice(start, start + ctx.chunk_size)
-            z = _scaled(torch.nn.functional.linear(hidden[rows], weight), ctx.temperature)     # [c, V]
-            dz = _logit_grad(z, lse[rows], ids[rows], grad_out[rows], ctx.temperature)        # [c, V]
-            if want_h:
-                grad_h[rows] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
-            if want_w:
-                grad_w += dz.t() @ hidden[rows].float()
-        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None
+        for start in range(0, len(ids), ctx.rows):
+            r = slice(start, start + ctx.rows)
+            for first in range(0, weight.shape[0], ctx.cols):
+                v = slice(first, first + ctx.cols)
+                z = _scaled(torch.nn.functional.linear(hidden[r], weight[v]), ctx.temperature)  # [r, c]
+                dz = _logit_grad(z, lse[r], ids[r], grad_out[r], ctx.temperature, first)        # [r, c]
+                if want_h:
+                    part = (dz.to(weight.dtype) @ weight[v]).to(hidden.dtype)
+                    if first == 0:
+                        grad_h[r] = part
+                    else:
+                        grad_h[r] += part
+                if want_w:
+                    grad_w[v] += dz.t() @ hidden[r].float()
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None
 
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, chunk_size: int, *,
-                          temperature: float = 1.0, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                          vocab_chunk: int | None = None, temperature: float = 1.0,
+                          with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(ids) [C] under softmax(hidden @ weight.T / temperature), and the entropy [C] if asked,
     for hidden [C, d] and an LM head's weight [V, d] (no bias): Liger-Kernel's fused linear
-    log-softmax in plain PyTorch. ``chunk_size`` rows of logits exist at a time, in forward and
-    backward (which recomputes them: one more [C, d] x [d, V] matmul). Equal to
-    ``chunked_token_logprobs(hidden @ weight.T, ...)`` to float32 rounding, gradients to
-    ``hidden`` and ``weight`` included."""
-    if chunk_size < 1 or temperature <= 0:
-        raise ValueError("linear_token_logprobs needs chunk_size >= 1 and temperature > 0")
-    logp, entropy = _LinearTokenLogprobs.apply(hidden, weight, ids, chunk_size, float(temperature), with_entropy)
+    log-softmax in plain PyTorch, tiled over the vocabulary too. Tiles of ``chunk_size`` rows x
+    ``vocab_chunk`` vocabulary entries (None: all V) of logits exist one at a time, in forward
+    and backward (which recomputes them: one more [C, d] x [d, V] matmul); a row's log-sum-exp
+    is combined over its tiles as flash attention combines its blocks. Narrow tiles keep each
+    matmul's output in the CPU's caches at a large vocabulary (r1lab/forward/packed.py
+    ``TILE_BYTES``). Equal to ``chunked_token_logprobs(hidden @ weight.T, ...)`` to float32
+    rounding, gradients to ``hidden`` and ``weight`` included; a tile across all of V is the
+    same arithmetic as ``chunked_token_logprobs`` on the chunk's logits."""
+    if chunk_size < 1 or temperature <= 0 or (vocab_chunk is not None and vocab_chunk < 1):
+        raise ValueError("linear_token_logprobs needs chunk_size >= 1, vocab_chunk >= 1 and temperature > 0")
+    cols = weight.shape[0] if vocab_chunk is None else vocab_chunk
+    logp, entropy = _LinearTokenLogprobs.apply(hidden, weight, ids, chunk_size, cols, float(temperature), with_entropy)
     return logp, (entropy if with_entropy else None)
+
+
+def _rows_forward(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, cols: int, temperature: float,
+                  out: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor | None) -> None:
+    """``_chunk_forward`` for the logits ``hidden @ weight.T / temperature`` of a block of rows,
+    made ``cols`` vocabulary entries at a time: per tile its max m, sum of exp(z - m) and, for
+    the entropy, sum of exp(z - m) * z, rescaled to the row's overall max at the end."""
+    V = weight.shape[0]
+    if cols >= V:                                                                   # one tile
+        _chunk_forward(_scaled(torch.nn.functional.linear(hidden, weight), temperature), ids, out, lse, entropy)
+        return
+    target = torch.empty_like(out)                                                  # [r]: z of each id
+    maxes, sums, dots = [], [], []
+    for first in range(0, V, cols):
+        z = _scaled(torch.nn.functional.linear(hidden, weight[first:first + cols]), temperature)  # [r, c]
+        m = z.amax(-1, keepdim=True)                                                # [r, 1]
+        e = (z - m).exp_()
+        maxes.append(m[:, 0])
+        sums.append(e.sum(-1))
+        if entropy is not None:
+            dots.append(torch.linalg.vecdot(e, z))
+        local = ids - first
+        inside = (local >= 0) & (local < z.shape[1])
+        target = torch.where(inside, z.gather(1, local.clamp(0, z.shape[1] - 1)[:, None])[:, 0], target)
+    m = torch.stack(maxes)                                                          # [tiles, r]
+    top = m.amax(0)                                                                 # [r]
+    scale = (m - top).exp()
+    total = (torch.stack(sums) * scale).sum(0)                                      # sum of exp(z - top)
+    lse.copy_(total.log() + top)
+    out.copy_(target - lse)
+    if entropy is not None:                                                         # lse - E_p[z]
+        entropy.copy_(lse - (torch.stack(dots) * scale).sum(0) / total)
 
 
 def _chunk_forward(chunk: torch.Tensor, ids: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
@@ -119,14 +164,17 @@ def _chunk_forward(chunk: torch.Tensor, ids: torch.Tensor, out: torch.Tensor, ls
 
 
 def _logit_grad(z: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor, grad_out: torch.Tensor,
-                temperature: float) -> torch.Tensor:
+                temperature: float, first: int = 0) -> torch.Tensor:
     """d loss / d logit of one chunk, float32 [..., V]: (onehot(ids) - softmax(z)) * grad_out / T,
-    where z is the chunk's scaled logits and lse their logsumexp."""
+    where z is the chunk's scaled logits and lse their logsumexp; with ``first``, z holds the
+    vocabulary entries first, first + 1, ... only, and ids outside them add no onehot."""
     g = grad_out[..., None].float()                                                 # [..., 1]
     if temperature != 1.0:
         g = g / temperature                                   # the 1/T of d(logit / T) / d logit
     grad = -torch.exp(z - lse[..., None]) * g                                       # [..., V]
-    return grad.scatter_add_(-1, ids[..., None], g)
+    local = ids[..., None] - first
+    inside = (local >= 0) & (local < z.shape[-1])
+    return grad.scatter_add_(-1, local.clamp(0, z.shape[-1] - 1), torch.where(inside, g, 0.0))
 
 
 def _scaled(chunk: torch.Tensor, temperature: float) -> torch.Tensor:
