@@ -88,7 +88,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
             for first in range(0, weight.shape[0], ctx.cols):
                 v = slice(first, first + ctx.cols)
                 z = _scaled(torch.nn.functional.linear(hidden[r], weight[v]), ctx.temperature)  # [r, c]
-                dz = _logit_grad(z, lse[r], ids[r], grad_out[r], ctx.temperature, first)        # [r, c]
+                dz = _logit_grad(z, lse[r], ids[r], grad_out[r], ctx.temperature, first, overwrite=True)  # [r, c]
                 if want_h:
                     part = (dz.to(weight.dtype) @ weight[v]).to(hidden.dtype)
                     if first == 0:
@@ -132,16 +132,18 @@ def _rows_forward(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,
     target = torch.empty_like(out)                                                  # [r]: z of each id
     maxes, sums, dots = [], [], []
     for first in range(0, V, cols):
-        z = _scaled(torch.nn.functional.linear(hidden, weight[first:first + cols]), temperature)  # [r, c]
-        m = z.amax(-1, keepdim=True)                                                # [r, 1]
-        e = (z - m).exp_()
-        maxes.append(m[:, 0])
-        sums.append(e.sum(-1))
-        if entropy is not None:
-            dots.append(torch.linalg.vecdot(e, z))
+        z = _scaled(torch.nn.functional.linear(hidden, weight[first:first + cols]), temperature)  # [r, c], fresh
         local = ids - first
         inside = (local >= 0) & (local < z.shape[1])
         target = torch.where(inside, z.gather(1, local.clamp(0, z.shape[1] - 1)[:, None])[:, 0], target)
+        m = z.amax(-1, keepdim=True)                                                # [r, 1]
+        maxes.append(m[:, 0])
+        if entropy is None:
+            sums.append(z.sub_(m).exp_().sum(-1))                                  # in place: z is not needed again
+        else:
+            e = (z - m).exp_()
+            sums.append(e.sum(-1))
+            dots.append(torch.linalg.vecdot(e, z))
     m = torch.stack(maxes)                                                          # [tiles, r]
     top = m.amax(0)                                                                 # [r]
     scale = (m - top).exp()
@@ -164,14 +166,18 @@ def _chunk_forward(chunk: torch.Tensor, ids: torch.Tensor, out: torch.Tensor, ls
 
 
 def _logit_grad(z: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor, grad_out: torch.Tensor,
-                temperature: float, first: int = 0) -> torch.Tensor:
+                temperature: float, first: int = 0, overwrite: bool = False) -> torch.Tensor:
     """d loss / d logit of one chunk, float32 [..., V]: (onehot(ids) - softmax(z)) * grad_out / T,
     where z is the chunk's scaled logits and lse their logsumexp; with ``first``, z holds the
-    vocabulary entries first, first + 1, ... only, and ids outside them add no onehot."""
+    vocabulary entries first, first + 1, ... only, and ids outside them add no onehot. With
+    ``overwrite`` the result is made in z's own memory (the same numbers: -a * b is a * -b)."""
     g = grad_out[..., None].float()                                                 # [..., 1]
     if temperature != 1.0:
         g = g / temperature                                   # the 1/T of d(logit / T) / d logit
-    grad = -torch.exp(z - lse[..., None]) * g                                       # [..., V]
+    if overwrite:
+        grad = z.sub_(lse[..., None]).exp_().mul_(-g)                               # [..., V]
+    else:
+        grad = -torch.exp(z - lse[..., None]) * g
     local = ids[..., None] - first
     inside = (local >= 0) & (local < z.shape[-1])
     return grad.scatter_add_(-1, local.clamp(0, z.shape[-1] - 1), torch.where(inside, g, 0.0))
