@@ -85,9 +85,11 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         for start in range(0, len(ids), ctx.rows):
             r = slice(start, start + ctx.rows)
+            h = hidden[r]
+            h32 = h.float() if want_w else None                                     # once a row block, not a tile
             for first in range(0, weight.shape[0], ctx.cols):
                 v = slice(first, first + ctx.cols)
-                z = _scaled(torch.nn.functional.linear(hidden[r], weight[v]), ctx.temperature)  # [r, c]
+                z = _scaled(torch.nn.functional.linear(h, weight[v]), ctx.temperature)  # [r, c]
                 dz = _logit_grad(z, lse[r], ids[r], grad_out[r], ctx.temperature, first, overwrite=True)  # [r, c]
                 if want_h:
                     part = (dz.to(weight.dtype) @ weight[v]).to(hidden.dtype)
@@ -96,7 +98,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
                     else:
                         grad_h[r] += part
                 if want_w:
-                    grad_w[v] += dz.t() @ hidden[r].float()
+                    grad_w[v] += dz.t() @ h32
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None
 
 
