@@ -6,9 +6,9 @@ process runs) a thread waits for :func:`progress` calls: each training step and 
 each decode step of the native decoder and each generate call, each committed chunk of a data
 stage. When none comes for the timeout, it appends a line naming the stage and the last
 progress, then every thread's Python stack (``faulthandler``), to the stage's ``stall.log``,
-prints the line to stderr, and ends the process with :data:`EXIT_STALLED`. Nothing is written half: the run
-resumes from its last checkpoint. Under torchrun the rank's exit makes torchrun stop (or, with
-``--max-restarts``, restart) the group.
+prints the line to stderr, and ends the process with :data:`EXIT_STALLED`. Nothing is written
+half: the run resumes from its last checkpoint. Under torchrun the rank's exit makes torchrun
+stop (or, with ``--max-restarts``, restart) the group.
 """
 
 from __future__ import annotations
