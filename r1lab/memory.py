@@ -105,13 +105,14 @@ def activations(shape: Shape, target: Target, tokens: int, rows: int = 0, prompt
     return shape.layers * layer
 
 
-def head(shape: Shape, target: Target, rows: int, positions: int, *, packed: bool = True) -> int:
+def head(shape: Shape, target: Target, rows: int, positions: int, *, packed: bool = True, kept: bool = False) -> int:
     """The LM head's logits a micro-batch holds at once: the packed forward's float32 tiles
-    (a tile's forward and backward hold three), or every position's logits (bf16 on CUDA),
-    their gradient and float32 chunks of ``CHUNK_SIZE`` positions."""
+    (a tile's forward and backward hold three) and, ``kept`` for the backward (training without
+    activation checkpointing), every position's float32 logits; or every position's logits
+    (bf16 on CUDA), their gradient and float32 chunks of ``CHUNK_SIZE`` positions."""
     if packed:
         tile_rows, tile_cols = head_tile(CHUNK_SIZE, shape.vocab, target.device)
-        return 3 * min(tile_rows, rows * positions) * tile_cols * FLOAT
+        return (3 * min(tile_rows, rows * positions) * tile_cols + kept * rows * positions * shape.vocab) * FLOAT
     width = 2 if target.device == "cuda" else FLOAT
     return rows * positions * shape.vocab * 2 * width + 3 * rows * min(positions, CHUNK_SIZE) * shape.vocab * FLOAT
 

@@ -273,7 +273,7 @@ class Plan:
         tokens = memory.packed_tokens(mb, group, prompt_len, used) if packed else mb * (prompt_len + used)
         train = {**memory.gradients(trained, t),
                  "activations": memory.activations(shape, t, tokens, mb, prompt_len, recompute=recompute),
-                 "logits": memory.head(shape, t, mb, used + 1, packed=packed)}
+                 "logits": memory.head(shape, t, mb, used + 1, packed=packed, kept=not recompute)}
         return {"rollout": {**kept, **roll}, "training": {**kept, **train}}
 
     def supervised(self, ref: str | None, trained: int, *, rows: int, length: int, shape: Shape | None = None,
@@ -287,7 +287,7 @@ class Plan:
         packed = (ref is not None and self.packs(ref)) if packed is None else packed
         return {"training": {**self._weights(shape, trained), **memory.gradients(trained, t), **(extra or {}),
                              "activations": memory.activations(shape, t, rows * length),
-                             **({"logits": memory.head(shape, t, rows, length, packed=packed)} if head else {})}}
+                             **({"logits": memory.head(shape, t, rows, length, packed=packed, kept=True)} if head else {})}}
 
     def sampling(self, ref: str, sampling, *, prompts: int, n: int, prompt_len: int) -> dict:
         """A stage that only samples: the weights and the rollout's parts."""

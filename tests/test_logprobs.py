@@ -163,17 +163,18 @@ def test_chunk_size_and_temperature_must_be_positive():
         chunked_token_logprobs(logits, ids, 2, temperature=0.0)
 
 
+@pytest.mark.parametrize("keep_logits", [False, True])
 @pytest.mark.parametrize("vocab_chunk", [None, 16, 7])
 @pytest.mark.parametrize("with_entropy", [False, True])
 @pytest.mark.parametrize("temperature", [0.6, 1.0])
-def test_linear_token_logprobs_equal_the_head_then_chunks(temperature, with_entropy, vocab_chunk):
+def test_linear_token_logprobs_equal_the_head_then_chunks(temperature, with_entropy, vocab_chunk, keep_logits):
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(23, 16, generator=g, requires_grad=True)
     weight = torch.randn(50, 16, generator=g, requires_grad=True)
     ids = torch.randint(0, 50, (23,), generator=g)
     weights = torch.randn(23, generator=g)
     fused, entropy = linear_token_logprobs(hidden, weight, ids, 5, vocab_chunk=vocab_chunk, temperature=temperature,
-                                           with_entropy=with_entropy)          # tiles of 5 rows x 16 or 7 ids (50 = 3*16 + 2)
+                                           with_entropy=with_entropy, keep_logits=keep_logits)  # tiles of 5 rows x 16 or 7 ids
     (fused * weights).sum().backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
@@ -187,3 +188,23 @@ def test_linear_token_logprobs_equal_the_head_then_chunks(temperature, with_entr
         torch.testing.assert_close(entropy, entropy_from_logits(logits.detach() / temperature)[0], atol=1e-5, rtol=1e-5)
     else:
         assert entropy is None
+
+
+@pytest.mark.parametrize("vocab_chunk", [None, 16])
+@pytest.mark.parametrize("temperature", [0.6, 1.0])
+def test_kept_logits_give_the_recomputed_ones_gradients_bit_for_bit(temperature, vocab_chunk):
+    # keep_logits only spares the backward's matmul: the tiles it reads are the forward's own
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(23, 16, generator=g, requires_grad=True)
+    weight = torch.randn(50, 16, generator=g, requires_grad=True)
+    ids = torch.randint(0, 50, (23,), generator=g)
+    weights = torch.randn(23, generator=g)
+    runs = []
+    for keep in (False, True):
+        hidden.grad = weight.grad = None
+        logp, entropy = linear_token_logprobs(hidden, weight, ids, 5, vocab_chunk=vocab_chunk,
+                                              temperature=temperature, with_entropy=True, keep_logits=keep)
+        (logp * weights).sum().backward()
+        runs.append((logp, entropy, hidden.grad, weight.grad))
+    for recomputed, kept in zip(*runs):
+        assert torch.equal(recomputed, kept)

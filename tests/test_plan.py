@@ -221,7 +221,7 @@ def test_the_plan_takes_the_forward_and_engine_the_run_takes():
     a, b = (p.rows()[i]["phases"]["training"] for p in (one, ddp))
     assert a["activations"] == 4 * b["activations"]                       # 16 rows, then 4 a rank
     shape = one.shape("base")
-    assert a["logits"] == memory.head(shape, CPU, 16, length, packed=True)
+    assert a["logits"] == memory.head(shape, CPU, 16, length, packed=True, kept=True)
     assert b["logits"] == memory.head(shape, CPU, 4, length, packed=False)
     moe = load_config("r1-zero-tiny-moe")
     plan = plan_of(moe)

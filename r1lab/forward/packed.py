@@ -21,8 +21,10 @@ packed list of tokens instead:
   the blocks for a fraction of the memory, as HF's own checkpointing does;
 - only the positions that predict a completion token reach the LM head: each prompt's last
   (for token 0) and each completion token but the last; the head's matmul runs inside the
-  log-prob chunk loop (r1lab/losses/logprobs.py ``linear_token_logprobs``), so no [C, V]
-  logits are kept, where C is the number of completion tokens.
+  log-prob chunk loop (r1lab/losses/logprobs.py ``linear_token_logprobs``), in tiles that
+  stay in the caches. Their float32 logits (C x V, C the number of completion tokens) are
+  kept for the backward, which spares it a quarter of the head's matmuls; with activation
+  checkpointing on they are not, and the backward makes them again.
 
 ``r1lab/forward/shared_prefix.py`` (HF's forward with its KV cache) takes the models this does
 not, and the plain padded forward in r1lab/forward/__init__.py is the slow reference both are
@@ -91,10 +93,11 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
     hidden = lean_ops.rms_norm(hf.model.norm, x[layout.predictors])             # [C, d]: C completion tokens
     targets = layout.ids[layout.targets]                                        # [C]
     head = hf.lm_head
-    if type(head) is torch.nn.Linear and head.bias is None:                     # no [C, V] logits kept
+    if type(head) is torch.nn.Linear and head.bias is None:                     # logits made a tile at a time
         rows, cols = head_tile(chunk_size, head.out_features, device.type)
         logp, entropy = linear_token_logprobs(hidden, head.weight, targets, rows, vocab_chunk=cols,
-                                              temperature=temperature, with_entropy=with_entropy)
+                                              temperature=temperature, with_entropy=with_entropy,
+                                              keep_logits=not recompute)
     else:                                                                       # e.g. an adapter on the head
         logp, entropy = chunked_logprobs(head(hidden)[None], targets[None], chunk_size, temperature=temperature,
                                          with_entropy=with_entropy)             # [1, C] each

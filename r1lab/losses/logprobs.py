@@ -58,19 +58,20 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
 
 class _LinearTokenLogprobs(torch.autograd.Function):
     """Autograd function behind ``linear_token_logprobs``: the LM head's matmul inside a loop over
-    tiles of ``rows`` positions x ``cols`` vocabulary entries, recomputed in backward, so no tile
-    outlives its turn and no [C, V] tensor is made."""
+    tiles of ``rows`` positions x ``cols`` vocabulary entries, each kept for the backward
+    (``keep``) or made again there, so no [C, V] tensor is made at once."""
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, rows: int, cols: int,
-                temperature: float, with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                temperature: float, with_entropy: bool, keep: bool) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)      # [C]
         lse = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)      # [C]
         entropy = torch.empty(ids.shape if with_entropy else 0, dtype=torch.float32, device=hidden.device)
+        ctx.tiles = [] if keep else None                                            # each tile's scaled logits
         for start in range(0, len(ids), rows):
             r = slice(start, start + rows)
             _rows_forward(hidden[r], weight, ids[r], cols, temperature, out[r], lse[r],
-                          entropy[r] if with_entropy else None)
+                          entropy[r] if with_entropy else None, ctx.tiles)
         ctx.mark_non_differentiable(entropy)
         ctx.save_for_backward(hidden, weight, ids, lse)
         ctx.rows, ctx.cols, ctx.temperature = rows, cols, temperature
@@ -81,6 +82,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor, _grad_entropy):
         hidden, weight, ids, lse = ctx.saved_tensors
         want_h, want_w = ctx.needs_input_grad[:2]
+        kept, ctx.tiles = ctx.tiles, None                                           # each freed once used
         grad_h = torch.empty_like(hidden) if want_h else None                       # [C, d]
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         for start in range(0, len(ids), ctx.rows):
@@ -89,7 +91,10 @@ class _LinearTokenLogprobs(torch.autograd.Function):
             h32 = h.float() if want_w else None                                     # once a row block, not a tile
             for first in range(0, weight.shape[0], ctx.cols):
                 v = slice(first, first + ctx.cols)
-                z = _scaled(torch.nn.functional.linear(h, weight[v]), ctx.temperature)  # [r, c]
+                if kept is None:
+                    z = _scaled(torch.nn.functional.linear(h, weight[v]), ctx.temperature)  # [r, c]
+                else:
+                    z = kept.pop(0)
                 dz = _logit_grad(z, lse[r], ids[r], grad_out[r], ctx.temperature, first, overwrite=True)  # [r, c]
                 if want_h:
                     part = (dz.to(weight.dtype) @ weight[v]).to(hidden.dtype)
@@ -99,18 +104,20 @@ class _LinearTokenLogprobs(torch.autograd.Function):
                         grad_h[r] += part
                 if want_w:
                     grad_w[v] += dz.t() @ h32
-        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None
 
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, chunk_size: int, *,
                           vocab_chunk: int | None = None, temperature: float = 1.0,
-                          with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                          with_entropy: bool = False, keep_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(ids) [C] under softmax(hidden @ weight.T / temperature), and the entropy [C] if asked,
     for hidden [C, d] and an LM head's weight [V, d] (no bias): Liger-Kernel's fused linear
     log-softmax in plain PyTorch, tiled over the vocabulary too. Tiles of ``chunk_size`` rows x
-    ``vocab_chunk`` vocabulary entries (None: all V) of logits exist one at a time, in forward
-    and backward (which recomputes them: one more [C, d] x [d, V] matmul); a row's log-sum-exp
-    is combined over its tiles as flash attention combines its blocks. Narrow tiles keep each
+    ``vocab_chunk`` vocabulary entries (None: all V) of logits are made one at a time; a row's
+    log-sum-exp is combined over its tiles as flash attention combines its blocks. The backward
+    makes each tile again (one more [C, d] x [d, V] matmul, a quarter of the head's), or, with
+    ``keep_logits`` (while autograd records), reads the forward's own: [C, V] float32 kept
+    from forward to backward, and the same numbers bit for bit. Narrow tiles keep each
     matmul's output in the CPU's caches at a large vocabulary (r1lab/forward/packed.py
     ``TILE_BYTES``). Equal to ``chunked_token_logprobs(hidden @ weight.T, ...)`` to float32
     rounding, gradients to ``hidden`` and ``weight`` included; a tile across all of V is the
@@ -118,18 +125,23 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch
     if chunk_size < 1 or temperature <= 0 or (vocab_chunk is not None and vocab_chunk < 1):
         raise ValueError("linear_token_logprobs needs chunk_size >= 1, vocab_chunk >= 1 and temperature > 0")
     cols = weight.shape[0] if vocab_chunk is None else vocab_chunk
-    logp, entropy = _LinearTokenLogprobs.apply(hidden, weight, ids, chunk_size, cols, float(temperature), with_entropy)
+    keep = keep_logits and torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    logp, entropy = _LinearTokenLogprobs.apply(hidden, weight, ids, chunk_size, cols, float(temperature), with_entropy,
+                                               keep)
     return logp, (entropy if with_entropy else None)
 
 
 def _rows_forward(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, cols: int, temperature: float,
-                  out: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor | None) -> None:
+                  out: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor | None, kept: list | None) -> None:
     """``_chunk_forward`` for the logits ``hidden @ weight.T / temperature`` of a block of rows,
     made ``cols`` vocabulary entries at a time: per tile its max m, sum of exp(z - m) and, for
     the entropy, sum of exp(z - m) * z, rescaled to the row's overall max at the end."""
     V = weight.shape[0]
     if cols >= V:                                                                   # one tile
-        _chunk_forward(_scaled(torch.nn.functional.linear(hidden, weight), temperature), ids, out, lse, entropy)
+        z = _scaled(torch.nn.functional.linear(hidden, weight), temperature)
+        _chunk_forward(z, ids, out, lse, entropy)
+        if kept is not None:
+            kept.append(z)
         return
     target = torch.empty_like(out)                                                  # [r]: z of each id
     maxes, sums, dots = [], [], []
@@ -140,12 +152,15 @@ def _rows_forward(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,
         target = torch.where(inside, z.gather(1, local.clamp(0, z.shape[1] - 1)[:, None])[:, 0], target)
         m = z.amax(-1, keepdim=True)                                                # [r, 1]
         maxes.append(m[:, 0])
-        if entropy is None:
+        if entropy is None and kept is None:
             sums.append(z.sub_(m).exp_().sum(-1))                                  # in place: z is not needed again
         else:
             e = (z - m).exp_()
             sums.append(e.sum(-1))
-            dots.append(torch.linalg.vecdot(e, z))
+            if entropy is not None:
+                dots.append(torch.linalg.vecdot(e, z))
+            if kept is not None:
+                kept.append(z)
     m = torch.stack(maxes)                                                          # [tiles, r]
     top = m.amax(0)                                                                 # [r]
     scale = (m - top).exp()
