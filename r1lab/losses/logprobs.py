@@ -135,7 +135,8 @@ def _rows_forward(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,
                   out: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor | None, kept: list | None) -> None:
     """``_chunk_forward`` for the logits ``hidden @ weight.T / temperature`` of a block of rows,
     made ``cols`` vocabulary entries at a time: per tile its max m, sum of exp(z - m) and, for
-    the entropy, sum of exp(z - m) * z, rescaled to the row's overall max at the end."""
+    the entropy, sum of exp(z - m) * z, rescaled to the row's overall max at the end. Each
+    tile's scaled logits are appended to ``kept`` where it is a list (for the backward)."""
     V = weight.shape[0]
     if cols >= V:                                                                   # one tile
         z = _scaled(torch.nn.functional.linear(hidden, weight), temperature)
