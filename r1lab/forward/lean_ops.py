@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm
 
+from r1lab import onednn
+
 NORMS = (LlamaRMSNorm, Qwen2RMSNorm)
 MLPS = (LlamaMLP, Qwen2MLP)
 
@@ -28,13 +30,15 @@ def rms_norm(norm, x: torch.Tensor) -> torch.Tensor:
     return _RMSNorm.apply(x, norm.weight, norm.variance_epsilon)
 
 
-def mlp(block_mlp, x: torch.Tensor) -> torch.Tensor:
-    """down(silu(gate(x)) * up(x)); the projections are the module's own (LoRA layers work)."""
+def mlp(block_mlp, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)); the projections are the module's own (LoRA layers work),
+    plain ones through oneDNN where ``fast`` (r1lab/onednn.py)."""
     if type(block_mlp) not in MLPS or block_mlp.config.hidden_act not in ("silu", "swish"):
         return block_mlp(x)
-    gate, up, down = block_mlp.gate_proj(x), block_mlp.up_proj(x), block_mlp.down_proj
+    gate, up = onednn.linear(block_mlp.gate_proj, x, fast), onednn.linear(block_mlp.up_proj, x, fast)
+    down = block_mlp.down_proj
     if type(down) is torch.nn.Linear:                       # not an adapter: its input need not be kept
-        return _SwiGLUDown.apply(gate, up, down.weight, down.bias)
+        return _SwiGLUDown.apply(gate, up, down.weight, down.bias, fast)
     return down(_SwiGLU.apply(gate, up))
 
 
@@ -78,19 +82,20 @@ class _SwiGLUDown(torch.autograd.Function):
     the product for the weight's gradient."""
 
     @staticmethod
-    def forward(ctx, gate, up, weight, bias):
+    def forward(ctx, gate, up, weight, bias, fast):
         ctx.save_for_backward(gate, up, weight)
-        ctx.has_bias = bias is not None
-        return F.linear(F.silu(gate).mul_(up), weight, bias)
+        ctx.has_bias, ctx.fast = bias is not None, fast
+        return onednn.linear_weight(F.silu(gate).mul_(up), weight, bias, fast)
 
     @staticmethod
     def backward(ctx, grad):
         gate, up, weight = ctx.saved_tensors
-        grad_gate, grad_up, product = _swiglu_grads(gate, up, grad @ weight)
         flat = grad.reshape(-1, grad.shape[-1])
-        grad_weight = flat.t() @ product.reshape(-1, product.shape[-1]) if ctx.needs_input_grad[2] else None
+        grad_gate, grad_up, product = _swiglu_grads(gate, up, onednn.mm(flat, weight, ctx.fast).view(gate.shape))
+        grad_weight = (onednn.mm(flat.t(), product.reshape(-1, product.shape[-1]), ctx.fast)
+                       if ctx.needs_input_grad[2] else None)
         grad_bias = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
-        return grad_gate, grad_up, grad_weight, grad_bias
+        return grad_gate, grad_up, grad_weight, grad_bias, None
 
 
 def _swiglu_grads(gate, up, grad):

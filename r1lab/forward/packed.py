@@ -24,7 +24,10 @@ packed list of tokens instead:
   log-prob chunk loop (r1lab/losses/logprobs.py ``linear_token_logprobs``), in tiles that
   stay in the caches. Their float32 logits (C x V, C the number of completion tokens) are
   kept for the backward, which spares it a quarter of the head's matmuls; with activation
-  checkpointing on they are not, and the backward makes them again.
+  checkpointing on they are not, and the backward makes them again;
+- on a CPU, for the float32 models the native rollout prepacks (SmolLM2, not the toy), every
+  projection and head tile multiplies through oneDNN, forward and backward (r1lab/onednn.py:
+  MKL runs its AVX2 code on AMD processors with AVX-512, ~0.43x oneDNN's speed on a Zen 5).
 
 ``r1lab/forward/shared_prefix.py`` (HF's forward with its KV cache) takes the models this does
 not, and the plain padded forward in r1lab/forward/__init__.py is the slow reference both are
@@ -37,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from r1lab import onednn
 from r1lab.losses.logprobs import chunked_logprobs, linear_token_logprobs
 from r1lab.models.adapters import plain_model
 from r1lab.models.recompute import recomputes
-from r1lab.rollout.native import _config_window, supports as native_supports
+from r1lab.rollout.native import _config_window, can_pack, supports as native_supports
 from r1lab.forward import lean_ops
 from r1lab.forward.shared_prefix import completion_width
 
@@ -68,6 +72,15 @@ def supports(model) -> bool:
     return native_supports(inner) and _config_window(inner.config) is None
 
 
+def uses_onednn(model) -> bool:
+    """Whether the walk multiplies through oneDNN (r1lab/onednn.py): float32 weights the native
+    rollout prepacks too (a CPU with oneDNN, at least ``PACK_MIN_BYTES``; the toy models stay on
+    MKL and keep their figures), not sharded by FSDP."""
+    inner = plain_model(model)
+    weight = inner.lm_head.weight
+    return can_pack(inner) and weight.dtype == torch.float32 and not hasattr(weight, "device_mesh")
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat([-x[..., half:], x[..., :half]], -1)
@@ -85,11 +98,12 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
     cos, sin = hf.model.rotary_emb(x, layout.pos[None])                         # [1, T, D] each
     cos, sin = cos[0, :, None], sin[0, :, None]                                 # [T, 1, D]
     recompute = recomputes(hf) and torch.is_grad_enabled()
+    fast = uses_onednn(hf)
     for block in hf.model.layers:
         if recompute:
-            x = checkpoint(_block, block, x, cos, sin, layout, use_reentrant=False)
+            x = checkpoint(_block, block, x, cos, sin, layout, fast, use_reentrant=False)
         else:
-            x = _block(block, x, cos, sin, layout)
+            x = _block(block, x, cos, sin, layout, fast)
     hidden = lean_ops.rms_norm(hf.model.norm, x[layout.predictors])             # [C, d]: C completion tokens
     targets = layout.ids[layout.targets]                                        # [C]
     head = hf.lm_head
@@ -97,7 +111,7 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
         rows, cols = head_tile(chunk_size, head.out_features, device.type)
         logp, entropy = linear_token_logprobs(hidden, head.weight, targets, rows, vocab_chunk=cols,
                                               temperature=temperature, with_entropy=with_entropy,
-                                              keep_logits=not recompute)
+                                              keep_logits=not recompute, fast=fast)
     else:                                                                       # e.g. an adapter on the head
         logp, entropy = chunked_logprobs(head(hidden)[None], targets[None], chunk_size, temperature=temperature,
                                          with_entropy=with_entropy)             # [1, C] each
@@ -106,11 +120,11 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
     return full(logp), (full(entropy) if with_entropy else None)
 
 
-def _block(block, x, cos, sin, layout: "_Layout") -> torch.Tensor:
-    """One decoder block on the packed tokens x [T, d]."""
+def _block(block, x, cos, sin, layout: "_Layout", fast: bool) -> torch.Tensor:
+    """One decoder block on the packed tokens x [T, d]; ``fast``: projections through oneDNN."""
     h = lean_ops.rms_norm(block.input_layernorm, x)
-    x = x + block.self_attn.o_proj(_attention(block.self_attn, h, cos, sin, layout))
-    return x + lean_ops.mlp(block.mlp, lean_ops.rms_norm(block.post_attention_layernorm, x))
+    x = x + onednn.linear(block.self_attn.o_proj, _attention(block.self_attn, h, cos, sin, layout, fast), fast)
+    return x + lean_ops.mlp(block.mlp, lean_ops.rms_norm(block.post_attention_layernorm, x), fast)
 
 
 class _Layout:
@@ -215,15 +229,16 @@ def _buckets(widths: torch.Tensor, prompt_len: int) -> list[tuple[torch.Tensor, 
     return [(order[before[i]:before[j]], w[i]) for i, j in reversed(splits)]
 
 
-def _attention(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: _Layout) -> torch.Tensor:
+def _attention(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: _Layout,
+               fast: bool) -> torch.Tensor:
     """One attention layer over the packed tokens ``h`` [T, d] -> [T, H * D], before o_proj."""
     cfg = attn.config
     H, K = cfg.num_attention_heads, cfg.num_key_value_heads
     D = attn.head_dim
     T = h.shape[0]
-    q = attn.q_proj(h).view(T, H, D)
-    k = attn.k_proj(h).view(T, K, D)
-    v = attn.v_proj(h).view(T, K, D)
+    q = onednn.linear(attn.q_proj, h, fast).view(T, H, D)
+    k = onednn.linear(attn.k_proj, h, fast).view(T, K, D)
+    v = onednn.linear(attn.v_proj, h, fast).view(T, K, D)
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
     tp, U, P = layout.n_prompt_tokens, layout.U, layout.P

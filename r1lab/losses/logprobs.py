@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from r1lab import onednn
+
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
     """Autograd function behind ``chunked_token_logprobs``: returns (log p [B, L], entropy [B, L]
@@ -63,7 +65,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, rows: int, cols: int,
-                temperature: float, with_entropy: bool, keep: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                temperature: float, with_entropy: bool, keep: bool, fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
         out = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)      # [C]
         lse = torch.empty(ids.shape, dtype=torch.float32, device=hidden.device)      # [C]
         entropy = torch.empty(ids.shape if with_entropy else 0, dtype=torch.float32, device=hidden.device)
@@ -71,10 +73,10 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         for start in range(0, len(ids), rows):
             r = slice(start, start + rows)
             _rows_forward(hidden[r], weight, ids[r], cols, temperature, out[r], lse[r],
-                          entropy[r] if with_entropy else None, ctx.tiles)
+                          entropy[r] if with_entropy else None, ctx.tiles, fast)
         ctx.mark_non_differentiable(entropy)
         ctx.save_for_backward(hidden, weight, ids, lse)
-        ctx.rows, ctx.cols, ctx.temperature = rows, cols, temperature
+        ctx.rows, ctx.cols, ctx.temperature, ctx.fast = rows, cols, temperature, fast
         return out, entropy
 
     @staticmethod
@@ -89,27 +91,30 @@ class _LinearTokenLogprobs(torch.autograd.Function):
             r = slice(start, start + ctx.rows)
             h = hidden[r]
             h32 = h.float() if want_w else None                                     # once a row block, not a tile
+            if want_w and ctx.fast:                                                 # column-major: oneDNN takes h32.T
+                h32 = h32.t().contiguous().t()                                      # as it is, once a row block
             for first in range(0, weight.shape[0], ctx.cols):
                 v = slice(first, first + ctx.cols)
                 if kept is None:
-                    z = _scaled(torch.nn.functional.linear(h, weight[v]), ctx.temperature)  # [r, c]
+                    z = _scaled(onednn.mm(h, weight[v].t(), ctx.fast), ctx.temperature)  # [r, c]
                 else:
                     z = kept.pop(0)
                 dz = _logit_grad(z, lse[r], ids[r], grad_out[r], ctx.temperature, first, overwrite=True)  # [r, c]
                 if want_h:
-                    part = (dz.to(weight.dtype) @ weight[v]).to(hidden.dtype)
+                    part = onednn.mm(dz.to(weight.dtype), weight[v], ctx.fast).to(hidden.dtype)
                     if first == 0:
                         grad_h[r] = part
                     else:
                         grad_h[r] += part
                 if want_w:
-                    grad_w[v] += dz.t() @ h32
-        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None
+                    grad_w[v] += onednn.mm(dz.t(), h32, ctx.fast)
+        return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None
 
 
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, chunk_size: int, *,
                           vocab_chunk: int | None = None, temperature: float = 1.0,
-                          with_entropy: bool = False, keep_logits: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                          with_entropy: bool = False, keep_logits: bool = False,
+                          fast: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log p(ids) [C] under softmax(hidden @ weight.T / temperature), and the entropy [C] if asked,
     for hidden [C, d] and an LM head's weight [V, d] (no bias): Liger-Kernel's fused linear
     log-softmax in plain PyTorch, tiled over the vocabulary too. Tiles of ``chunk_size`` rows x
@@ -121,25 +126,27 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, ids: torch
     matmul's output in the CPU's caches at a large vocabulary (r1lab/forward/packed.py
     ``TILE_BYTES``). Equal to ``chunked_token_logprobs(hidden @ weight.T, ...)`` to float32
     rounding, gradients to ``hidden`` and ``weight`` included; a tile across all of V is the
-    same arithmetic as ``chunked_token_logprobs`` on the chunk's logits."""
+    same arithmetic as ``chunked_token_logprobs`` on the chunk's logits. ``fast``: the products
+    through oneDNN (r1lab/onednn.py)."""
     if chunk_size < 1 or temperature <= 0 or (vocab_chunk is not None and vocab_chunk < 1):
         raise ValueError("linear_token_logprobs needs chunk_size >= 1, vocab_chunk >= 1 and temperature > 0")
     cols = weight.shape[0] if vocab_chunk is None else vocab_chunk
     keep = keep_logits and torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     logp, entropy = _LinearTokenLogprobs.apply(hidden, weight, ids, chunk_size, cols, float(temperature), with_entropy,
-                                               keep)
+                                               keep, fast)
     return logp, (entropy if with_entropy else None)
 
 
 def _rows_forward(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, cols: int, temperature: float,
-                  out: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor | None, kept: list | None) -> None:
+                  out: torch.Tensor, lse: torch.Tensor, entropy: torch.Tensor | None, kept: list | None,
+                  fast: bool) -> None:
     """``_chunk_forward`` for the logits ``hidden @ weight.T / temperature`` of a block of rows,
     made ``cols`` vocabulary entries at a time: per tile its max m, sum of exp(z - m) and, for
     the entropy, sum of exp(z - m) * z, rescaled to the row's overall max at the end. Each
     tile's scaled logits are appended to ``kept`` where it is a list (for the backward)."""
     V = weight.shape[0]
     if cols >= V:                                                                   # one tile
-        z = _scaled(torch.nn.functional.linear(hidden, weight), temperature)
+        z = _scaled(onednn.mm(hidden, weight.t(), fast), temperature)
         _chunk_forward(z, ids, out, lse, entropy)
         if kept is not None:
             kept.append(z)
@@ -147,7 +154,7 @@ def _rows_forward(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,
     target = torch.empty_like(out)                                                  # [r]: z of each id
     maxes, sums, dots = [], [], []
     for first in range(0, V, cols):
-        z = _scaled(torch.nn.functional.linear(hidden, weight[first:first + cols]), temperature)  # [r, c], fresh
+        z = _scaled(onednn.mm(hidden, weight[first:first + cols].t(), fast), temperature)  # [r, c], fresh
         local = ids - first
         inside = (local >= 0) & (local < z.shape[1])
         target = torch.where(inside, z.gather(1, local.clamp(0, z.shape[1] - 1)[:, None])[:, 0], target)

@@ -1,0 +1,73 @@
+"""Float32 matrix products on the CPU through oneDNN instead of MKL, for the training forward
+and backward.
+
+PyTorch multiplies float32 matrices on the CPU with MKL's sgemm, and MKL picks its kernels by
+the processor's vendor: on an AMD processor it runs its AVX2 code even where the processor has
+AVX-512. oneDNN (PyTorch's bundled mkldnn) picks by instruction set. On the Zen 5 EPYC of
+2026-12-07 (2 cores) a 1,024^3 product ran at 210 GFLOP/s through MKL and 489 through oneDNN,
+and forward plus backward of SmolLM2-135M's projections (2,048 rows) 1.9x faster
+(benchmarks/gemm.py prints both on the machine at hand). The native rollout multiplies by
+oneDNN-prepacked weights already (r1lab/rollout/native.py).
+
+Every product takes ``fast``: False is the plain ``torch`` product, the reference the oneDNN
+one is tested against (tests/test_onednn.py: equal to float32 rounding, gradients included).
+The packed training forward passes ``fast=r1lab.forward.packed.uses_onednn(model)``.
+
+    y = onednn.linear(module.q_proj, h, fast)      # an nn.Linear's forward, backward through oneDNN too
+    z = onednn.mm(dz, weight, fast)                 # dz @ weight
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def available() -> bool:
+    """Whether this PyTorch build can multiply through oneDNN."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def _nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b.T (+ bias) through oneDNN; a [..., K], b [N, K]."""
+    return torch.ops.mkldnn._linear_pointwise(a, b.contiguous(), bias, "none", [], "")
+
+
+def mm(a: torch.Tensor, b: torch.Tensor, fast: bool) -> torch.Tensor:
+    """``a @ b`` for a [M, K] and b [K, N], either of them possibly a transposed view; through
+    oneDNN where ``fast`` (b.T is copied when it is not contiguous)."""
+    return _nt(a, b.t()) if fast else a @ b
+
+
+def linear(module: torch.nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
+    """``module(x)``; a plain ``nn.Linear`` without hooks through oneDNN where ``fast``, its
+    backward too. Anything else (a PEFT adapter, a module a hook watches) is called as it is."""
+    if not fast or type(module) is not torch.nn.Linear or module._forward_hooks or module._forward_pre_hooks:
+        return module(x)
+    return _Linear.apply(x, module.weight, module.bias)
+
+
+def linear_weight(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fast: bool) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, through oneDNN where ``fast``, its backward too."""
+    return _Linear.apply(x, weight, bias) if fast else F.linear(x, weight, bias)
+
+
+class _Linear(torch.autograd.Function):
+    """F.linear with all three products through oneDNN: y = x W^T + b, dx = dy W, dW = dy^T x."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _nt(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        flat = grad.reshape(-1, grad.shape[-1])                                    # [T, out]
+        grad_x = mm(grad, weight, True) if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = _nt(flat.t(), x.reshape(-1, x.shape[-1]).t())                 # [out, in]
+        grad_b = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b

@@ -1,0 +1,71 @@
+"""The oneDNN products of the training forward (r1lab/onednn.py) against plain torch, their
+slow reference: values and gradients to float32 rounding, alone and in the packed walk (at
+SmolLM2's vocabulary too); and the toy models keep MKL, so the default run's figures stay."""
+
+import pytest
+import torch
+
+from r1lab import onednn
+from r1lab.forward import packed
+from r1lab.forward import plain_completion_logprobs
+from r1lab.rollout import native
+
+from conftest import tiny_llama
+from test_native_rollout import smollm2_shape
+from test_shared_prefix import MODELS, assert_agree, group_batch, logp_and_grads
+
+pytestmark = pytest.mark.skipif(not onednn.available(), reason="this PyTorch has no oneDNN")
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_and_its_gradients_equal_torchs(bias):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 48, generator=g, requires_grad=True)
+    layer = torch.nn.Linear(48, 80, bias=bias)
+    dy = torch.randn(37, 80, generator=g)
+    grads = []
+    for fast in (True, False):
+        x.grad = None
+        layer.zero_grad()
+        (onednn.linear(layer, x, fast) * dy).sum().backward()
+        grads.append([x.grad.clone()] + [p.grad.clone() for p in layer.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **TOL)
+
+
+def test_mm_takes_transposed_views():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(40, 30, generator=g), torch.randn(50, 30, generator=g)
+    torch.testing.assert_close(onednn.mm(a, b.t(), True), a @ b.t(), **TOL)
+    torch.testing.assert_close(onednn.mm(a.t(), a, True), a.t() @ a, **TOL)
+
+
+def test_a_hooked_layer_is_called_as_it_is():
+    layer, seen = torch.nn.Linear(4, 4), []
+    layer.register_forward_hook(lambda *a: seen.append(1))
+    onednn.linear(layer, torch.randn(2, 4), True)
+    assert seen == [1]
+
+
+@pytest.mark.parametrize("arch", MODELS)
+def test_the_packed_walk_through_onednn_equals_the_plain_forward(tokenizer, arch, monkeypatch):
+    model = MODELS[arch](tokenizer)
+    batch = group_batch(tokenizer, "adjacent")
+    want = logp_and_grads(plain_completion_logprobs, model, batch)
+    monkeypatch.setattr(native, "PACK_MIN_BYTES", 0)
+    assert packed.uses_onednn(model)
+    calls = []
+    real = onednn._nt
+    monkeypatch.setattr(onednn, "_nt", lambda *a: calls.append(1) or real(*a))
+    got = logp_and_grads(lambda *a, **kw: packed.packed_logprobs(*a, chunk_size=4, **kw), model, batch)
+    assert_agree(got, want)
+    layers = model.config.num_hidden_layers
+    assert len(calls) >= layers * 7 * 3                        # 7 projections a layer, forward and backward
+
+
+def test_only_models_the_rollout_prepacks_go_through_onednn(tokenizer):
+    """The toy models stay on MKL (their figures do not move); SmolLM2's shape does not."""
+    assert not packed.uses_onednn(tiny_llama(tokenizer))
+    assert packed.uses_onednn(smollm2_shape(tokenizer))
+    assert not packed.uses_onednn(smollm2_shape(tokenizer).to(torch.bfloat16))
