@@ -8,7 +8,8 @@ warm up, then ``--repeats`` timed runs, the backends taking turns; the best is k
 is measured per backend in a fresh subprocess: the Linux peak-RSS mark (VmHWM) is reset once
 the model is built, and the rise above the RSS at that moment is reported.
 Model FLOP/s is ``2 * params * tokens/s`` (embedding lookup excluded, attention not counted),
-reported as a fraction of the fp32 matmul peak timed here.
+reported as a fraction of the fp32 matmul peak timed here (the faster of MKL's and oneDNN's
+product: benchmarks/gemm.py).
 
 The vllm backend is timed as a stage uses it: the engine is made once (not timed) from the model
 saved to a temporary folder, and each timed rollout includes pushing the weights into it.
@@ -40,6 +41,8 @@ from r1lab.locate import problem, resolve
 from r1lab.models.io import load_model
 from r1lab.pipeline import peak_rss_mb, reset_peak_rss, rss_mb
 from r1lab.rollout import native, vllm
+
+from gemm import peak_flops                         # benchmarks/gemm.py: this script's folder is on sys.path
 
 SHAPES = {
     "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
@@ -120,14 +123,9 @@ def tokens_per_s(model, prompts, new_tokens: int, repeats: int) -> dict[str, flo
 
 
 def matmul_flops(size: int = 1024, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size ** 3 / best
+    """The fp32 matmul peak: the faster of MKL's and oneDNN's size^3 product (benchmarks/gemm.py;
+    on an AMD processor with AVX-512 MKL runs its AVX2 code, ~0.43x oneDNN on a Zen 5)."""
+    return peak_flops(size, repeats)
 
 
 def rss_of_run(shape: str, backend: str, new_tokens: int) -> None:
