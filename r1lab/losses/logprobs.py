@@ -86,7 +86,8 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         want_h, want_w = ctx.needs_input_grad[:2]
         kept, ctx.tiles = ctx.tiles, None                                           # each freed once used
         grad_h = torch.empty_like(hidden) if want_h else None                       # [C, d]
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        new = torch.empty if len(ids) else torch.zeros                              # the first row block writes it
+        grad_w = new(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
         for start in range(0, len(ids), ctx.rows):
             r = slice(start, start + ctx.rows)
             h = hidden[r]
@@ -106,7 +107,9 @@ class _LinearTokenLogprobs(torch.autograd.Function):
                         grad_h[r] = part
                     else:
                         grad_h[r] += part
-                if want_w:
+                if want_w and start == 0:                                           # written, not added to zeros
+                    grad_w[v] = onednn.mm(dz.t(), h32, ctx.fast)
+                elif want_w:
                     grad_w[v] += onednn.mm(dz.t(), h32, ctx.fast)
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None
 
