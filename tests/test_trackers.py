@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -21,6 +22,8 @@ def log_with_a_resume(run_dir, names):
     """Steps 1-3 of stage 'sft', a crash, then a resume from step 2's checkpoint logging 3-4."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for steps, resume in ((range(1, 4), 0), (range(3, 5), 2)):
+        if resume:          # wandb names an offline run's folder by the second it starts: a resume
+            time.sleep(1.01 - time.time() % 1)          # in the same second would write over the run's file
         with tracking(names, run_dir, "demo"):
             log = MetricsLogger(run_dir / "metrics.jsonl", "sft", resume_step=resume)
             for step in steps:
