@@ -262,17 +262,18 @@ def trl_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[lis
 
 def one_turn(side: str, model_dir: Path, steps: int, mb: int, recompute: bool) -> dict:
     """In a fresh process: one side's timed steps, summed, and its peak RSS; for r1lab, each
-    phase's model FLOP/s as a share of the fp32 matmul peak timed in the same process, before
-    and after the steps (the higher of the two: a reading taken while the host is busy would
-    make every share look better than it is; one such read 160 GFLOP/s against 180-199)."""
-    from rollout import matmul_flops                  # benchmarks/rollout.py: this script's folder is on sys.path
-    peak_before = matmul_flops(repeats=20) if side == "r1lab" else 0.0
+    phase's model FLOP/s as a share of the fp32 matmul peak (benchmarks/gemm.py) timed in the
+    same process, before and after the steps (the higher of the two: a reading taken while the
+    host is busy would make every share look better than it is; one such read 160 GFLOP/s
+    against 180-199)."""
+    from gemm import peak_flops                       # benchmarks/gemm.py: this script's folder is on sys.path
+    peak_before = peak_flops(repeats=20) if side == "r1lab" else 0.0
     done, base_rss, peak = (r1lab_turn if side == "r1lab" else trl_turn)(model_dir, steps, mb, recompute)
     total = lambda key: sum(s[key] for s in done)
     split = {p: round(total(p) / len(done), 3) for p in PARTS}
     shares = {}
     if side == "r1lab":
-        matmul_peak = max(peak_before, matmul_flops(repeats=20))
+        matmul_peak = max(peak_before, peak_flops(repeats=20))
         shares = {"matmul_peak_gflops": round(matmul_peak / 1e9, 1), "flop_share": {
             p: round(sum(s["flops"][p] for s in done) / total(p) / matmul_peak, 3) for p in done[0]["flops"]}}
     return {**shares, "tokens_per_s": round(total("tokens") / total("step_s"), 1),

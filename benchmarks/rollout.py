@@ -122,12 +122,6 @@ def tokens_per_s(model, prompts, new_tokens: int, repeats: int) -> dict[str, flo
     return {name: len(prompts) * N_SAMPLES * new_tokens / s for name, s in best.items()}
 
 
-def matmul_flops(size: int = 1024, repeats: int = 5) -> float:
-    """The fp32 matmul peak: the faster of MKL's and oneDNN's size^3 product (benchmarks/gemm.py;
-    on an AMD processor with AVX-512 MKL runs its AVX2 code, ~0.43x oneDNN on a Zen 5)."""
-    return peak_flops(size, repeats)
-
-
 def rss_of_run(shape: str, backend: str, new_tokens: int) -> None:
     """In a fresh process: reset the peak-RSS mark once the model is built, run, print the rise (MB)."""
     model, prompts = build(shape)
@@ -157,7 +151,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.new_tokens, args.repeats = 32, 1
-    peak = matmul_flops()
+    peak = peak_flops()
     result = {"bench": "rollout", "batch": N_PROMPTS * N_SAMPLES,
               "threads": torch.get_num_threads(), "matmul_peak_gflops": round(peak / 1e9, 1),
               "rss": "peak RSS rise of one run in a fresh subprocess (VmHWM reset after model build, minus VmRSS then)"}

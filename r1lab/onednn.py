@@ -14,7 +14,8 @@ one is tested against (tests/test_onednn.py: equal to float32 rounding, gradient
 The packed training forward passes ``fast=r1lab.forward.packed.uses_onednn(model)``.
 
     y = onednn.linear(module.q_proj, h, fast)      # an nn.Linear's forward, backward through oneDNN too
-    z = onednn.mm(dz, weight, fast)                 # dz @ weight
+    z = onednn.product(h, weight, fast)             # F.linear(h, weight), inside an autograd function
+    g = onednn.mm(dz, weight, fast)                 # dz @ weight
 """
 
 from __future__ import annotations
@@ -47,9 +48,10 @@ def linear(module: torch.nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor
     return _Linear.apply(x, module.weight, module.bias)
 
 
-def linear_weight(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, fast: bool) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, through oneDNN where ``fast``, its backward too."""
-    return _Linear.apply(x, weight, bias) if fast else F.linear(x, weight, bias)
+def product(x: torch.Tensor, weight: torch.Tensor, fast: bool, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, through oneDNN where ``fast``; no backward of its own (for
+    the forwards of autograd functions that make their own)."""
+    return _nt(x, weight, bias) if fast else F.linear(x, weight, bias)
 
 
 class _Linear(torch.autograd.Function):

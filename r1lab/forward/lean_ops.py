@@ -85,7 +85,7 @@ class _SwiGLUDown(torch.autograd.Function):
     def forward(ctx, gate, up, weight, bias, fast):
         ctx.save_for_backward(gate, up, weight)
         ctx.has_bias, ctx.fast = bias is not None, fast
-        return onednn.linear_weight(F.silu(gate).mul_(up), weight, bias, fast)
+        return onednn.product(F.silu(gate).mul_(up), weight, fast, bias)
 
     @staticmethod
     def backward(ctx, grad):

@@ -97,7 +97,7 @@ class _LinearTokenLogprobs(torch.autograd.Function):
             for first in range(0, weight.shape[0], ctx.cols):
                 v = slice(first, first + ctx.cols)
                 if kept is None:
-                    z = _scaled(onednn.mm(h, weight[v].t(), ctx.fast), ctx.temperature)  # [r, c]
+                    z = _scaled(onednn.product(h, weight[v], ctx.fast), ctx.temperature)  # [r, c]
                 else:
                     z = kept.pop(0)
                 dz = _logit_grad(z, lse[r], ids[r], grad_out[r], ctx.temperature, first, overwrite=True)  # [r, c]
@@ -149,7 +149,7 @@ def _rows_forward(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,
     tile's scaled logits are appended to ``kept`` where it is a list (for the backward)."""
     V = weight.shape[0]
     if cols >= V:                                                                   # one tile
-        z = _scaled(onednn.mm(hidden, weight.t(), fast), temperature)
+        z = _scaled(onednn.product(hidden, weight, fast), temperature)
         _chunk_forward(z, ids, out, lse, entropy)
         if kept is not None:
             kept.append(z)
@@ -157,7 +157,7 @@ def _rows_forward(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,
     target = torch.empty_like(out)                                                  # [r]: z of each id
     maxes, sums, dots = [], [], []
     for first in range(0, V, cols):
-        z = _scaled(onednn.mm(hidden, weight[first:first + cols].t(), fast), temperature)  # [r, c], fresh
+        z = _scaled(onednn.product(hidden, weight[first:first + cols], fast), temperature)  # [r, c], fresh
         local = ids - first
         inside = (local >= 0) & (local < z.shape[1])
         target = torch.where(inside, z.gather(1, local.clamp(0, z.shape[1] - 1)[:, None])[:, 0], target)

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from r1lab import onednn
 from r1lab.errors import BackendError
 from r1lab.rollout.types import Rollout, left_pad
 from r1lab.rollout.sampling import sample_next
@@ -107,7 +108,7 @@ def can_pack(model) -> bool:
     w = model.lm_head.weight
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     return (w.device.type == "cpu" and w.dtype in (torch.float32, torch.bfloat16) and size >= PACK_MIN_BYTES
-            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+            and onednn.available())
 
 
 def _pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
