@@ -90,3 +90,4 @@ def test_large_vocabularies_take_the_candidates():
     tokens, logp = sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, uniform=u)  # no filter: one exp pass
     assert torch.equal(tokens, sample_from(logits.log_softmax(-1).exp(), u))
     assert torch.allclose(logp, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1), atol=1e-5)
+    assert torch.equal(logp, logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1))  # its lse bit for bit

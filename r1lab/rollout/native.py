@@ -173,7 +173,9 @@ def attend(q, prompt_k, prompt_v, prompt_bias, k, v, rows, n: int):
     sp = sp.view(B, K, n, G, P).transpose(1, 2).reshape(N, K, G, P)
     if rows is not None:
         sp = sp[rows]                                                       # [R, K, G, P]
-    sc = torch.matmul(q, k.transpose(-1, -2))                               # [R, K, G, U]
+    # k @ q^T, not q @ k^T: each of the R * K products streams U rows of keys against G queries,
+    # ~25% faster than G rows against U columns at U >= 128 (64 rows, 2 cores).
+    sc = torch.matmul(k, q.transpose(-1, -2)).transpose(-1, -2)             # [R, K, G, U]
     p = torch.cat([sp, sc], -1).softmax(-1, dtype=torch.float32).to(v.dtype)  # [R, K, G, P + U]
     pp = p[..., :P]
     if rows is not None:

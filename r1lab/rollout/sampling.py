@@ -123,11 +123,15 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: 
     logits = logits.float()
     scaled = logits if temperature in (0, 1) else logits / temperature
     if temperature != 0 and logits.shape[-1] >= LARGE_VOCAB:               # no [B, V] log-probs written
-        lse = scaled.logsumexp(-1)                                          # [B]
         if top_k > 0 or top_p < 1.0:
+            lse = scaled.logsumexp(-1)                                      # [B]
             tokens = sample_candidates(scaled, top_k, top_p, uniform, lse)
-        else:
-            tokens = sample_from((scaled - lse[:, None]).exp_(), uniform)
+        else:   # one exponential pass: exp(logits - max) is sampled from and summed to the lse
+            top = scaled.amax(-1, keepdim=True)                             # [B, 1]
+            top.masked_fill_(top.abs() == float("inf"), 0)                  # as torch.logsumexp does
+            unnormalised = (scaled - top).exp_()                            # [B, V]
+            tokens = sample_from(unnormalised, uniform)
+            lse = unnormalised.sum(-1).log_().add_(top[:, 0])               # == scaled.logsumexp(-1)
         return tokens, scaled.gather(-1, tokens[:, None]).squeeze(-1) - lse
     logp = scaled.log_softmax(-1)                                           # [B, V]
     if temperature == 0:
