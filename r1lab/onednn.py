@@ -15,7 +15,8 @@ The packed training forward passes ``fast=r1lab.forward.packed.uses_onednn(model
 
     y = onednn.linear(module.q_proj, h, fast)      # an nn.Linear's forward, backward through oneDNN too
     z = onednn.product(h, weight, fast)             # F.linear(h, weight), inside an autograd function
-    g = onednn.mm(dz, weight, fast)                 # dz @ weight
+    dh = onednn.grad_input(dz, weight, fast)        # dz @ weight
+    dw = onednn.grad_weight(dz, h, fast)            # dz.T @ h
 """
 
 from __future__ import annotations
@@ -34,10 +35,32 @@ def _nt(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> t
     return torch.ops.mkldnn._linear_pointwise(a, b.contiguous(), bias, "none", [], "")
 
 
-def mm(a: torch.Tensor, b: torch.Tensor, fast: bool) -> torch.Tensor:
-    """``a @ b`` for a [M, K] and b [K, N], either of them possibly a transposed view; through
-    oneDNN where ``fast`` (b.T is copied when it is not contiguous)."""
-    return _nt(a, b.t()) if fast else a @ b
+def as_onednn(x: torch.Tensor) -> torch.Tensor:
+    """``x`` [..., K] as a 2-D oneDNN tensor (a copy), to hand to several of the products below."""
+    return x if x.is_mkldnn else x.reshape(-1, x.shape[-1]).contiguous().to_mkldnn()
+
+
+def grad_input(grad: torch.Tensor, weight: torch.Tensor, fast: bool) -> torch.Tensor:
+    """``grad @ weight``, a linear map's input gradient: grad [T, out] (or its :func:`as_onednn`
+    where ``fast``), weight [out, in] -> [T, in]. Where ``fast``, oneDNN's backward-data product,
+    which reads the weight as it is (no transposed copy)."""
+    if not fast:
+        return grad @ weight
+    g = as_onednn(grad)
+    return torch.ops.aten.mkldnn_linear_backward_input((g.shape[0], weight.shape[1]), g, weight.contiguous()).to_dense()
+
+
+_NO_WEIGHT = torch.empty(0)   # the weight-gradient op reads only its dtype and device from this argument
+
+
+def grad_weight(grad: torch.Tensor, x: torch.Tensor, fast: bool) -> torch.Tensor:
+    """``grad.T @ x``, a linear map's weight gradient: grad [T, out], x [T, in] (either as
+    :func:`as_onednn` gave it where ``fast``) -> [out, in]. Where ``fast``, oneDNN's
+    backward-weights product, which needs neither operand transposed: ~30% faster than a plain
+    oneDNN product of the two transposed copies on SmolLM2-135M's shapes (1,352 rows, 2 cores)."""
+    if not fast:
+        return grad.t() @ x
+    return torch.ops.aten.mkldnn_linear_backward_weights(as_onednn(grad), as_onednn(x), _NO_WEIGHT, False)[0]
 
 
 def linear(module: torch.nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
@@ -67,9 +90,11 @@ class _Linear(torch.autograd.Function):
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
         flat = grad.reshape(-1, grad.shape[-1])                                    # [T, out]
-        grad_x = mm(grad, weight, True) if ctx.needs_input_grad[0] else None
-        grad_w = None
+        g = as_onednn(flat)                                                        # once for both products
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_input(g, weight, True).view(*grad.shape[:-1], weight.shape[1])
         if ctx.needs_input_grad[1]:
-            grad_w = _nt(flat.t(), x.reshape(-1, x.shape[-1]).t())                 # [out, in]
+            grad_w = grad_weight(g, x, True)                                       # [out, in]
         grad_b = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b

@@ -34,11 +34,18 @@ def test_linear_and_its_gradients_equal_torchs(bias):
         torch.testing.assert_close(a, b, **TOL)
 
 
-def test_mm_takes_transposed_views():
+def test_gradient_products_equal_the_plain_ones():
     g = torch.Generator().manual_seed(1)
-    a, b = torch.randn(40, 30, generator=g), torch.randn(50, 30, generator=g)
-    torch.testing.assert_close(onednn.mm(a, b.t(), True), a @ b.t(), **TOL)
-    torch.testing.assert_close(onednn.mm(a.t(), a, True), a.t() @ a, **TOL)
+    dy, x, w = torch.randn(40, 50, generator=g), torch.randn(40, 30, generator=g), torch.randn(50, 30, generator=g)
+    for fast in (False, True):
+        torch.testing.assert_close(onednn.grad_input(dy, w, fast), dy @ w, **TOL)
+        torch.testing.assert_close(onednn.grad_weight(dy, x, fast), dy.t() @ x, **TOL)
+    # transposed views, a weight that is a row slice, operands converted once for several products
+    xt = torch.randn(30, 40, generator=g).t()
+    torch.testing.assert_close(onednn.grad_weight(onednn.as_onednn(dy), xt, True), dy.t() @ xt, **TOL)
+    torch.testing.assert_close(onednn.grad_weight(dy, onednn.as_onednn(xt), True), dy.t() @ xt, **TOL)
+    big = torch.randn(80, 30, generator=g)
+    torch.testing.assert_close(onednn.grad_input(onednn.as_onednn(dy), big[10:60], True), dy @ big[10:60], **TOL)
 
 
 def test_a_hooked_layer_is_called_as_it_is():
@@ -56,12 +63,14 @@ def test_the_packed_walk_through_onednn_equals_the_plain_forward(tokenizer, arch
     monkeypatch.setattr(native, "PACK_MIN_BYTES", 0)
     assert packed.uses_onednn(model)
     calls = []
-    real = onednn._nt
-    monkeypatch.setattr(onednn, "_nt", lambda *a: calls.append(1) or real(*a))
+    for name in ("_nt", "grad_input", "grad_weight"):              # forward, backward's two products
+        real = getattr(onednn, name)
+        monkeypatch.setattr(onednn, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     got = logp_and_grads(lambda *a, **kw: packed.packed_logprobs(*a, chunk_size=4, **kw), model, batch)
     assert_agree(got, want)
     layers = model.config.num_hidden_layers
-    assert len(calls) >= layers * 7 * 3                        # 7 projections a layer, forward and backward
+    for name in ("_nt", "grad_input", "grad_weight"):              # 7 projections a layer
+        assert calls.count(name) >= layers * 7, name
 
 
 def test_only_models_the_rollout_prepacks_go_through_onednn(tokenizer):

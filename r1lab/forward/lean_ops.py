@@ -91,8 +91,9 @@ class _SwiGLUDown(torch.autograd.Function):
     def backward(ctx, grad):
         gate, up, weight = ctx.saved_tensors
         flat = grad.reshape(-1, grad.shape[-1])
-        grad_gate, grad_up, product = _swiglu_grads(gate, up, onednn.mm(flat, weight, ctx.fast).view(gate.shape))
-        grad_weight = (onednn.mm(flat.t(), product.reshape(-1, product.shape[-1]), ctx.fast)
+        g = onednn.as_onednn(flat) if ctx.fast else flat                            # once for both products
+        grad_gate, grad_up, product = _swiglu_grads(gate, up, onednn.grad_input(g, weight, ctx.fast).view(gate.shape))
+        grad_weight = (onednn.grad_weight(g, product.reshape(-1, product.shape[-1]), ctx.fast)
                        if ctx.needs_input_grad[2] else None)
         grad_bias = flat.sum(0) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return grad_gate, grad_up, grad_weight, grad_bias, None

@@ -92,8 +92,8 @@ class _LinearTokenLogprobs(torch.autograd.Function):
             r = slice(start, start + ctx.rows)
             h = hidden[r]
             h32 = h.float() if want_w else None                                     # once a row block, not a tile
-            if want_w and ctx.fast:                                                 # column-major: oneDNN takes h32.T
-                h32 = h32.t().contiguous().t()                                      # as it is, once a row block
+            if want_w and ctx.fast:
+                h32 = onednn.as_onednn(h32)                                         # converted once a row block
             for first in range(0, weight.shape[0], ctx.cols):
                 v = slice(first, first + ctx.cols)
                 if kept is None:
@@ -102,15 +102,15 @@ class _LinearTokenLogprobs(torch.autograd.Function):
                     z = kept.pop(0)
                 dz = _logit_grad(z, lse[r], ids[r], grad_out[r], ctx.temperature, first, overwrite=True)  # [r, c]
                 if want_h:
-                    part = onednn.mm(dz.to(weight.dtype), weight[v], ctx.fast).to(hidden.dtype)
+                    part = onednn.grad_input(dz.to(weight.dtype), weight[v], ctx.fast).to(hidden.dtype)
                     if first == 0:
                         grad_h[r] = part
                     else:
                         grad_h[r] += part
                 if want_w and start == 0:                                           # written, not added to zeros
-                    grad_w[v] = onednn.mm(dz.t(), h32, ctx.fast)
+                    grad_w[v] = onednn.grad_weight(dz, h32, ctx.fast)
                 elif want_w:
-                    grad_w[v] += onednn.mm(dz.t(), h32, ctx.fast)
+                    grad_w[v] += onednn.grad_weight(dz, h32, ctx.fast)
         return grad_h, None if grad_w is None else grad_w.to(weight.dtype), None, None, None, None, None, None, None
 
 
