@@ -185,8 +185,9 @@ def test_supports():
                         eos_token_id=0, pad_token_id=0)
 
 
+@pytest.mark.parametrize("keys_first", [False, True])
 @pytest.mark.parametrize("G", [1, 3])
-def test_attend_equals_attention_over_concatenated_keys(G):
+def test_attend_equals_attention_over_concatenated_keys(G, keys_first):
     """The shared-prompt split softmax against SDPA over each row's prompt + completion keys,
     with padding and window columns masked, GQA, and rows missing after compaction."""
     g = torch.Generator().manual_seed(0)
@@ -202,7 +203,7 @@ def test_attend_equals_attention_over_concatenated_keys(G):
         idx = torch.arange(N) if r is None else r
         q = torch.randn(R, K, G, D, generator=g)
         k, v = torch.randn(R, K, U, D, generator=g), torch.randn(R, K, U, D, generator=g)
-        got = native.attend(q * D ** -0.5, pk, pv, bias, k, v, r, n)
+        got = native.attend(q * D ** -0.5, pk, pv, bias, k, v, r, n, keys_first)
         keys = torch.cat([pk[idx // n], k], 2)                          # [R, K, P + U, D]
         values = torch.cat([pv[idx // n], v], 2)
         mask = torch.cat([bias[idx // n], torch.zeros(R, U)], 1)[:, None, None]  # [R, 1, 1, P + U]
