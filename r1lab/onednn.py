@@ -50,9 +50,6 @@ def grad_input(grad: torch.Tensor, weight: torch.Tensor, fast: bool) -> torch.Te
     return torch.ops.aten.mkldnn_linear_backward_input((g.shape[0], weight.shape[1]), g, weight.contiguous()).to_dense()
 
 
-_NO_WEIGHT = torch.empty(0)   # the weight-gradient op reads only its dtype and device from this argument
-
-
 def grad_weight(grad: torch.Tensor, x: torch.Tensor, fast: bool) -> torch.Tensor:
     """``grad.T @ x``, a linear map's weight gradient: grad [T, out], x [T, in] (either as
     :func:`as_onednn` gave it where ``fast``) -> [out, in]. Where ``fast``, oneDNN's
@@ -60,7 +57,8 @@ def grad_weight(grad: torch.Tensor, x: torch.Tensor, fast: bool) -> torch.Tensor
     oneDNN product of the two transposed copies on SmolLM2-135M's shapes (1,352 rows, 2 cores)."""
     if not fast:
         return grad.t() @ x
-    return torch.ops.aten.mkldnn_linear_backward_weights(as_onednn(grad), as_onednn(x), _NO_WEIGHT, False)[0]
+    like = torch.empty(0, dtype=grad.dtype)    # the op reads only the weight's dtype and device from it
+    return torch.ops.aten.mkldnn_linear_backward_weights(as_onednn(grad), as_onednn(x), like, False)[0]
 
 
 def linear(module: torch.nn.Module, x: torch.Tensor, fast: bool) -> torch.Tensor:
