@@ -101,6 +101,8 @@ class _LinearTokenLogprobs(torch.autograd.Function):
                 else:
                     z = kept.pop(0)
                 dz = _logit_grad(z, lse[r], ids[r], grad_out[r], ctx.temperature, first, overwrite=True)  # [r, c]
+                if ctx.fast:                                                        # converted once for both products
+                    dz = onednn.as_onednn(dz)
                 if want_h:
                     part = onednn.grad_input(dz.to(weight.dtype), weight[v], ctx.fast).to(hidden.dtype)
                     if first == 0:
