@@ -1,0 +1,92 @@
+"""The compiled decode attention (r1lab/rollout/decode_attention.c) against native.attend, its
+PyTorch reference, and its fallback where it cannot be built."""
+
+import pytest
+import torch
+
+from r1lab.rollout import decode_attention, hf, native
+
+from test_native_rollout import assert_same_rollout, kw, prompts_of, tiny_qwen2
+
+kernel = decode_attention.load()
+needs_kernel = pytest.mark.skipif(kernel is None, reason="no C compiler to build the decode attention")
+
+
+@needs_kernel
+@pytest.mark.parametrize("G, D", [(1, 8), (3, 64), (4, 80)])
+def test_compiled_attention_equals_the_reference(G, D):
+    """Every row, and rows missing after compaction; padding and window columns masked; the
+    completion cache longer than its used slots."""
+    g = torch.Generator().manual_seed(0)
+    B, n, K, P, S = 3, 4, 2, 6, 12
+    N = B * n
+    pk, pv = torch.randn(B, K, P, D, generator=g), torch.randn(B, K, P, D, generator=g)
+    bias = torch.zeros(B, P)
+    bias[0, :2] = float("-inf")                                         # left padding
+    bias[2, :5] = float("-inf")                                         # padding and the window
+    for rows in (None, torch.tensor([0, 1, 3, 4, 7, 8, 11])):
+        R = N if rows is None else len(rows)
+        q = torch.randn(R, K, G, D, generator=g) * D ** -0.5
+        kc, vc = torch.randn(N, K, S, D, generator=g), torch.randn(N, K, S, D, generator=g)
+        for used in (1, 7, S):
+            ref = native.attend(q, pk, pv, bias, kc[:R, :, :used], vc[:R, :, :used], rows, n)
+            got = kernel(q, pk, pv, bias, kc, vc, used, rows, n)
+            assert torch.allclose(got, ref, atol=1e-6), (rows, used, (got - ref).abs().max())
+
+
+@needs_kernel
+def test_rollout_with_it_equals_the_reference(tokenizer, monkeypatch):
+    """Prepacked weights take the compiled attention: the same tokens as the hf backend and as the
+    plain decoder, with a sliding window (a ring of slots, prompt columns leaving) and rows ending
+    at different steps."""
+    monkeypatch.setattr(native, "PACK_MIN_BYTES", 0)
+    prompts = prompts_of(tokenizer)
+    windowed = dict(use_sliding_window=True, sliding_window=6, max_window_layers=0)
+    for model in (tiny_qwen2(tokenizer), tiny_qwen2(tokenizer, **windowed)):
+        args = dict(n=3, max_new_tokens=16, temperature=1.0, seed=3)
+        first = native.generate(model, prompts, pack=False, **args, **kw(tokenizer))
+        eos = int(first.completion_ids[0, 3])                           # a token some row samples early
+        args.update(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        packed = native.generate(model, prompts, **args)
+        assert len(set(packed.mask.sum(1).tolist())) > 1                # rows left the batch at different steps
+        assert_same_rollout(packed, native.generate(model, prompts, pack=False, **args))
+        assert_same_rollout(packed, hf.generate(model, prompts, **args))
+
+
+def test_without_a_compiler_the_decoder_keeps_pytorch(tokenizer, monkeypatch, tmp_path):
+    """No compiler: one warning, no library, and the prepacked decoder still decodes, through
+    native.attend. ``R1LAB_DECODE_ATTENTION=torch`` asks for the same without a warning."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(native, "PACK_MIN_BYTES", 0)
+    decode_attention.load.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="no C compiler"):
+            assert decode_attention.load() is None
+        model = tiny_qwen2(tokenizer)
+        args = dict(n=2, max_new_tokens=6, temperature=1.0, seed=1, **kw(tokenizer))
+        prompts = prompts_of(tokenizer)
+        assert_same_rollout(native.generate(model, prompts, **args), native.generate(model, prompts, pack=False, **args))
+        decode_attention.load.cache_clear()
+        monkeypatch.setenv("R1LAB_DECODE_ATTENTION", "torch")
+        monkeypatch.delenv("CC")
+        assert decode_attention.load() is None
+        assert not list(tmp_path.rglob("*.so"))
+    finally:
+        decode_attention.load.cache_clear()
+
+
+@needs_kernel
+def test_the_build_is_cached_per_source_and_machine(monkeypatch, tmp_path):
+    """Built once into the cache directory; a second load reuses the file."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    decode_attention.load.cache_clear()
+    try:
+        assert decode_attention.load() is not None
+        (built,) = tmp_path.glob("r1lab/decode_attention-*.so")
+        stamp = built.stat().st_mtime_ns
+        decode_attention.load.cache_clear()
+        assert decode_attention.load() is not None
+        assert built.stat().st_mtime_ns == stamp and len(list(tmp_path.rglob("*.so"))) == 1
+    finally:
+        decode_attention.load.cache_clear()
