@@ -13,7 +13,7 @@ needs_kernel = pytest.mark.skipif(kernel is None, reason="no C compiler to build
 
 
 @needs_kernel
-@pytest.mark.parametrize("G, D", [(1, 8), (3, 64), (4, 80)])
+@pytest.mark.parametrize("G, D", [(1, 8), (3, 64), (4, 80), (2, 128)])
 def test_compiled_attention_equals_the_reference(G, D):
     """Every row, and rows missing after compaction; padding and window columns masked; the
     completion cache longer than its used slots."""

@@ -33,6 +33,10 @@ static inline __attribute__((always_inline)) void attend_one(
         const float *qt, const float *pk, const float *pv, const float *bias, const float *k,
         const float *v, float *s, float *o, int G, int D, int P, int U) {
     const int T = P + U;
+    for (int u = 0; u < AHEAD && u < U; u++) {          /* its own first rows, fetched while the prompt is read */
+        fetch(k + (size_t)u * D, D, 3);
+        fetch(v + (size_t)u * D, D, 2);
+    }
     for (int p = 0; p < P; p++) {
         fetch(pk + (size_t)(p + AHEAD) * D, D, 3);
         fetch(pv + (size_t)(p + AHEAD) * D, D, 2);
@@ -81,8 +85,10 @@ int attend_f32(const float *q, const float *pk, const float *pv, const float *pb
             const size_t pt = ((size_t)b * K + g) * P * D, ct = ((size_t)r * K + g) * S * D;
             const float *qt = q + (size_t)t * G * D, *bias = pbias + (size_t)b * P;
             float *o = out + (size_t)t * G * D;
-            if (D == 64)                                             /* the common head size, unrolled */
+            if (D == 64)                                             /* the common head sizes, unrolled */
                 attend_one(qt, pk + pt, pv + pt, bias, kc + ct, vc + ct, s, o, G, 64, P, U);
+            else if (D == 128)
+                attend_one(qt, pk + pt, pv + pt, bias, kc + ct, vc + ct, s, o, G, 128, P, U);
             else
                 attend_one(qt, pk + pt, pv + pt, bias, kc + ct, vc + ct, s, o, G, D, P, U);
         }
