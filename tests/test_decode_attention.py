@@ -90,3 +90,16 @@ def test_the_build_is_cached_per_source_and_machine(monkeypatch, tmp_path):
         assert built.stat().st_mtime_ns == stamp and len(list(tmp_path.rglob("*.so"))) == 1
     finally:
         decode_attention.load.cache_clear()
+
+
+@needs_kernel
+def test_it_refuses_tensors_it_cannot_read():
+    """A bfloat16 or strided tensor is refused, not read as float32 memory."""
+    q, pk, bias, kc = torch.randn(2, 1, 1, 8), torch.randn(1, 1, 3, 8), torch.zeros(1, 3), torch.randn(2, 1, 4, 8)
+    assert kernel(q, pk, pk, bias, kc, kc, 2, None, 2).shape == q.shape
+    with pytest.raises(ValueError, match="contiguous CPU tensors, float32"):
+        kernel(q.bfloat16(), pk, pk, bias, kc, kc, 2, None, 2)
+    with pytest.raises(ValueError, match="contiguous CPU tensors, float32"):
+        kernel(q, pk, pk, bias, kc.transpose(2, 3), kc, 2, None, 2)
+    with pytest.raises(ValueError, match="contiguous CPU tensors, float32"):
+        kernel(q, pk, pk, bias, kc, kc, 2, torch.tensor([0, 1], dtype=torch.int32), 2)

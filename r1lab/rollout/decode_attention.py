@@ -97,9 +97,11 @@ def _attend(fn, q, prompt_k, prompt_v, prompt_bias, k_cache, v_cache, used: int,
     R, K, G, D = q.shape
     B, _, P, _ = prompt_k.shape
     S = k_cache.shape[2]
-    ts = (q, prompt_k, prompt_v, prompt_bias, k_cache, v_cache) + (() if rows is None else (rows,))
-    if not all(t.is_contiguous() and t.device.type == "cpu" for t in ts) or q.dtype != torch.float32:
-        raise ValueError("decode attention: float32, contiguous CPU tensors only")
+    floats = (q, prompt_k, prompt_v, prompt_bias, k_cache, v_cache)
+    ts = floats + (() if rows is None else (rows,))
+    if (not all(t.is_contiguous() and t.device.type == "cpu" for t in ts)
+            or any(t.dtype != torch.float32 for t in floats) or (rows is not None and rows.dtype != torch.int64)):
+        raise ValueError("decode attention: contiguous CPU tensors, float32 (rows int64), only")
     out = torch.empty_like(q)
     failed = fn(q.data_ptr(), prompt_k.data_ptr(), prompt_v.data_ptr(), prompt_bias.data_ptr(),
                 k_cache.data_ptr(), v_cache.data_ptr(), None if rows is None else rows.data_ptr(), out.data_ptr(),
