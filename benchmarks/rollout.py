@@ -9,7 +9,9 @@ is measured per backend in a fresh subprocess: the Linux peak-RSS mark (VmHWM) i
 the model is built, and the rise above the RSS at that moment is reported.
 Model FLOP/s is ``2 * params * tokens/s`` (embedding lookup excluded, attention not counted),
 reported as a fraction of the fp32 matmul peak timed here (the faster of MKL's and oneDNN's
-product: benchmarks/gemm.py).
+product: benchmarks/gemm.py). ``native_products_mfu`` is the same fraction for a decode step's
+weight products alone at the batch's 64 rows (where the native backend prepacks them): the
+most the whole step's share could reach.
 
 The vllm backend is timed as a stage uses it: the engine is made once (not timed) from the model
 saved to a temporary folder, and each timed rollout includes pushing the weights into it.
@@ -122,6 +124,36 @@ def tokens_per_s(model, prompts, new_tokens: int, repeats: int) -> dict[str, flo
     return {name: len(prompts) * N_SAMPLES * new_tokens / s for name, s in best.items()}
 
 
+def products_gflops(model, rows: int) -> float | None:
+    """FLOP/s of a decode step's weight products alone (every layer's projections and the LM head
+    at ``rows`` rows, weights streamed from memory as in decoding), through the native backend's
+    prepacked products; None where it does not prepack. The native step's share cannot pass it."""
+    if not native.can_pack(model):
+        return None
+    net = native._Net(model, 8, rows, pack=True)
+    x = torch.randn(rows, model.config.hidden_size)
+    h = torch.randn(rows, model.config.intermediate_size)
+
+    def step():
+        for w in net.layers:
+            native._linear(x, w.wqkv, w.bqkv)
+            native._linear(x, w.wo, w.bo, "add", x)
+            native._linear(x, w.wu, w.bu, "mul", native._linear(x, w.wg, w.bg, "swish"))
+            native._linear(h, w.wd, w.bd, "add", x)
+        native._linear(x, net.lm_head)
+
+    weights = sum(w.numel() for n, w in model.named_parameters() if n.endswith("proj.weight")) + model.lm_head.weight.numel()
+    step()
+    best = min(_timed(step) for _ in range(5))
+    return 2 * rows * weights / best
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def rss_of_run(shape: str, backend: str, new_tokens: int) -> None:
     """In a fresh process: reset the peak-RSS mark once the model is built, run, print the rise (MB)."""
     model, prompts = build(shape)
@@ -169,6 +201,9 @@ def main() -> None:
             entry[f"{name}_mfu"] = round(2 * params * tps / peak, 4)
             if not args.no_rss:
                 entry[f"{name}_peak_rss_mb"] = peak_rss_child(shape, name, new_tokens)
+        products = products_gflops(model, N_PROMPTS * N_SAMPLES)
+        if products is not None:                                            # the ceiling of native_mfu
+            entry["native_products_mfu"] = round(products / peak, 4)
         entry["ratio"] = round(entry["native_tok_s"] / entry["hf_tok_s"], 2)
         if "vllm_tok_s" in entry:
             entry["native_over_vllm"] = round(entry["native_tok_s"] / entry["vllm_tok_s"], 2)
