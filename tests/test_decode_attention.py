@@ -8,21 +8,31 @@ from r1lab.rollout import decode_attention, hf, native
 
 from test_native_rollout import assert_same_rollout, kw, prompts_of, tiny_qwen2
 
-kernel = decode_attention.load()
-needs_kernel = pytest.mark.skipif(kernel is None, reason="no C compiler to build the decode attention")
+needs_kernel = pytest.mark.skipif(decode_attention.compiler() is None, reason="no C compiler to build the decode attention")
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    """The compiled loop; where there is a compiler, a build that fails fails the tests."""
+    decode_attention._compile()                                         # raises with the compiler's message
+    loaded = decode_attention.load()
+    assert loaded is not None
+    return loaded
 
 
 @needs_kernel
 @pytest.mark.parametrize("G, D", [(1, 8), (3, 64), (4, 80), (2, 128)])
-def test_compiled_attention_equals_the_reference(G, D):
-    """Every row, and rows missing after compaction; padding and window columns masked; the
-    completion cache longer than its used slots."""
+def test_compiled_attention_equals_the_reference(kernel, G, D):
+    """Every row, and rows missing after compaction; padding and window columns masked (one
+    prompt's all of them: a window past the prompt); the completion cache longer than its used
+    slots."""
     g = torch.Generator().manual_seed(0)
     B, n, K, P, S = 3, 4, 2, 6, 12
     N = B * n
     pk, pv = torch.randn(B, K, P, D, generator=g), torch.randn(B, K, P, D, generator=g)
     bias = torch.zeros(B, P)
     bias[0, :2] = float("-inf")                                         # left padding
+    bias[1, :] = float("-inf")                                          # the window is past the prompt
     bias[2, :5] = float("-inf")                                         # padding and the window
     for rows in (None, torch.tensor([0, 1, 3, 4, 7, 8, 11])):
         R = N if rows is None else len(rows)
@@ -31,15 +41,17 @@ def test_compiled_attention_equals_the_reference(G, D):
         for used in (1, 7, S):
             ref = native.attend(q, pk, pv, bias, kc[:R, :, :used], vc[:R, :, :used], rows, n)
             got = kernel(q, pk, pv, bias, kc, vc, used, rows, n)
-            assert torch.allclose(got, ref, atol=1e-6), (rows, used, (got - ref).abs().max())
+            assert torch.allclose(got, ref, atol=1e-5), (rows, used, (got - ref).abs().max())
 
 
 @needs_kernel
-def test_rollout_with_it_equals_the_reference(tokenizer, monkeypatch):
+def test_rollout_with_it_equals_the_reference(kernel, tokenizer, monkeypatch):
     """Prepacked weights take the compiled attention: the same tokens as the hf backend and as the
     plain decoder, with a sliding window (a ring of slots, prompt columns leaving) and rows ending
     at different steps."""
     monkeypatch.setattr(native, "PACK_MIN_BYTES", 0)
+    calls = []
+    monkeypatch.setattr(decode_attention, "load", lambda: lambda *a: calls.append(1) or kernel(*a))
     prompts = prompts_of(tokenizer)
     windowed = dict(use_sliding_window=True, sliding_window=6, max_window_layers=0)
     for model in (tiny_qwen2(tokenizer), tiny_qwen2(tokenizer, **windowed)):
@@ -49,13 +61,17 @@ def test_rollout_with_it_equals_the_reference(tokenizer, monkeypatch):
         args.update(eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
         packed = native.generate(model, prompts, **args)
         assert len(set(packed.mask.sum(1).tolist())) > 1                # rows left the batch at different steps
+        assert calls, "the prepacked decoder did not take the compiled attention"
+        calls.clear()
         assert_same_rollout(packed, native.generate(model, prompts, pack=False, **args))
+        assert not calls
         assert_same_rollout(packed, hf.generate(model, prompts, **args))
 
 
 def test_without_a_compiler_the_decoder_keeps_pytorch(tokenizer, monkeypatch, tmp_path):
-    """No compiler: one warning, no library, and the prepacked decoder still decodes, through
-    native.attend. ``R1LAB_DECODE_ATTENTION=torch`` asks for the same without a warning."""
+    """No compiler, or one that fails: one warning, no library, and the prepacked decoder still
+    decodes, through native.attend. ``R1LAB_DECODE_ATTENTION=torch`` asks for the same without a
+    warning."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setattr(native, "PACK_MIN_BYTES", 0)
@@ -67,6 +83,10 @@ def test_without_a_compiler_the_decoder_keeps_pytorch(tokenizer, monkeypatch, tm
         args = dict(n=2, max_new_tokens=6, temperature=1.0, seed=1, **kw(tokenizer))
         prompts = prompts_of(tokenizer)
         assert_same_rollout(native.generate(model, prompts, **args), native.generate(model, prompts, pack=False, **args))
+        decode_attention.load.cache_clear()
+        monkeypatch.setenv("CC", "false --and-arguments")                  # found, and fails
+        with pytest.warns(UserWarning, match="compiled loop is not available"):
+            assert decode_attention.load() is None
         decode_attention.load.cache_clear()
         monkeypatch.setenv("R1LAB_DECODE_ATTENTION", "torch")
         monkeypatch.delenv("CC")
@@ -93,8 +113,9 @@ def test_the_build_is_cached_per_source_and_machine(monkeypatch, tmp_path):
 
 
 @needs_kernel
-def test_it_refuses_tensors_it_cannot_read():
-    """A bfloat16 or strided tensor is refused, not read as float32 memory."""
+def test_it_refuses_tensors_it_cannot_read(kernel):
+    """A bfloat16 or strided tensor, int32 rows, or shapes that do not fit together are refused,
+    not read past their memory."""
     q, pk, bias, kc = torch.randn(2, 1, 1, 8), torch.randn(1, 1, 3, 8), torch.zeros(1, 3), torch.randn(2, 1, 4, 8)
     assert kernel(q, pk, pk, bias, kc, kc, 2, None, 2).shape == q.shape
     with pytest.raises(ValueError, match="contiguous CPU tensors, float32"):
@@ -103,3 +124,7 @@ def test_it_refuses_tensors_it_cannot_read():
         kernel(q, pk, pk, bias, kc.transpose(2, 3), kc, 2, None, 2)
     with pytest.raises(ValueError, match="contiguous CPU tensors, float32"):
         kernel(q, pk, pk, bias, kc, kc, 2, torch.tensor([0, 1], dtype=torch.int32), 2)
+    for bad in [dict(used=5), dict(used=0), dict(rows=torch.tensor([0, 2])), dict(kc=kc[:1]), dict(bias=bias[:, :2])]:
+        a = dict(used=2, rows=None, kc=kc, bias=bias) | bad
+        with pytest.raises(ValueError, match="shapes do not fit"):
+            kernel(q, pk, pk, a["bias"], a["kc"], a["kc"], a["used"], a["rows"], 2)

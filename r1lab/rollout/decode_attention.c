@@ -38,14 +38,18 @@ static inline __attribute__((always_inline)) void attend_one(
         fetch(v + (size_t)u * D, D, 2);
     }
     for (int p = 0; p < P; p++) {
-        fetch(pk + (size_t)(p + AHEAD) * D, D, 3);
-        fetch(pv + (size_t)(p + AHEAD) * D, D, 2);
+        if (p + AHEAD < P) {
+            fetch(pk + (size_t)(p + AHEAD) * D, D, 3);
+            fetch(pv + (size_t)(p + AHEAD) * D, D, 2);
+        }
         for (int h = 0; h < G; h++)
             s[h * T + p] = isinf(bias[p]) ? -INFINITY : dot(qt + h * D, pk + (size_t)p * D, D) + bias[p];
     }
     for (int u = 0; u < U; u++) {
-        fetch(k + (size_t)(u + AHEAD) * D, D, 3);
-        fetch(v + (size_t)(u + AHEAD) * D, D, 2);
+        if (u + AHEAD < U) {
+            fetch(k + (size_t)(u + AHEAD) * D, D, 3);
+            fetch(v + (size_t)(u + AHEAD) * D, D, 2);
+        }
         for (int h = 0; h < G; h++)
             s[h * T + P + u] = dot(qt + h * D, k + (size_t)u * D, D);
     }

@@ -25,6 +25,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -52,20 +53,30 @@ def _processor() -> str:
     return platform.processor() + platform.machine()
 
 
+def compiler() -> list[str] | None:
+    """The C compiler's command (``$CC``, which may carry arguments, else ``cc``), or None."""
+    cc = shlex.split(os.environ.get("CC", "cc"))
+    path = shutil.which(cc[0]) if cc else None
+    return None if path is None else [path, *cc[1:]]
+
+
 def _compile() -> Path:
     """The shared library's path, compiled now unless an identical build is cached."""
-    cc = shutil.which(os.environ.get("CC", "cc"))
+    cc = compiler()
     if cc is None:
         raise OSError("no C compiler (cc, or $CC) on PATH")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(FLAGS), _processor()]).encode())
+    version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
+    # OpenMP through libgomp, the runtime PyTorch loads (clang's own would start a second thread pool)
+    flags = [f if f != "-fopenmp" or "clang" not in version else "-fopenmp=libgomp" for f in FLAGS]
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), *cc, version, *flags, _processor()]).encode())
     target = _cache_dir() / f"decode_attention-{key.hexdigest()[:16]}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
         os.close(fd)
         try:
-            subprocess.run([cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, check=True)
+            subprocess.run([*cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, check=True,
+                           timeout=300)
             os.replace(tmp, target)                          # whole or not at all, for concurrent ranks
         finally:
             Path(tmp).unlink(missing_ok=True)
@@ -79,12 +90,11 @@ def load():
     if os.environ.get("R1LAB_DECODE_ATTENTION") == "torch":
         return None
     try:
-        lib = ctypes.CDLL(str(_compile()))
-    except (OSError, subprocess.CalledProcessError) as e:
-        detail = getattr(e, "stderr", "") or e
+        fn = ctypes.CDLL(str(_compile())).attend_f32
+    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", "") or e           # the compiler's own message where it failed
         warnings.warn(f"decode attention: the compiled loop is not available ({detail}); using PyTorch's", stacklevel=2)
         return None
-    fn = lib.attend_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int] * 9
     return functools.partial(_attend, fn)
@@ -102,7 +112,12 @@ def _attend(fn, q, prompt_k, prompt_v, prompt_bias, k_cache, v_cache, used: int,
     if (not all(t.is_contiguous() and t.device.type == "cpu" for t in ts)
             or any(t.dtype != torch.float32 for t in floats) or (rows is not None and rows.dtype != torch.int64)):
         raise ValueError("decode attention: contiguous CPU tensors, float32 (rows int64), only")
-    out = torch.empty_like(q)
+    if (prompt_v.shape != prompt_k.shape or prompt_k.shape[1:4:2] != (K, D) or prompt_bias.shape != (B, P)
+            or v_cache.shape != k_cache.shape or k_cache.shape[0] < R or k_cache.shape[1:4:2] != (K, D)
+            or not 1 <= used <= S or (rows is not None and (rows.shape != (R,) or (R > 0 and int(rows.max()) >= B * n)))
+            or (rows is None and R > B * n)):
+        raise ValueError("decode attention: the tensors' shapes do not fit together (see _attend's docstring)")
+    out = torch.empty_like(q)                                # [R, K, G, D]
     failed = fn(q.data_ptr(), prompt_k.data_ptr(), prompt_v.data_ptr(), prompt_bias.data_ptr(),
                 k_cache.data_ptr(), v_cache.data_ptr(), None if rows is None else rows.data_ptr(), out.data_ptr(),
                 R, K, G, D, P, S, used, n, torch.get_num_threads())

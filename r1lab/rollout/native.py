@@ -205,7 +205,8 @@ class _Net:
         packer = (lambda w: _pack(w, rows)) if pack else (lambda w: w)
         self.keys_first = pack                                              # see attend()
         # the compiled attention where the weights are prepacked (large float32 models on a CPU)
-        self.kernel = decode_attention.load() if pack and model.lm_head.weight.dtype == torch.float32 else None
+        float32 = model.model.embed_tokens.weight.dtype == torch.float32              # the caches' dtype
+        self.kernel = decode_attention.load() if pack and float32 else None
         self.layers = _layers(model, packer)
         self.embed = model.model.embed_tokens.weight                        # [V, d]
         self.norm = model.model.norm.weight                                 # [d]
