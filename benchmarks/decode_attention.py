@@ -64,5 +64,6 @@ def time_one(kernel, B: int, n: int, P: int, S: int, used: tuple[int, ...], turn
         out[U] = (best["torch"], best["compiled"], diff)
     return out
 
+
 if __name__ == "__main__":
     main()

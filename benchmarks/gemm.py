@@ -23,7 +23,8 @@ from r1lab import onednn
 PROJECTIONS = {"q/o": (576, 576), "k/v": (576, 192), "gate/up": (576, 1536), "down": (1536, 576)}
 
 
-def _best(fn, repeats: int) -> float:
+def best_seconds(fn, repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn``, after one untimed call."""
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -43,7 +44,7 @@ def product_flops(size: int = 1024, repeats: int = 5) -> dict[str, float]:
     best = {name: float("inf") for name in ways}
     for _ in range(repeats):
         for name, fn in ways.items():
-            best[name] = min(best[name], _best(fn, 1))
+            best[name] = min(best[name], best_seconds(fn, 1))
     return {name: 2 * size ** 3 / s for name, s in best.items()}
 
 
@@ -56,7 +57,7 @@ def projection_flops(rows: int, d_in: int, d_out: int, fast: bool, repeats: int)
     """FLOP/s of forward and backward (6 rows d_in d_out FLOPs) of one linear layer."""
     layer = torch.nn.Linear(d_in, d_out, bias=False)
     x = torch.randn(rows, d_in, requires_grad=True)
-    return 6 * rows * d_in * d_out / _best(lambda: onednn.linear(layer, x, fast).sum().backward(), repeats)
+    return 6 * rows * d_in * d_out / best_seconds(lambda: onednn.linear(layer, x, fast).sum().backward(), repeats)
 
 
 def main() -> None:

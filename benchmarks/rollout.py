@@ -44,7 +44,7 @@ from r1lab.models.io import load_model
 from r1lab.pipeline import peak_rss_mb, reset_peak_rss, rss_mb
 from r1lab.rollout import native, vllm
 
-from gemm import peak_flops                         # benchmarks/gemm.py: this script's folder is on sys.path
+from gemm import best_seconds, peak_flops                         # benchmarks/gemm.py: this script's folder is on sys.path
 
 SHAPES = {
     "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
@@ -143,15 +143,7 @@ def products_gflops(model, rows: int) -> float | None:
         native._linear(x, net.lm_head)
 
     weights = sum(w.numel() for n, w in model.named_parameters() if n.endswith("proj.weight")) + model.lm_head.weight.numel()
-    step()
-    best = min(_timed(step) for _ in range(5))
-    return 2 * rows * weights / best
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+    return 2 * rows * weights / best_seconds(step, 5)
 
 
 def rss_of_run(shape: str, backend: str, new_tokens: int) -> None:
