@@ -204,11 +204,11 @@ class _Net:
         cfg = model.config
         packer = (lambda w: _pack(w, rows)) if pack else (lambda w: w)
         self.keys_first = pack                                              # see attend()
-        # the compiled attention where the weights are prepacked (large float32 models on a CPU)
-        float32 = model.model.embed_tokens.weight.dtype == torch.float32              # the caches' dtype
-        self.kernel = decode_attention.load() if pack and float32 else None
         self.layers = _layers(model, packer)
         self.embed = model.model.embed_tokens.weight                        # [V, d]
+        # the compiled attention where the weights are prepacked and the caches (the embedding's
+        # dtype) are float32: large float32 models on a CPU
+        self.kernel = decode_attention.load() if pack and self.embed.dtype == torch.float32 else None
         self.norm = model.model.norm.weight                                 # [d]
         self.lm_head = packer(model.lm_head.weight)                         # [V, d]
         self.eps = float(cfg.rms_norm_eps)
