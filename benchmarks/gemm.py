@@ -60,6 +60,49 @@ def projection_flops(rows: int, d_in: int, d_out: int, fast: bool, repeats: int)
     return 6 * rows * d_in * d_out / best_seconds(lambda: onednn.linear(layer, x, fast).sum().backward(), repeats)
 
 
+def training_products(model, rows: int, head_rows: int, repeats: int = 3) -> dict[str, float]:
+    """FLOP/s of one packed micro-batch's matrix products alone, through oneDNN as the packed
+    walk runs them (r1lab/onednn.py): every layer's projections over ``rows`` tokens and the LM
+    head over ``head_rows`` positions in its tiles (r1lab/forward/packed.py ``head_tile``),
+    forward (x W^T) and backward (dY W and dY^T x, operands converted beforehand). Attention,
+    norms, the softmax and the conversions are left out: the most a training phase's share of
+    the peak could reach at these shapes."""
+    from r1lab.forward import CHUNK_SIZE
+    from r1lab.forward.packed import head_tile
+    layers = model.model.layers
+    weights = [m.weight.detach() for m in layers[0].modules() if type(m) is torch.nn.Linear]
+    head = model.lm_head.weight.detach()
+    (V, d), (tile_rows, cols) = head.shape, head_tile(CHUNK_SIZE, head.shape[0], "cpu")
+    x = {n: torch.randn(rows, n) for w in weights for n in w.shape}
+    dense, packed = x, {n: t.to_mkldnn() for n, t in x.items()}
+    h = torch.randn(head_rows, d)
+    blocks = [(r, min(tile_rows, head_rows - r)) for r in range(0, head_rows, tile_rows)]
+    tiles = [(v, min(cols, V - v)) for v in range(0, V, cols)]
+    dz = {(n, c): torch.randn(n, c).to_mkldnn() for _, n in blocks for _, c in tiles}
+    h_packed = {r: h[r:r + n].contiguous().to_mkldnn() for r, n in blocks}
+
+    def forward():
+        for _ in layers:
+            for w in weights:
+                onednn.product(dense[w.shape[1]], w, True)
+        for r, n in blocks:
+            for v, c in tiles:
+                onednn.product(h[r:r + n], head[v:v + c], True)
+
+    def backward():
+        for _ in layers:
+            for w in weights:
+                onednn.grad_input(packed[w.shape[0]], w, True)
+                onednn.grad_weight(packed[w.shape[0]], packed[w.shape[1]], True)
+        for r, n in blocks:
+            for v, c in tiles:
+                onednn.grad_input(dz[n, c], head[v:v + c], True)
+                onednn.grad_weight(dz[n, c], h_packed[r], True)
+
+    flops = 2 * rows * len(layers) * sum(w.numel() for w in weights) + 2 * head_rows * V * d
+    return {"forward": flops / best_seconds(forward, repeats), "backward": 2 * flops / best_seconds(backward, repeats)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=2048)

@@ -138,6 +138,8 @@ def r1lab_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[l
     from r1lab.train.rl_step import scored_rollout
     from r1lab.train.distributed import Dist
     from r1lab.forward import logprobs_no_grad
+    from r1lab.forward.packed import uses_onednn
+    from gemm import training_products                    # benchmarks/gemm.py: this script's folder is on sys.path
     from r1lab.train.optim import build_optimizer, build_scheduler, optimizer_step
 
     cpu = torch.device("cpu")
@@ -170,8 +172,22 @@ def r1lab_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[l
         split.timed("optimizer_s", optimizer_step)(policy, opt, sched, GRAD_CLIP)
         split["policy_forward_s"] -= split["backward_s"]
         done.append({**split, "step_s": time.perf_counter() - t0, "tokens": scored.n_tokens,
-                     "flops": phase_flops(policy, scored.batch)})
-    return done[1:], base_rss, peak_rss_mb()
+                     "flops": phase_flops(policy, scored.batch), "micro_batch_positions": positions(scored.batch, mb)})
+    peak = peak_rss_mb()
+    if uses_onednn(policy):                                                 # the products' own share, at these shapes
+        rows, head_rows = (round(sum(s["micro_batch_positions"][i] for s in done[1:]) / steps) for i in (0, 1))
+        done[-1]["products"] = training_products(policy, rows, head_rows)
+    return done[1:], base_rss, peak
+
+
+def positions(batch: dict, mb: int) -> tuple[float, float]:
+    """A micro-batch's positions through the blocks (each distinct prompt once) and through the
+    LM head (each completion token), on average; ``mb`` 0: the whole batch at once."""
+    width = batch["completion_mask"].shape[1]
+    prompts = int(batch["attention_mask"][::GROUP, :-width].sum())         # the rows of a group share a prompt
+    completions = int(batch["completion_mask"].sum())
+    micro_batches = -(-len(batch["completion_mask"]) // mb) if mb else 1
+    return (prompts + completions) / micro_batches, completions / micro_batches
 
 
 def phase_flops(model, batch: dict) -> dict[str, float]:
@@ -181,10 +197,8 @@ def phase_flops(model, batch: dict) -> dict[str, float]:
     value products are not counted. Backward: twice the forward."""
     V, d = model.lm_head.weight.shape
     body = sum(p.numel() for p in model.parameters()) - V * d        # tied: the embedding counted once, as the head
-    width = batch["completion_mask"].shape[1]
-    prompt_tokens = int(batch["attention_mask"][::GROUP, :-width].sum())  # the rows of a group share a prompt
-    completion_tokens = int(batch["completion_mask"].sum())
-    forward = 2 * body * (prompt_tokens + completion_tokens) + 2 * V * d * completion_tokens
+    tokens, completion_tokens = positions(batch, 0)
+    forward = 2 * body * tokens + 2 * V * d * completion_tokens
     return {"generation_s": forward, "reference_s": forward, "policy_forward_s": forward, "backward_s": 2 * forward}
 
 
@@ -276,6 +290,8 @@ def one_turn(side: str, model_dir: Path, steps: int, mb: int, recompute: bool) -
         matmul_peak = max(peak_before, peak_flops(repeats=20))
         shares = {"matmul_peak_gflops": round(matmul_peak / 1e9, 1), "flop_share": {
             p: round(sum(s["flops"][p] for s in done) / total(p) / matmul_peak, 3) for p in done[0]["flops"]}}
+        if "products" in done[-1]:
+            shares["products_share"] = {k: round(v / matmul_peak, 3) for k, v in done[-1]["products"].items()}
     return {**shares, "tokens_per_s": round(total("tokens") / total("step_s"), 1),
             "step_s": round(total("step_s") / len(done), 3),
             "completion_tokens": round(total("tokens") / len(done)),
