@@ -46,10 +46,11 @@ def time_one(kernel, B: int, n: int, P: int, S: int, used: tuple[int, ...], turn
     for b in range(B):
         bias[b, :(4 * b) % (P // 2)] = float("-inf")                # left padding, a different amount a prompt
     q = torch.randn(N, K, G, D, generator=g) * D ** -0.5
+    prompt_kt = decode_attention.key_tiles(prompt_kv[:, 0])            # the loop's keys, in tiles
     sides = {
         "torch": lambda i, U: native.attend(q, prompt_kv[i, 0], prompt_kv[i, 1], bias, kv[i, 0, :, :, :U],
                                             kv[i, 1, :, :, :U], None, n, True),
-        "compiled": lambda i, U: kernel(q, prompt_kv[i, 0], prompt_kv[i, 1], bias, kv[i, 0], kv[i, 1], U, None, n),
+        "compiled": lambda i, U: kernel(q, prompt_kt[i], prompt_kv[i, 1], bias, kv[i, 0], kv[i, 1], U, None, n),
     }
     out = {}
     for U in used:

@@ -22,26 +22,41 @@ def kernel():
 
 @needs_kernel
 @pytest.mark.parametrize("G, D", [(1, 8), (3, 64), (4, 80), (2, 128)])
-def test_compiled_attention_equals_the_reference(kernel, G, D):
-    """Every row, and rows missing after compaction; padding and window columns masked (one
-    prompt's all of them: a window past the prompt); the completion cache longer than its used
-    slots."""
+@pytest.mark.parametrize("B, n, P", [(3, 4, 6), (3, 11, 37)])
+def test_compiled_attention_equals_the_reference(kernel, G, D, B, n, P):
+    """Every row, and rows missing after compaction (in any order); padding and window columns
+    masked (one prompt's all of them: a window past the prompt); the completion cache longer
+    than its used slots; prompts shorter than a tile and longer than two with a partial one,
+    and more samples of a prompt than the loop takes at a time."""
     g = torch.Generator().manual_seed(0)
-    B, n, K, P, S = 3, 4, 2, 6, 12
+    K, S = 2, 12
     N = B * n
     pk, pv = torch.randn(B, K, P, D, generator=g), torch.randn(B, K, P, D, generator=g)
     bias = torch.zeros(B, P)
     bias[0, :2] = float("-inf")                                         # left padding
     bias[1, :] = float("-inf")                                          # the window is past the prompt
-    bias[2, :5] = float("-inf")                                         # padding and the window
-    for rows in (None, torch.tensor([0, 1, 3, 4, 7, 8, 11])):
+    bias[2, :P - 1] = float("-inf")                                     # padding and the window
+    for rows in (None, torch.randperm(N, generator=g)[:N * 2 // 3]):
         R = N if rows is None else len(rows)
         q = torch.randn(R, K, G, D, generator=g) * D ** -0.5
         kc, vc = torch.randn(N, K, S, D, generator=g), torch.randn(N, K, S, D, generator=g)
         for used in (1, 7, S):
             ref = native.attend(q, pk, pv, bias, kc[:R, :, :used], vc[:R, :, :used], rows, n)
-            got = kernel(q, pk, pv, bias, kc, vc, used, rows, n)
+            got = kernel(q, decode_attention.key_tiles(pk), pv, bias, kc, vc, used, rows, n)
             assert torch.allclose(got, ref, atol=1e-5), (rows, used, (got - ref).abs().max())
+
+
+def test_key_tiles():
+    """A prompt's keys in tiles of TILE positions, each key a column, zeros past the prompt."""
+    k = torch.randn(2, 3, 37, 5)
+    tiles = decode_attention.key_tiles(k)
+    T = decode_attention.TILE
+    assert tiles.shape == (2, 3, 3, 5, T) and tiles.is_contiguous()
+    for p in (0, 15, 16, 36):
+        assert torch.equal(tiles[:, :, p // T, :, p % T], k[:, :, p])
+    assert not tiles[:, :, 2, :, 37 - 2 * T:].any()
+    out = torch.full_like(tiles, float("nan"))
+    assert decode_attention.key_tiles(k, out=out) is out and torch.equal(out, tiles)
 
 
 @needs_kernel
@@ -114,17 +129,19 @@ def test_the_build_is_cached_per_source_and_machine(monkeypatch, tmp_path):
 
 @needs_kernel
 def test_it_refuses_tensors_it_cannot_read(kernel):
-    """A bfloat16 or strided tensor, int32 rows, or shapes that do not fit together are refused,
-    not read past their memory."""
-    q, pk, bias, kc = torch.randn(2, 1, 1, 8), torch.randn(1, 1, 3, 8), torch.zeros(1, 3), torch.randn(2, 1, 4, 8)
-    assert kernel(q, pk, pk, bias, kc, kc, 2, None, 2).shape == q.shape
+    """A bfloat16 or strided tensor, int32 rows, or shapes that do not fit together (keys not in
+    tiles among them) are refused, not read past their memory."""
+    q, pv, bias, kc = torch.randn(2, 1, 1, 8), torch.randn(1, 1, 3, 8), torch.zeros(1, 3), torch.randn(2, 1, 4, 8)
+    pk = decode_attention.key_tiles(pv)
+    assert kernel(q, pk, pv, bias, kc, kc, 2, None, 2).shape == q.shape
     with pytest.raises(ValueError, match="contiguous CPU tensors, float32"):
-        kernel(q.bfloat16(), pk, pk, bias, kc, kc, 2, None, 2)
+        kernel(q.bfloat16(), pk, pv, bias, kc, kc, 2, None, 2)
     with pytest.raises(ValueError, match="contiguous CPU tensors, float32"):
-        kernel(q, pk, pk, bias, kc.transpose(2, 3), kc, 2, None, 2)
+        kernel(q, pk, pv, bias, kc.transpose(2, 3), kc, 2, None, 2)
     with pytest.raises(ValueError, match="contiguous CPU tensors, float32"):
-        kernel(q, pk, pk, bias, kc, kc, 2, torch.tensor([0, 1], dtype=torch.int32), 2)
-    for bad in [dict(used=5), dict(used=0), dict(rows=torch.tensor([0, 2])), dict(kc=kc[:1]), dict(bias=bias[:, :2])]:
-        a = dict(used=2, rows=None, kc=kc, bias=bias) | bad
+        kernel(q, pk, pv, bias, kc, kc, 2, torch.tensor([0, 1], dtype=torch.int32), 2)
+    for bad in [dict(used=5), dict(used=0), dict(rows=torch.tensor([0, 2])), dict(kc=kc[:1]), dict(bias=bias[:, :2]),
+                dict(pk=pv)]:
+        a = dict(used=2, rows=None, kc=kc, bias=bias, pk=pk) | bad
         with pytest.raises(ValueError, match="shapes do not fit"):
-            kernel(q, pk, pk, a["bias"], a["kc"], a["kc"], a["used"], a["rows"], 2)
+            kernel(q, a["pk"], pv, a["bias"], a["kc"], a["kc"], a["used"], a["rows"], 2)

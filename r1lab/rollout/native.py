@@ -232,9 +232,18 @@ class _Net:
         act = _linear(h, w.wu, w.bu, "mul", _linear(h, w.wg, w.bg, "swish"))  # [..., I]
         return _linear(act, w.wd, w.bd, "add", x)
 
-    def prefill(self, ids, pos, mask, prompt_kv):
-        """ids, pos [B, P]; mask [B, 1, P, P] bool; keys and values go to prompt_kv
-        [L, 2, B, K, P, D]. -> last-position logits [B, V]."""
+    def prompt_caches(self, B: int, P: int, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Empty caches of B prompts' keys and values, as :meth:`prefill` writes them and
+        :meth:`step` reads them: values [L, B, K, P, D]; keys the same, or where the compiled
+        attention reads them [L, B, K, ceil(P / 16), D, 16] (``decode_attention.key_tiles``)."""
+        L, K, D = len(self.layers), self.K, self.D
+        tiles = (-(-P // decode_attention.TILE), D, decode_attention.TILE) if self.kernel is not None else (P, D)
+        return (torch.empty((L, B, K, *tiles), dtype=dtype, device=device),
+                torch.empty((L, B, K, P, D), dtype=dtype, device=device))
+
+    def prefill(self, ids, pos, mask, prompt_k, prompt_v):
+        """ids, pos [B, P]; mask [B, 1, P, P] bool; keys and values go to the caches
+        :meth:`prompt_caches` made. -> last-position logits [B, V]."""
         B, P = ids.shape
         H, K, D, d = self.H, self.K, self.D, self.d
         x = F.embedding(ids, self.embed)                                    # [B, P, d]
@@ -244,16 +253,20 @@ class _Net:
             qkv = _linear(h, w.wqkv, w.bqkv)                               # [B, P, (H+2K)*D]
             qk = self._rope(qkv[..., :(H + K) * D].view(B, P, H + K, D), cos, sin)
             q = qk[:, :, :H].transpose(1, 2)                                # [B, H, P, D]
-            k = prompt_kv[i, 0].copy_(qk[:, :, H:].transpose(1, 2))         # [B, K, P, D]
-            v = prompt_kv[i, 1].copy_(qkv[..., (H + K) * D:].view(B, P, K, D).transpose(1, 2))
+            k = qk[:, :, H:].transpose(1, 2).contiguous()                   # [B, K, P, D]
+            if self.kernel is not None:
+                decode_attention.key_tiles(k, out=prompt_k[i])
+            else:
+                prompt_k[i].copy_(k)
+            v = prompt_v[i].copy_(qkv[..., (H + K) * D:].view(B, P, K, D).transpose(1, 2))
             att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)
             x = self._mlp(_linear(att.transpose(1, 2).reshape(B, P, H * D), w.wo, w.bo, "add", x), w)
         x = F.rms_norm(x[:, -1], (d,), self.norm, self.eps)                 # [B, d]
         return _linear(x, self.lm_head)                                    # [B, V]
 
-    def step(self, tok, pos, prompt_kv, prompt_bias, kv, slot, used, rows, n):
-        """One token per row. tok, pos [R]; prompt_kv [L, 2, B, K, P, D] and prompt_bias [B, P]
-        as :func:`attend` takes them; kv [L, 2, >=R, K, S, D] is written at ``slot`` and
+    def step(self, tok, pos, prompt_k, prompt_v, prompt_bias, kv, slot, used, rows, n):
+        """One token per row. tok, pos [R]; prompt_k, prompt_v as :meth:`prefill` wrote them and
+        prompt_bias [B, P] as :func:`attend` takes it; kv [L, 2, >=R, K, S, D] is written at ``slot`` and
         attended over slots [:used]; rows as in :func:`attend`. -> logits [R, V]."""
         R = tok.shape[0]
         H, K, D, d = self.H, self.K, self.D, self.d
@@ -268,9 +281,9 @@ class _Net:
             vc[:, :, slot] = qkv[:, (H + K) * D:].view(R, K, D)
             q = (qk[:, :H] * D ** -0.5).view(R, K, H // K, D)               # [R, K, G, D]
             if self.kernel is not None:
-                att = self.kernel(q, prompt_kv[i, 0], prompt_kv[i, 1], prompt_bias, kc, vc, used, rows, n)
+                att = self.kernel(q, prompt_k[i], prompt_v[i], prompt_bias, kc, vc, used, rows, n)
             else:
-                att = attend(q, prompt_kv[i, 0], prompt_kv[i, 1], prompt_bias,
+                att = attend(q, prompt_k[i], prompt_v[i], prompt_bias,
                              kc[:, :, :used], vc[:, :, :used], rows, n, self.keys_first)
             x = self._mlp(_linear(att.reshape(R, H * D), w.wo, w.bo, "add", x), w)
         x = F.rms_norm(x, (d,), self.norm, self.eps)
@@ -321,10 +334,10 @@ def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, 
     P = ids.shape[1]
     pad_len = (~attn).sum(-1)                                               # [B]
     net = _Net(model, P + max_new_tokens, N, pack and can_pack(model))
-    prompt_shape, shape = cache_shapes(model.config, B, P, n, max_new_tokens, window)
-    prompt_kv = torch.empty(prompt_shape, dtype=dtype, device=device)      # [L, 2, B, K, P, D]
-    kv = torch.empty(shape, dtype=dtype, device=device)                     # [L, 2, N, K, S, D]
-    S = shape[4]
+    prompt_k, prompt_v = net.prompt_caches(B, P, dtype, device)           # [L, B, K, P, D] (keys: or in tiles)
+    kv = torch.empty(cache_shapes(model.config, B, P, n, max_new_tokens, window)[1], dtype=dtype,
+                     device=device)                                         # [L, 2, N, K, S, D]
+    S = kv.shape[4]
 
     # Prefill the B prompts (causal, padding and window masks), once each.
     col = torch.arange(P, device=device)
@@ -333,7 +346,7 @@ def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, 
     if window is not None:
         causal &= col[None, :] > col[:, None] - window
     mask = (causal[None] & attn[:, None, :]) | torch.eye(P, dtype=torch.bool, device=device)  # [B, P, P]
-    logits = net.prefill(ids, pos, mask[:, None], prompt_kv).repeat_interleave(n, 0)  # [N, V]
+    logits = net.prefill(ids, pos, mask[:, None], prompt_k, prompt_v).repeat_interleave(n, 0)  # [N, V]
     pad_bias = torch.zeros(B, P, dtype=dtype, device=device).masked_fill(~attn, float("-inf"))
     prompt_bias = pad_bias                                                  # [B, P]
     pos = (P - pad_len).repeat_interleave(n)                                # [N] position of the next token
@@ -382,7 +395,7 @@ def _generate(model, prompts, *, n, max_new_tokens, eos_token_id, pad_token_id, 
         if window is not None and P + t - window >= 0:                      # prompt columns leave the window
             prompt_bias = pad_bias.masked_fill(col <= P + t - window, float("-inf"))
         rows = None if active.shape[0] == N else active
-        logits = net.step(tok, pos, prompt_kv, prompt_bias, kv, t % S, min(t + 1, S), rows, n)
+        logits = net.step(tok, pos, prompt_k, prompt_v, prompt_bias, kv, t % S, min(t + 1, S), rows, n)
         pos = pos + 1
 
     names = ("length", "eos", "stop")
