@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from r1lab.rollout.sampling import BLOCK, LARGE_VOCAB, filter_logits, sample_candidates, sample_from, sample_next
+from r1lab.rollout.sampling import (BLOCK, LARGE_VOCAB, ROWS, filter_logits, sample_candidates, sample_from,
+                                    sample_next, top_candidates)
 
 
 def test_top_p_and_top_k_filtering():
@@ -78,6 +79,42 @@ def test_candidates_draw_the_reference_token(top_k, top_p, spread):
     uniform = torch.rand(48, generator=g, dtype=torch.float64)
     ref = sample_from(filter_logits(logits, top_k, top_p).softmax(-1), uniform)
     assert torch.equal(sample_candidates(logits, top_k, top_p, uniform), ref)
+
+
+@pytest.mark.parametrize("top_k, top_p", [(0, 0.95), (0, 0.5), (40, 0.9)])
+@pytest.mark.parametrize("spread", [0.1, 2.0, 6.0])
+def test_candidates_draw_the_reference_token_at_a_real_vocabulary(top_k, top_p, spread):
+    """The same at SmolLM2's 49,152 ids, where the first candidates are looked for among the
+    blocks with the largest maxima; rows past them (flat ones) take the wider look, then the sort."""
+    g = torch.Generator().manual_seed(int(spread * 10) + top_k)
+    logits = torch.randn(24, 49152, generator=g) * spread
+    uniform = torch.rand(24, generator=g, dtype=torch.float64)
+    ref = sample_from(filter_logits(logits, top_k, top_p).softmax(-1), uniform)
+    assert torch.equal(sample_candidates(logits, top_k, top_p, uniform), ref)
+
+
+@pytest.mark.parametrize("k", [1, 32, 100, 192, 300])
+def test_top_candidates_are_topk(k):
+    """The k largest of each row, as torch.topk finds them, whether or not they share blocks."""
+    g = torch.Generator().manual_seed(k)
+    logits = torch.randn(6, 49152, generator=g)
+    logits[0, :BLOCK] += 10                                             # all in one block
+    logits[1, ::BLOCK] += 10                                            # one a block
+    vals, idx = top_candidates(logits, k)
+    ref = logits.topk(k, -1)
+    assert torch.equal(vals, ref.values) and torch.equal(idx, ref.indices)
+
+
+def test_a_batch_is_sampled_in_row_blocks():
+    """More rows than ROWS: the tokens and log-probs of each row alone, bit for bit."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2 * ROWS + 5, LARGE_VOCAB, generator=g) * 3
+    u = torch.rand(len(logits), generator=g, dtype=torch.float64)
+    for kw in (dict(temperature=0.6, top_k=0, top_p=0.95), dict(temperature=1.0, top_k=0, top_p=1.0),
+               dict(temperature=0, top_k=0, top_p=1.0)):
+        tokens, logp = sample_next(logits, uniform=u, **kw)
+        alone = [sample_next(logits[i:i + 1], uniform=u[i:i + 1], **kw) for i in range(len(logits))]
+        assert torch.equal(tokens, torch.cat([t for t, _ in alone])) and torch.equal(logp, torch.cat([lp for _, lp in alone]))
 
 
 def test_large_vocabularies_take_the_candidates():
