@@ -130,7 +130,8 @@ def test_the_build_is_cached_per_source_and_machine(monkeypatch, tmp_path):
 @needs_kernel
 def test_it_refuses_tensors_it_cannot_read(kernel):
     """A bfloat16 or strided tensor, int32 rows, or shapes that do not fit together (keys not in
-    tiles among them) are refused, not read past their memory."""
+    tiles, values of other heads or head sizes, rows out of range among them) are refused, not
+    read past their memory."""
     q, pv, bias, kc = torch.randn(2, 1, 1, 8), torch.randn(1, 1, 3, 8), torch.zeros(1, 3), torch.randn(2, 1, 4, 8)
     pk = decode_attention.key_tiles(pv)
     assert kernel(q, pk, pv, bias, kc, kc, 2, None, 2).shape == q.shape
@@ -140,8 +141,9 @@ def test_it_refuses_tensors_it_cannot_read(kernel):
         kernel(q, pk, pv, bias, kc.transpose(2, 3), kc, 2, None, 2)
     with pytest.raises(ValueError, match="contiguous CPU tensors, float32"):
         kernel(q, pk, pv, bias, kc, kc, 2, torch.tensor([0, 1], dtype=torch.int32), 2)
-    for bad in [dict(used=5), dict(used=0), dict(rows=torch.tensor([0, 2])), dict(kc=kc[:1]), dict(bias=bias[:, :2]),
-                dict(pk=pv)]:
-        a = dict(used=2, rows=None, kc=kc, bias=bias, pk=pk) | bad
+    for bad in [dict(used=5), dict(used=0), dict(rows=torch.tensor([0, 2])), dict(rows=torch.tensor([-1, 0])),
+                dict(kc=kc[:1]), dict(bias=bias[:, :2]), dict(pk=pv), dict(pv=torch.randn(1, 2, 3, 8)),
+                dict(pv=torch.randn(1, 1, 3, 4))]:
+        a = dict(used=2, rows=None, kc=kc, bias=bias, pk=pk, pv=pv) | bad
         with pytest.raises(ValueError, match="shapes do not fit"):
-            kernel(q, a["pk"], pv, a["bias"], a["kc"], a["kc"], a["used"], a["rows"], 2)
+            kernel(q, a["pk"], a["pv"], a["bias"], a["kc"], a["kc"], a["used"], a["rows"], 2)

@@ -71,7 +71,7 @@ static inline __attribute__((always_inline)) void prompt_scores(
             }
         }
         for (int j = 0; j < M && !live; j++)
-            for (int l = 0; l < nb; l++) s[j * T + p0 + l] = -INFINITY;
+            for (int l = 0; l < nb; l++) s[(size_t)j * T + p0 + l] = -INFINITY;
     }
 }
 
@@ -85,7 +85,7 @@ static inline __attribute__((always_inline)) void prompt_values(
         for (int j = 0; j < M; j++) {
             float *oj = o + (size_t)j * D;
             for (int p = 0; p < P; p++)
-                if (!isinf(bias[p])) add_scaled(oj, s[j * T + p], pv + (size_t)p * D, D);
+                if (!isinf(bias[p])) add_scaled(oj, s[(size_t)j * T + p], pv + (size_t)p * D, D);
         }
         return;
     }
@@ -97,7 +97,7 @@ static inline __attribute__((always_inline)) void prompt_values(
             const float *v = pv + (size_t)p * D;
 #pragma GCC unroll 4
             for (int a = 0; a < QV; a++) {
-                const float w = s[(j + a) * T + p];
+                const float w = s[(size_t)(j + a) * T + p];
 #pragma GCC unroll 8
                 for (int c = 0; c < D / 16; c++) acc[a][c] += w * load16(v + 16 * c);
             }
@@ -125,14 +125,14 @@ static inline __attribute__((always_inline)) void own_scores(
             fetch(k + (size_t)(u + AHEAD) * D, D, 3);
             fetch(v + (size_t)(u + AHEAD) * D, D, 2);
         }
-        for (int h = 0; h < G; h++) s[h * T + P + u] = dot(qt + h * D, k + (size_t)u * D, D);
+        for (int h = 0; h < G; h++) s[(size_t)h * T + P + u] = dot(qt + h * D, k + (size_t)u * D, D);
     }
 }
 
 static inline __attribute__((always_inline)) void own_values(
         const float *s, const float *v, float *o, int G, int D, int T, int P, int U) {
     for (int u = 0; u < U; u++)
-        for (int h = 0; h < G; h++) add_scaled(o + h * D, s[h * T + P + u], v + (size_t)u * D, D);
+        for (int h = 0; h < G; h++) add_scaled(o + h * D, s[(size_t)h * T + P + u], v + (size_t)u * D, D);
 }
 
 static void softmax_rows(float *s, int M, int T) {

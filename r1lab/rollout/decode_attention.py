@@ -117,9 +117,10 @@ def key_tiles(k: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
 
 def _attend(fn, q, prompt_kt, prompt_v, prompt_bias, k_cache, v_cache, used: int, rows, n: int) -> torch.Tensor:
     """q [R, K, G, D] scaled queries; prompt_kt [B, K, ceil(P / TILE), D, TILE] the prompts'
-    keys as :func:`key_tiles` lays them out; prompt_v [B, K, P, D]; prompt_bias [B, P]; k_cache, v_cache [>=R, K, S, D], slots [:used]
-    attended; rows [R] sample indices or None. Everything float32, contiguous, on the CPU.
-    -> [R, K, G, D], as native.attend returns."""
+    keys as :func:`key_tiles` lays them out; prompt_v [B, K, P, D]; prompt_bias [B, P];
+    k_cache, v_cache [>=R, K, S, D], slots [:used] attended; rows [R] sample indices in
+    [0, B * n) or None. Everything float32, contiguous, on the CPU. -> [R, K, G, D], as
+    native.attend returns."""
     R, K, G, D = q.shape
     B, _, P, _ = prompt_v.shape
     S = k_cache.shape[2]
@@ -128,10 +129,10 @@ def _attend(fn, q, prompt_kt, prompt_v, prompt_bias, k_cache, v_cache, used: int
     if (not all(t.is_contiguous() and t.device.type == "cpu" for t in ts)
             or any(t.dtype != torch.float32 for t in floats) or (rows is not None and rows.dtype != torch.int64)):
         raise ValueError("decode attention: contiguous CPU tensors, float32 (rows int64), only")
-    if (prompt_kt.shape != (B, K, -(-P // TILE), D, TILE) or prompt_bias.shape != (B, P)
-            or v_cache.shape != k_cache.shape or k_cache.shape[0] < R or k_cache.shape[1:4:2] != (K, D)
-            or not 1 <= used <= S or (rows is not None and (rows.shape != (R,) or (R > 0 and int(rows.max()) >= B * n)))
-            or (rows is None and R > B * n)):
+    bad_rows = rows is not None and (rows.shape != (R,) or (R > 0 and (int(rows.min()) < 0 or int(rows.max()) >= B * n)))
+    if (prompt_v.shape[1:4:2] != (K, D) or prompt_kt.shape != (B, K, -(-P // TILE), D, TILE)
+            or prompt_bias.shape != (B, P) or v_cache.shape != k_cache.shape or k_cache.shape[0] < R
+            or k_cache.shape[1:4:2] != (K, D) or not 1 <= used <= S or bad_rows or (rows is None and R > B * n)):
         raise ValueError("decode attention: the tensors' shapes do not fit together (see _attend's docstring)")
     out = torch.empty_like(q)                                # [R, K, G, D]
     failed = fn(q.data_ptr(), prompt_kt.data_ptr(), prompt_v.data_ptr(), prompt_bias.data_ptr(),

@@ -7,8 +7,9 @@ which samples through the HF forward and its ``DynamicCache``), but much less Py
   Qwen2's q/k/v biases, RMSNorm, SwiGLU, GQA, the model's own rotary embedding so RoPE scaling
   configs match) and the step is a short run of ``torch.nn.functional`` calls;
 - the KV cache is preallocated once and written in place, in two parts: each prompt's keys and
-  values ``[layers, 2, prompts, kv_heads, prompt_len, head_dim]``, computed by one prefill and
-  shared by its ``n`` samples (never copied), and each sample's own completion keys and values
+  values ``[layers, prompts, kv_heads, prompt_len, head_dim]`` each (the keys in tiles of 16
+  positions where the compiled attention reads them: :meth:`_Net.prompt_caches`), computed by
+  one prefill and shared by its ``n`` samples (never copied), and each sample's own completion keys and values
   ``[layers, 2, rows, kv_heads, slots, head_dim]``. Attention of a new token is one exact softmax
   over both parts (:func:`attend`); reading the prompt part once per prompt and not once per
   sample is what makes a decode step cheaper than a forward over a row-per-sample cache;
@@ -23,8 +24,8 @@ which samples through the HF forward and its ``DynamicCache``), but much less Py
   oneDNN product ~95% (SmolLM2-135M's shapes, 64 rows, 2 cores). The plain ``F.linear`` on the
   model's own weights is the reference it is tested against (same tokens, log-probs within 1e-5).
   With them, where a C compiler is at hand, a float32 step's attention is one compiled loop
-  (:mod:`r1lab.rollout.decode_attention`) that reads each cached key and value once, with
-  :func:`attend` as its reference and its fallback.
+  (:mod:`r1lab.rollout.decode_attention`) that reads each prompt's keys and values once for up
+  to 8 of its rows and each row's own once, with :func:`attend` as its reference and its fallback.
 
 Sampling goes through :func:`r1lab.rollout.sampling.sample_next` on the live rows only; the
 uniform draws are made for all ``N`` rows every step, as the reference makes them, so the same

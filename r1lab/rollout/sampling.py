@@ -112,7 +112,8 @@ def sample_candidates(scaled: torch.Tensor, top_k: int, top_p: float, uniform: t
     renormalised over the top-k set as the reference does, < top_p); the kept tokens are put
     back in vocabulary order, so one uniform picks the token the reference picks up to rounding
     at an interval's edge. A row whose candidates all stay in the nucleus with less than top_p
-    of the mass may have more tokens in it: that row takes the reference path. lse:
+    of the mass may have more tokens in it: that row takes the reference path. Where logits tie
+    at the k-th value, the reference keeps every tied token and this exactly k. lse:
     ``scaled.logsumexp(-1)`` [B] if the caller has it.
     """
     B, V = scaled.shape
