@@ -254,11 +254,12 @@ class _Net:
             qkv = _linear(h, w.wqkv, w.bqkv)                               # [B, P, (H+2K)*D]
             qk = self._rope(qkv[..., :(H + K) * D].view(B, P, H + K, D), cos, sin)
             q = qk[:, :, :H].transpose(1, 2)                                # [B, H, P, D]
-            k = qk[:, :, H:].transpose(1, 2).contiguous()                   # [B, K, P, D]
-            if self.kernel is not None:
-                decode_attention.key_tiles(k, out=prompt_k[i])
+            k = qk[:, :, H:].transpose(1, 2)                                # [B, K, P, D]
+            if self.kernel is None:
+                k = prompt_k[i].copy_(k)
             else:
-                prompt_k[i].copy_(k)
+                k = k.contiguous()
+                decode_attention.key_tiles(k, out=prompt_k[i])
             v = prompt_v[i].copy_(qkv[..., (H + K) * D:].view(B, P, K, D).transpose(1, 2))
             att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=H != K)
             x = self._mlp(_linear(att.transpose(1, 2).reshape(B, P, H * D), w.wo, w.bo, "add", x), w)

@@ -117,26 +117,24 @@ def sample_candidates(scaled: torch.Tensor, top_k: int, top_p: float, uniform: t
     ``scaled.logsumexp(-1)`` [B] if the caller has it.
     """
     B, V = scaled.shape
-    if top_k <= 0:
-        lse = scaled.logsumexp(-1) if lse is None else lse
-        tokens, spill = _draw_candidates(scaled, min(V, FIRST_CANDIDATES), False, top_p, uniform, lse)
-        if FIRST_CANDIDATES < min(V, CANDIDATES) and bool(spill.any()):   # a wider look for these rows
-            rows = spill.nonzero().squeeze(1)
-            tokens[rows], spill[rows] = _draw_candidates(scaled[rows], min(V, CANDIDATES), False, top_p,
-                                                         uniform[rows], lse[rows])
-        k = min(V, CANDIDATES)
-    else:
-        k = min(V, top_k)
-        tokens, spill = _draw_candidates(scaled, k, True, top_p, uniform, None)
-    if k < V and bool(spill.any()):                                         # the nucleus may go on
+    if top_k > 0:                                                           # the top-k set holds the nucleus
+        return _draw_candidates(scaled, min(V, top_k), True, top_p, uniform, None)[0]
+    lse = scaled.logsumexp(-1) if lse is None else lse
+    tokens, spill = _draw_candidates(scaled, min(V, FIRST_CANDIDATES), False, top_p, uniform, lse)
+    if FIRST_CANDIDATES < min(V, CANDIDATES) and bool(spill.any()):       # a wider look for these rows
+        rows = spill.nonzero().squeeze(1)
+        tokens[rows], spill[rows] = _draw_candidates(scaled[rows], min(V, CANDIDATES), False, top_p,
+                                                     uniform[rows], lse[rows])
+    if CANDIDATES < V and bool(spill.any()):                                # the nucleus may go on
         rows = spill.nonzero().squeeze(1)
         tokens[rows] = sample_from(filter_logits(scaled[rows], top_k, top_p).softmax(-1), uniform[rows])
     return tokens
 
 
 def _draw_candidates(scaled, k: int, top_k: bool, top_p: float, uniform, lse) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sample_candidates` on the k most likely tokens of each row: the tokens [B], and
-    which rows' nucleus may run past them (top-p alone: their mass is < top_p)."""
+    """:func:`sample_candidates` on the k most likely tokens of each row, renormalised over them
+    (``top_k``) or by ``lse``: the tokens [B], and the rows whose candidates hold less than top_p
+    of the mass (for top-p alone: their nucleus may run past them)."""
     vals, idx = top_candidates(scaled, k)                                   # [B, k], descending
     norm = vals.logsumexp(-1, keepdim=True) if top_k else lse[:, None]      # [B, 1]
     probs = (vals - norm).exp()                                             # [B, k]
@@ -146,7 +144,7 @@ def _draw_candidates(scaled, k: int, top_k: bool, top_p: float, uniform, lse) ->
     idx, order = idx.sort(-1)                                               # vocabulary order
     probs = (probs * keep).gather(-1, order)
     tokens = idx.gather(-1, sample_from(probs, uniform)[:, None]).squeeze(-1)
-    return tokens, (cum[:, -1] < top_p) if not top_k else torch.zeros_like(tokens, dtype=torch.bool)
+    return tokens, cum[:, -1] < top_p
 
 
 def sample_next(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float,
