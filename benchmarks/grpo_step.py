@@ -47,6 +47,7 @@ On 1 thread of a 2-core machine the defaults take ~15 min once the bases exist (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -129,7 +130,7 @@ def base_model(shape: str, steps: int, work: Path) -> Path:
     return pipeline.stage_dir(run_dir, 0, "base") / "model"
 
 
-def r1lab_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[list[dict], float, float]:
+def r1lab_turn(model_dir: Path, steps: int, mb: int, recompute: bool, offload: bool) -> tuple[list[dict], float, float]:
     from r1lab.losses.registry import ADVANTAGE_ESTIMATORS
     from r1lab.models.adapters import frozen_reference
     from r1lab.models.io import load_model
@@ -141,6 +142,7 @@ def r1lab_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[l
     from r1lab.forward.packed import uses_onednn
     from gemm import training_products                    # benchmarks/gemm.py: this script's folder is on sys.path
     from r1lab.train.optim import build_optimizer, build_scheduler, optimizer_step
+    from r1lab.train.offload import OffloadedWeights, offload_optimizer_state
 
     cpu = torch.device("cpu")
     policy, tokenizer = load_model(model_dir, cpu)
@@ -148,9 +150,14 @@ def r1lab_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[l
     if recompute:
         from r1lab.models.recompute import enable_recompute
         enable_recompute(policy)
+    opt = build_optimizer(policy, lr=LR, weight_decay=0.0, betas=BETAS)
+    ref_in_memory = contextlib.nullcontext
+    if offload:                                                 # as optim.offload and reference_offload do
+        scratch = Path(tempfile.mkdtemp(prefix="r1lab-offload-"))
+        offload_optimizer_state(opt, scratch / "optimizer.bin")
+        ref_in_memory = OffloadedWeights(ref, scratch / "reference.bin").loaded
     reset_peak_rss()
     base_rss = rss_mb()
-    opt = build_optimizer(policy, lr=LR, weight_decay=0.0, betas=BETAS)
     sched = build_scheduler(opt, warmup_steps=0, total_steps=steps + 1, min_ratio=1.0)
     cfg = GrpoConfig(kind="grpo", name="b", init=str(model_dir), beta=BETA, micro_batch_size=mb,
                      sampling=dict(max_new_tokens=MAX_NEW_TOKENS, temperature=TEMPERATURE, top_p=1.0, stop=[]))
@@ -165,8 +172,9 @@ def r1lab_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[l
         scored = split.timed("generation_s", scored_rollout)(policy, tokenizer, TASK, examples, GROUP, cfg.sampling,
                                                              SEED * 1_000_003 + step, scorers, [])
         advantages = ADVANTAGE_ESTIMATORS["group"](scored.rewards, GROUP)
-        ref_logp = split.timed("reference_s", logprobs_no_grad)(ref, scored.batch, temperature=TEMPERATURE,
-                                                                micro_batch_size=mb)
+        with ref_in_memory():
+            ref_logp = split.timed("reference_s", logprobs_no_grad)(ref, scored.batch, temperature=TEMPERATURE,
+                                                                    micro_batch_size=mb)
         policy.train()
         split.timed("policy_forward_s", grpo_batch)(policy, scored.batch, advantages, None, ref_logp, cfg, ctx)
         split.timed("optimizer_s", optimizer_step)(policy, opt, sched, GRAD_CLIP)
@@ -274,7 +282,7 @@ def trl_turn(model_dir: Path, steps: int, mb: int, recompute: bool) -> tuple[lis
     return done[1:], base_rss, peak_rss_mb()
 
 
-def one_turn(side: str, model_dir: Path, steps: int, mb: int, recompute: bool) -> dict:
+def one_turn(side: str, model_dir: Path, steps: int, mb: int, recompute: bool, offload: bool) -> dict:
     """In a fresh process: one side's timed steps, summed, and its peak RSS; for r1lab, each
     phase's model FLOP/s as a share of the fp32 matmul peak (benchmarks/gemm.py) timed in the
     same process, before and after the steps (the higher of the two: a reading taken while the
@@ -282,7 +290,8 @@ def one_turn(side: str, model_dir: Path, steps: int, mb: int, recompute: bool) -
     against 180-199)."""
     from gemm import peak_flops                       # benchmarks/gemm.py: this script's folder is on sys.path
     peak_before = peak_flops(repeats=20) if side == "r1lab" else 0.0
-    done, base_rss, peak = (r1lab_turn if side == "r1lab" else trl_turn)(model_dir, steps, mb, recompute)
+    done, base_rss, peak = (r1lab_turn(model_dir, steps, mb, recompute, offload) if side == "r1lab"
+                            else trl_turn(model_dir, steps, mb, recompute))
     total = lambda key: sum(s[key] for s in done)
     split = {p: round(total(p) / len(done), 3) for p in PARTS}
     shares = {}
@@ -300,9 +309,10 @@ def one_turn(side: str, model_dir: Path, steps: int, mb: int, recompute: bool) -
 
 
 def in_subprocess(side: str, model_dir: Path, steps: int, mb: int, threads: int, tunables: str | None,
-                  recompute: bool) -> dict:
+                  recompute: bool, offload: bool) -> dict:
     cmd = [sys.executable, __file__, "--one", side, "--model", str(model_dir), "--steps", str(steps),
-           "--micro-batch", str(mb), "--threads", str(threads), *(["--activation-checkpointing"] if recompute else [])]
+           "--micro-batch", str(mb), "--threads", str(threads), *(["--activation-checkpointing"] if recompute else []),
+           *(["--offload"] if offload else [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), **({"GLIBC_TUNABLES": tunables} if tunables else {})}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode:
@@ -316,11 +326,11 @@ def compare(shape: str, model_dir: Path, args) -> dict:
     for _ in range(args.turns):
         for side in turns:
             turns[side].append(in_subprocess(side, model_dir, args.steps, mb, args.threads, args.glibc_tunables,
-                                             args.activation_checkpointing))
+                                             args.activation_checkpointing, args.offload))
             print(f"{shape} {side}: {json.dumps(turns[side][-1])}", file=sys.stderr, flush=True)
     from transformers import AutoModelForCausalLM
     entry = {"model": str(model_dir), "params": AutoModelForCausalLM.from_pretrained(model_dir).num_parameters(),
-             "micro_batch": mb, "activation_checkpointing": args.activation_checkpointing}
+             "micro_batch": mb, "activation_checkpointing": args.activation_checkpointing, "offload": args.offload}
     for side, results in turns.items():
         entry[side] = max(results, key=lambda r: r["tokens_per_s"])
         entry[side]["turns_tokens_per_s"] = [r["tokens_per_s"] for r in results]
@@ -345,6 +355,9 @@ def main() -> None:
     ap.add_argument("--sides", default="r1lab,trl", help="which sides run (r1lab alone: no ratios)")
     ap.add_argument("--activation-checkpointing", action="store_true",
                     help="both sides recompute each block in the backward (TRL's activation_checkpointing)")
+    ap.add_argument("--offload", action="store_true",
+                    help="r1lab keeps AdamW's moments and the reference on disk between uses (optim.offload, "
+                         "reference_offload); TRL's offload (DeepSpeed's) needs a GPU")
     ap.add_argument("--glibc-tunables", help="GLIBC_TUNABLES for both sides' turns, e.g. "
                     "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=1048576 (malloc gives big blocks back at once)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/r1lab-grpo-step"), help="where the bases are pre-trained")
@@ -355,7 +368,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        print(json.dumps(one_turn(args.one, args.model, args.steps, args.micro_batch, args.activation_checkpointing)))
+        print(json.dumps(one_turn(args.one, args.model, args.steps, args.micro_batch, args.activation_checkpointing,
+                                  args.offload)))
         return
     result = {"bench": "grpo_step", "prompts": PROMPTS, "group": GROUP, "max_new_tokens": MAX_NEW_TOKENS,
               "beta": BETA, "threads": args.threads, "turns": args.turns, "steps": args.steps,

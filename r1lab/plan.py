@@ -306,12 +306,12 @@ class Plan:
         for i, stage in enumerate(self.config.stages):
             self.index, self.lengths = i, None
             prints[stage.name] = fingerprint(self.config, stage, prints)
-            phases = STAGES[stage.kind].memory(stage, self)
+            phases = offloaded(stage, STAGES[stage.kind].memory(stage, self))
             found = measured(stage_dir(self.run_dir, i, stage.name), prints[stage.name]) if self.run_dir else {}
             at_lengths = None
             if found.get("completion_len") and hasattr(stage, "sampling"):
                 self.lengths = found["completion_len"]
-                at_lengths = self.floor + max(sum(p.values()) for p in STAGES[stage.kind].memory(stage, self).values())
+                at_lengths = self.floor + max(sum(p.values()) for p in offloaded(stage, STAGES[stage.kind].memory(stage, self)).values())
                 self.lengths = None
             if stage.kind == "pretrain":
                 params, trained = self.pretrain_shape(stage).params, None
@@ -330,6 +330,28 @@ class Plan:
                             totals=totals, peak_phase=peak_phase, peak=totals[peak_phase],
                             over=need > self.target.memory, measured=found, at_lengths=at_lengths))
         return out
+
+
+def offloaded(stage, phases: dict) -> dict:
+    """``phases`` without what the stage keeps on disk between its uses (r1lab/train/offload.py):
+    the reference (``reference_offload``), back in memory for a forward of its own, and AdamW's
+    moments (``optim.offload``), back for the optimizer step, a phase beside the weights and the
+    gradients. A PPO critic's moments stay counted (the estimate errs high)."""
+    optim, reference = getattr(stage, "optim", None), getattr(stage, "reference_offload", False)
+    if not (reference or optim is not None and optim.offload):
+        return phases
+    without = lambda key: {name: {k: v for k, v in parts.items() if k != key} for name, parts in phases.items()}
+    kept = {k: v for k, v in phases["training"].items() if k in ("weights", "adapters")}
+    if reference:
+        reference = phases["training"]["reference"]
+        phases = without("reference")
+        phases["reference forward"] = {**kept, "reference": reference,
+                                       **{k: v for k, v in phases["training"].items() if k == "AdamW moments"}}
+    if optim is not None and optim.offload:
+        moments = max(parts.get("AdamW moments", 0) for parts in phases.values())
+        phases = without("AdamW moments")
+        phases["optimizer step"] = {**kept, "gradients": phases["training"].get("gradients", 0), "AdamW moments": moments}
+    return phases
 
 
 def _row_text(line: str) -> str | None:

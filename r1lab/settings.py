@@ -25,6 +25,9 @@ class Optim(BaseModel):
     min_lr_ratio: float = Field(1.0, ge=0, le=1, description="Final LR / peak after cosine decay (1.0 = constant).")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decay on matrices (not on norms and biases).")
     grad_clip: float = Field(1.0, gt=0, description="Max global gradient norm.")
+    offload: bool = Field(False, description="Keep AdamW's moments (twice the trained weights) in a file of the "
+                          "stage's folder between optimizer steps: less memory for one write and one read of "
+                          "them a step (r1lab/train/offload.py). Not under FSDP2.")
 
 
 class Sampling(BaseModel):

@@ -100,9 +100,9 @@ def test_mask_truncated_rows_add_no_loss(tokenizer, loss):
     assert all(x.abs().sum() == 0 for x in nothing)
 
 
-def test_activation_checkpointing_trains_the_same_weights(tmp_path, tokenizer):
-    """Two GRPO steps with activation_checkpointing on end on the weights of two without it
-    (general prompts scored by a random reward model, so the rewards differ and weights move)."""
+def grpo_weights(tmp_path, tokenizer, settings: list[str]) -> dict[str, dict]:
+    """The weights two GRPO steps train, once under each line of ``settings`` (YAML of the
+    stage), on general prompts scored by a random reward model (rewards differ, weights move)."""
     from safetensors.torch import load_file
     from r1lab.config import load_config
     from r1lab.pipeline import run
@@ -110,7 +110,7 @@ def test_activation_checkpointing_trains_the_same_weights(tmp_path, tokenizer):
     tokenizer.save_pretrained(tmp_path / "lm")
     random_reward_model(tmp_path / "lm", tmp_path / "rm", tokenizer)
     weights = {}
-    for recompute in (False, True):
+    for i, setting in enumerate(settings):
         (tmp_path / "c.yaml").write_text(f"""\
 name: t
 task: {{kind: arithmetic}}
@@ -122,12 +122,34 @@ stages:
     prompts_per_step: 2
     general_prompts: 2
     group_size: 4
-    activation_checkpointing: {str(recompute).lower()}
+    {setting}
     sampling: {{max_new_tokens: 8}}
     rewards: {{reward_model: {{weight: 1.0, model: {tmp_path / "rm"}}}}}
 """)
-        out = run(load_config(str(tmp_path / "c.yaml")), tmp_path / f"run-{recompute}", log=lambda *_: None)
-        weights[recompute] = load_file(out / "stages" / "0-rl" / "model" / "model.safetensors")
-    assert weights[True].keys() == weights[False].keys()
-    assert all(torch.equal(weights[True][k], weights[False][k]) for k in weights[True])
-    assert not torch.equal(weights[True]["model.norm.weight"], torch.ones_like(weights[True]["model.norm.weight"]))
+        out = run(load_config(str(tmp_path / "c.yaml")), tmp_path / f"run-{i}", log=lambda *_: None)
+        weights[setting] = load_file(out / "stages" / "0-rl" / "model" / "model.safetensors")
+    assert not torch.equal(weights[setting]["model.norm.weight"], torch.ones_like(weights[setting]["model.norm.weight"]))
+    return weights
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_activation_checkpointing_trains_the_same_weights(tmp_path, tokenizer):
+    w = grpo_weights(tmp_path, tokenizer, ["activation_checkpointing: false", "activation_checkpointing: true"])
+    assert same(*w.values())
+
+
+def test_offloaded_moments_and_reference_train_the_same_weights(tmp_path, tokenizer):
+    """AdamW's moments and the reference kept on disk between uses (r1lab/train/offload.py)."""
+    w = grpo_weights(tmp_path, tokenizer, ["reference_offload: false", "reference_offload: true\n    optim: {offload: true}"])
+    assert same(*w.values())
+    assert not (tmp_path / "run-1" / "stages" / "0-rl" / "offload").exists()
+
+
+def test_reference_offload_needs_a_reference_of_its_own():
+    from pydantic import ValidationError
+    for kl in ({"beta": 0.0}, {"lora": {"r": 4}}):
+        with pytest.raises(ValidationError, match="reference_offload needs a reference model of its own"):
+            GrpoConfig(kind="grpo", name="g", init="m", reference_offload=True, **kl)

@@ -227,3 +227,18 @@ def test_the_plan_takes_the_forward_and_engine_the_run_takes():
     plan = plan_of(moe)
     plan.index = 1
     assert plan.engine("base", moe.stages[1].sampling) == "hf" and not plan.packs("base")
+
+
+def test_offloaded_state_leaves_the_phases_for_steps_of_its_own():
+    from types import SimpleNamespace
+    from r1lab.plan import offloaded
+    from r1lab.settings import Optim
+    phases = {"rollout": {"weights": 4, "reference": 4, "AdamW moments": 8, "KV cache": 3},
+              "training": {"weights": 4, "reference": 4, "gradients": 4, "AdamW moments": 8, "activations": 5}}
+    stage = lambda optim, ref: SimpleNamespace(optim=Optim(offload=optim), reference_offload=ref)
+    assert offloaded(stage(False, False), phases) == phases
+    both = offloaded(stage(True, True), phases)
+    assert both == {"rollout": {"weights": 4, "KV cache": 3}, "training": {"weights": 4, "gradients": 4, "activations": 5},
+                    "reference forward": {"weights": 4, "reference": 4},
+                    "optimizer step": {"weights": 4, "gradients": 4, "AdamW moments": 8}}
+    assert offloaded(stage(False, True), phases)["reference forward"] == {"weights": 4, "reference": 4, "AdamW moments": 8}

@@ -101,7 +101,8 @@ stages:
     samples_per_prompt: 4
     mini_batch_size: 16
     sampling: {max_new_tokens: 8}
-    optim: {lr: %s, warmup_steps: 2}
+    optim: {lr: %s, warmup_steps: 2, offload: %s}
+    reference_offload: %s
     critic_lr: 3.0e-3
     checkpoint_every: 2
     rewards: {letters: 1.0}
@@ -119,9 +120,9 @@ def letters_reward(monkeypatch):
     monkeypatch.setitem(REWARDS, "letters", letters)
 
 
-def write_run(tmp_path, llama_dir, steps, lr=3e-3):
-    path = tmp_path / "ppo.yaml"
-    path.write_text(CONFIG % (llama_dir, steps, lr))
+def write_run(tmp_path, llama_dir, steps, lr=3e-3, offload=False):
+    path = tmp_path / f"ppo-{offload}.yaml"
+    path.write_text(CONFIG % (llama_dir, steps, lr, str(offload).lower(), str(offload).lower()))
     return load_config(str(path))
 
 
@@ -136,9 +137,12 @@ def test_a_short_run_raises_the_reward_and_fits_the_critic(tmp_path, llama_dir, 
         assert key in m[0], key
 
 
-def test_resume_mid_stage_equals_an_unbroken_run(tmp_path, llama_dir, letters_reward, monkeypatch):
-    config = write_run(tmp_path, llama_dir, 4)                                # checkpoint at step 2
-    unbroken = run(config, tmp_path / "unbroken", log=lambda *_: None)
+@pytest.mark.parametrize("offload", [False, True])
+def test_resume_mid_stage_equals_an_unbroken_run(tmp_path, llama_dir, letters_reward, monkeypatch, offload):
+    """With ``offload`` the broken run keeps both optimizers' moments and the reference on disk
+    (r1lab/train/offload.py): its checkpoint, resume and weights are the plain run's all the same."""
+    unbroken = run(write_run(tmp_path, llama_dir, 4), tmp_path / "unbroken", log=lambda *_: None)
+    config = write_run(tmp_path, llama_dir, 4, offload=offload)               # checkpoint at step 2
 
     real_end_step = TrainLoop.end_step
 
@@ -151,6 +155,7 @@ def test_resume_mid_stage_equals_an_unbroken_run(tmp_path, llama_dir, letters_re
         run(config, tmp_path / "broken", log=lambda *_: None)
     monkeypatch.setattr(TrainLoop, "end_step", real_end_step)
     broken = run(config, tmp_path / "broken", log=lambda *_: None)           # resumes from step 2
+    assert not (broken / "stages/0-ppo/offload").exists()                    # the scratch files are gone
 
     stage = "stages/0-ppo"
     assert [m["step"] for m in read_metrics(broken / stage / "metrics.jsonl")] == [1, 2, 3, 4]

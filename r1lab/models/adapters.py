@@ -96,7 +96,7 @@ class AdaptersOff:
 def frozen_reference(policy, load):
     """The KL reference of ``policy``: its own base weights when it carries adapters, else a
     frozen copy from ``load()`` (the init checkpoint, loaded a second time)."""
-    return AdaptersOff(policy) if is_adapted(policy) else load().eval()
+    return AdaptersOff(policy) if is_adapted(policy) else load().eval().requires_grad_(False)
 
 
 def save_adapted(model, tokenizer, out: Path, save) -> None:

@@ -55,11 +55,12 @@ def keeps_freed_memory() -> bool:
     return "MALLOC_TRIM_THRESHOLD_" in os.environ or "glibc.malloc.trim_threshold" in os.environ.get("GLIBC_TUNABLES", "")
 
 
-def release_free_heap(device: torch.device) -> bool:
+def release_free_heap(device: torch.device, *, even_if_kept: bool = False) -> bool:
     """Give the free pages of the C heap back to the kernel when ``device`` is the CPU (its
     tensors live in that heap), the C library is glibc, the process did not ask to keep freed
-    memory and more than :data:`TRIM_ABOVE` bytes are free; return whether it did."""
-    if device.type != "cpu" or keeps_freed_memory():
+    memory (``even_if_kept``: all the same, for a caller that chose memory over time) and more
+    than :data:`TRIM_ABOVE` bytes are free; return whether it did."""
+    if device.type != "cpu" or (keeps_freed_memory() and not even_if_kept):
         return False
     free = free_heap_bytes()
     if free is None or free <= TRIM_ABOVE:

@@ -7,6 +7,7 @@ starts, so a typo or a reference to a later stage fails at load time with file a
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
@@ -73,6 +74,31 @@ def checkpoint_seconds():
     """The ``checkpoint_every_s`` field of every training stage (beside its ``checkpoint_every``)."""
     return Field(900, gt=0, description="Seconds between resumable checkpoints too, whichever comes first "
                  "(None: by steps only).")
+
+
+def reference_offload():
+    """The ``reference_offload`` field of the RL stages that keep a frozen reference (grpo, ppo)."""
+    return Field(False, description="Keep the frozen reference's weights in a file of the stage's folder "
+                 "between its forwards: less memory for one read of them a step (r1lab/train/offload.py). "
+                 "Needs a reference model of its own: a KL weight > 0 and no lora.")
+
+
+def reference_offload_problem(cfg, kl_weight: str) -> str | None:
+    """Why ``cfg.reference_offload`` cannot be honoured, or None."""
+    if cfg.reference_offload and (getattr(cfg, kl_weight) == 0 or cfg.lora is not None):
+        return (f"reference_offload needs a reference model of its own, which {kl_weight} = 0 or a lora "
+                "block (whose reference is the policy's own weights) does not load")
+    return None
+
+
+def reference_in_memory(ref, cfg, loop):
+    """What a stage enters around the reference's forwards: a context in which the weights are
+    back from the file when ``cfg.reference_offload`` (they are written once, here), else nothing."""
+    if not cfg.reference_offload:
+        return contextlib.nullcontext
+    from r1lab.train.offload import OffloadedWeights
+    loop.scratch("reference").parent.mkdir(parents=True, exist_ok=True)
+    return OffloadedWeights(ref, loop.scratch("reference")).loaded
 
 
 class StageConfig(BaseModel):

@@ -28,12 +28,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from r1lab.data.general import REQUESTS
 from r1lab.losses.registry import ADVANTAGE_ESTIMATORS, GRPO_LOSSES
 from r1lab.rewards import RewardsSpec, build_rewards, learned_models, with_task
-from r1lab.stages.common import RL_REPORT, TaskStageConfig, block, checkpoint_seconds
+from r1lab.stages.common import (RL_REPORT, TaskStageConfig, block, checkpoint_seconds, reference_in_memory,
+                                 reference_offload, reference_offload_problem)
 from r1lab.settings import DynamicSampling, LoraBlock, Optim, Sampling
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class GrpoConfig(TaskStageConfig):
     activation_checkpointing: bool = Field(False, description="Keep only each block's input for the backward "
                                            "and recompute the rest (one more forward of the blocks, a "
                                            "fraction of the activation memory), as TRL's option of that name.")
+    reference_offload: bool = reference_offload()
     sampling: block(Sampling, "How rollouts are sampled (T = 1 as in R1-Zero).", max_new_tokens=96,
                     temperature=1.0, top_p=1.0)
     lora: LoraBlock = None
@@ -80,6 +82,12 @@ class GrpoConfig(TaskStageConfig):
                                                      "whose correctness is all equal and draw more prompts.")
     mask_truncated: bool = Field(False, description="Completions cut at max_new_tokens add no loss (DAPO's "
                                  "overlong filtering).")
+
+    @model_validator(mode="after")
+    def _reference_fits(self):
+        if problem := reference_offload_problem(self, "beta"):
+            raise ValueError(problem)
+        return self
 
     def references(self):
         return super().references() + [(("rewards", *where), ref, "model") for where, ref in learned_models(self.rewards)]
@@ -157,6 +165,7 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
     policy = with_adapters(policy, cfg.lora, seed)
     ref = frozen_reference(policy, lambda: load_model(ctx.model_path(cfg.init), ctx.device)[0]) if cfg.beta > 0 else None
     loop = TrainLoop(policy, cfg, out, cfg.steps, optimizer_steps=cfg.steps * cfg.mu, dist=dist)
+    ref_in_memory = reference_in_memory(ref, cfg, loop)
     scorers, monitors = build_rewards(with_task(cfg.rewards, task), ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
     n_general = cfg.general_prompts
     if cfg.dynamic_sampling and dist.active:
@@ -185,7 +194,8 @@ def run(ctx: RunContext, cfg: GrpoConfig, out: Path) -> None:
         advantages = ADVANTAGE_ESTIMATORS[cfg.advantages](rewards, G)[mine.start * G:mine.stop * G]  # [N]
         frozen = dict(temperature=cfg.sampling.temperature, micro_batch_size=cfg.micro_batch_size,
                       autocast=ctx.autocast)
-        ref_logp = logprobs_no_grad(ref, batch, **frozen) if ref is not None else None
+        with ref_in_memory():
+            ref_logp = logprobs_no_grad(ref, batch, **frozen) if ref is not None else None
         policy.train()
         # The policy that sampled the batch. With mu = 1 it equals the policy being trained,
         # so grpo_batch uses its own detached log-probs (ratio exactly 1) and we skip a forward.

@@ -33,10 +33,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from r1lab.rewards import RewardsSpec, build_rewards, learned_models, with_task
-from r1lab.stages.common import RL_REPORT, TaskStageConfig, block, checkpoint_seconds
+from r1lab.stages.common import (RL_REPORT, TaskStageConfig, block, checkpoint_seconds, reference_in_memory,
+                                 reference_offload, reference_offload_problem)
 from r1lab.settings import LoraBlock, Optim, Sampling
 
 if TYPE_CHECKING:
@@ -69,6 +70,7 @@ class PpoConfig(TaskStageConfig):
                               "its error stops counting (ppo2's cliprange_value).")
     kl_coef: float = Field(0.05, ge=0, description="Weight of the per-token k1 KL to the reference in the "
                            "reward (0 = no reference).")
+    reference_offload: bool = reference_offload()
     gamma: float = Field(1.0, ge=0, le=1, description="Discount per token.")
     lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
     whiten_advantages: bool = Field(True, description="Normalize advantages over the batch's tokens.")
@@ -77,6 +79,12 @@ class PpoConfig(TaskStageConfig):
                                  "r1lab.rewards.REWARDS (as grpo).")
     checkpoint_every: int = Field(10, gt=0, description="Steps between resumable checkpoints.")
     checkpoint_every_s: float | None = checkpoint_seconds()
+
+    @model_validator(mode="after")
+    def _reference_fits(self):
+        if problem := reference_offload_problem(self, "kl_coef"):
+            raise ValueError(problem)
+        return self
 
     def references(self):
         return super().references() + [(("rewards", *where), ref, "model") for where, ref in learned_models(self.rewards)]
@@ -158,6 +166,7 @@ def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
     mini_batches = math.ceil(n / cfg.mini_batch_size)
     loop = TrainLoop(policy, cfg, out, cfg.steps, optimizer_steps=cfg.steps * cfg.ppo_epochs * mini_batches,
                      companions={"critic": (critic, cfg.optim.model_copy(update={"lr": cfg.critic_lr}))}, dist=dist)
+    ref_in_memory = reference_in_memory(ref, cfg, loop)
     scorers, monitors = build_rewards(with_task(cfg.rewards, task), ctx.model_path, ctx.device), monitor_scorers(task, cfg.rewards)
     frozen = dict(micro_batch_size=cfg.mini_batch_size, autocast=ctx.autocast)
     for step in loop.steps():
@@ -168,8 +177,9 @@ def run(ctx: RunContext, cfg: PpoConfig, out: Path) -> None:
         batch, mask = scored.batch, scored.batch["completion_mask"]           # mask: [N, L]
         # the rollout's numbers, fixed for the whole step: log-probs, reference, values
         old_logp = logprobs_no_grad(policy, batch, temperature=cfg.sampling.temperature, **frozen)  # [N, L]
-        ref_logp = (logprobs_no_grad(ref, batch, temperature=cfg.sampling.temperature, **frozen)
-                    if ref is not None else old_logp)                          # [N, L]
+        with ref_in_memory():
+            ref_logp = (logprobs_no_grad(ref, batch, temperature=cfg.sampling.temperature, **frozen)
+                        if ref is not None else old_logp)                      # [N, L]
         critic.eval()
         old_values = values_no_grad(critic, batch, **frozen)                   # [N, L]
         token_rewards = kl_penalized_rewards(scored.rewards, old_logp, ref_logp, mask,

@@ -22,6 +22,7 @@ hold both, and ``finish`` saves it to ``out/critic/``.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,6 +36,7 @@ from r1lab.models.moe import is_moe, pop_logged
 from r1lab.train.checkpoint import resume_training, save_pretrained_atomic, save_training
 from r1lab.train.distributed import SINGLE, Dist, whole_model
 from r1lab.train.metrics import MetricsLogger
+from r1lab.train.offload import offload_optimizer_state
 from r1lab.train.optim import Optim, build_optimizer, build_scheduler, optimizer_step
 from r1lab.train.preemption import agreed, requested, stopped
 from r1lab.train.progress import progress_bar, show
@@ -58,8 +60,11 @@ class Companion(NamedTuple):
     wrapped: object      # the model to call in a training forward (under DDP with several ranks)
 
 
-def _optimizer_and_schedule(model, optim: Optim, steps: int):
+def _optimizer_and_schedule(model, optim: Optim, steps: int, offload: Path):
     opt = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay)
+    if optim.offload:
+        offload.parent.mkdir(parents=True, exist_ok=True)
+        offload_optimizer_state(opt, offload)
     return opt, build_scheduler(opt, warmup_steps=optim.warmup_steps, total_steps=steps, min_ratio=optim.min_lr_ratio)
 
 
@@ -86,17 +91,26 @@ class TrainLoop:
             self.wrapped = forward or model
         else:
             self.wrapped = dist.wrap(forward or model, find_unused=is_moe(model))  # unrouted experts get no gradient
-        self.opt, self.sched = _optimizer_and_schedule(model, cfg.optim, steps)
+        if dist.sharded and (cfg.optim.offload or any(o.offload for _, o in (companions or {}).values())):
+            raise R1labError(f"stage {cfg.name!r}: optim.offload does not run under FSDP2 (its state is sharded "
+                             "already); turn one of them off")
+        self.opt, self.sched = _optimizer_and_schedule(model, cfg.optim, steps, self.scratch("optimizer"))
         self.companions = {}
         for name, (m, o) in (companions or {}).items():
             wrapped = dist.wrap(m)
-            self.companions[name] = Companion(m, o, *_optimizer_and_schedule(m, o, steps), wrapped)
+            self.companions[name] = Companion(m, o, *_optimizer_and_schedule(m, o, steps, self.scratch(f"{name}-optimizer")),
+                                              wrapped)
         self.step, self.resumed_elapsed = resume_training(self.out / "checkpoint", model, self.opt, self.sched,
                                                           self._companion_states())
         self.log = MetricsLogger(self.out / "metrics.jsonl", cfg.name, resume_step=self.step,
                                  elapsed_s=self.resumed_elapsed, write=dist.is_main)
         self.bar = progress_bar(f"{cfg.name} ({cfg.kind})", total_steps, self.step, disable=not dist.is_main)
         self.saved_step, self.saved_at = self.step, time.monotonic()   # the last checkpoint's step and time
+
+    def scratch(self, name: str) -> Path:
+        """A file of this rank's for state kept on disk between uses (r1lab/train/offload.py);
+        the folder goes when the stage finishes."""
+        return self.out / "offload" / f"{name}-rank{self.dist.rank}.bin"
 
     def steps(self) -> Iterator[int]:
         """0-based index of each step still to run (after a resume, from where it stopped)."""
@@ -172,3 +186,4 @@ class TrainLoop:
             if self.dist.is_main:
                 save_pretrained_atomic(model, tokenizer, self.out / name)
         self.dist.barrier()                                # the model is on disk before any rank reads it
+        shutil.rmtree(self.out / "offload", ignore_errors=True)
