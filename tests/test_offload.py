@@ -6,14 +6,14 @@ import copy
 import pytest
 import torch
 
-from r1lab.train.offload import OffloadedWeights, offload_optimizer_state, read_tensors, write_tensors
+from r1lab.train.offload import OffloadedWeights, like, offload_optimizer_state, read_tensors, write_tensors
 
 
 def test_tensors_come_back_as_written(tmp_path):
     tensors = [torch.randn(3, 5), torch.arange(7), torch.randn(2, 3).to(torch.bfloat16),
                torch.tensor([True, False]), torch.empty(0, 4), torch.randn(1)]
     write_tensors(tmp_path / "t.bin", tensors)
-    back = read_tensors(tmp_path / "t.bin", [(t.shape, t.dtype) for t in tensors])
+    back = read_tensors(tmp_path / "t.bin", [like(t) for t in tensors])
     assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(tensors, back))
     assert (tmp_path / "t.bin").stat().st_size == 64 * 5                     # each on its own 64 bytes
     assert len({b.untyped_storage().data_ptr() for b in back if b.numel()}) == 1   # one block
@@ -24,7 +24,7 @@ def test_a_cut_file_is_an_error_naming_it(tmp_path):
     with open(tmp_path / "t.bin", "r+b") as f:
         f.truncate(100)
     with pytest.raises(OSError, match="t.bin: the file ends after 100 of its 448 bytes"):
-        read_tensors(tmp_path / "t.bin", [(torch.Size([100]), torch.float32)])
+        read_tensors(tmp_path / "t.bin", [(torch.Size([100]), torch.float32, torch.device("cpu"))])
 
 
 def model_and_adamw(offload_to=None):

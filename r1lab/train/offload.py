@@ -29,10 +29,17 @@ from r1lab.rollout.heap import release_free_heap
 ALIGN = 64                          # bytes: every tensor starts on a cache line of the block
 
 
-def _offsets(like: list[tuple[torch.Size, torch.dtype]]) -> tuple[list[int], int]:
-    """Byte offset of each (shape, dtype) in the file, and the file's size."""
+Like = tuple[torch.Size, torch.dtype, torch.device]      # what a tensor in a file will come back as
+
+
+def like(t: torch.Tensor) -> Like:
+    return t.shape, t.dtype, t.device
+
+
+def _offsets(likes: list[Like]) -> tuple[list[int], int]:
+    """Byte offset of each tensor in the file, and the file's size."""
     offsets, at = [], 0
-    for shape, dtype in like:
+    for shape, dtype, _ in likes:
         offsets.append(at)
         at += -(-shape.numel() * dtype.itemsize // ALIGN) * ALIGN
     return offsets, at
@@ -45,23 +52,24 @@ def _drop_cache(fd: int) -> None:
 
 def write_tensors(path: Path, tensors: list[torch.Tensor]) -> None:
     """Write the tensors' bytes to ``path``, each at a multiple of ``ALIGN``, through to the
-    disk, and drop them from the page cache."""
-    offsets, size = _offsets([(t.shape, t.dtype) for t in tensors])
+    disk, and drop them from the page cache. Tensors on a GPU go through the host."""
+    offsets, size = _offsets([like(t) for t in tensors])
     with open(path, "wb", buffering=0) as f:
         for t, at in zip(tensors, offsets):
             f.seek(at)
-            f.write(memoryview(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()))
+            f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
         f.truncate(size)
         os.fsync(f.fileno())
         _drop_cache(f.fileno())
 
 
-def read_tensors(path: Path, like: list[tuple[torch.Size, torch.dtype]]) -> list[torch.Tensor]:
-    """The tensors :func:`write_tensors` wrote to ``path``, of the shapes and dtypes in ``like``,
-    as views into one new block of memory: freeing them all gives the whole block back. The
-    heap's free pages go back to the kernel first (r1lab/rollout/heap.py), or the block would
-    come on top of what the last backward freed and the heap kept."""
-    offsets, size = _offsets(like)
+def read_tensors(path: Path, likes: list[Like]) -> list[torch.Tensor]:
+    """The tensors :func:`write_tensors` wrote to ``path``, of the shapes, dtypes and devices in
+    ``likes``; those on the CPU as views into one new block of memory (freeing them all gives
+    the whole block back), the others copied from it to their device. The heap's free pages go
+    back to the kernel first (r1lab/rollout/heap.py), or the block would come on top of what the
+    last backward freed and the heap kept."""
+    offsets, size = _offsets(likes)
     release_free_heap(torch.device("cpu"), even_if_kept=True)
     block = torch.empty(size, dtype=torch.uint8)                               # [bytes]
     with open(path, "rb", buffering=0) as f:
@@ -72,8 +80,8 @@ def read_tensors(path: Path, like: list[tuple[torch.Size, torch.dtype]]) -> list
                 raise OSError(f"{path}: the file ends after {done} of its {size} bytes")
             done += got
         _drop_cache(f.fileno())
-    return [block[at:at + shape.numel() * dtype.itemsize].view(dtype).view(shape)
-            for (shape, dtype), at in zip(like, offsets)]
+    return [block[at:at + shape.numel() * dtype.itemsize].view(dtype).view(shape).to(device)
+            for (shape, dtype, device), at in zip(likes, offsets)]
 
 
 def offload_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
@@ -81,10 +89,10 @@ def offload_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> Non
     scalar ``step`` stays) in ``path`` except inside ``step()``, ``state_dict()`` and
     ``load_state_dict()``, through the optimizer's own hooks. While they are away their keys are
     absent, so a step that somehow ran without them would fail, not start from zeros."""
-    away: list[tuple[dict, str, torch.Size, torch.dtype]] = []     # (a parameter's state, key, shape, dtype)
+    away: list[tuple[dict, str, Like]] = []                       # (a parameter's state, key, what it was)
 
     def bring_back(*_) -> None:
-        for (state, key, _, _), t in zip(away, read_tensors(path, [(s, d) for _, _, s, d in away]) if away else []):
+        for (state, key, _), t in zip(away, read_tensors(path, [was for _, _, was in away]) if away else []):
             state[key] = t
         away.clear()
 
@@ -94,7 +102,7 @@ def offload_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> Non
         if held and write:
             write_tensors(path, [state[key] for state, key in held])
         for state, key in held:
-            away.append((state, key, state[key].shape, state[key].dtype))
+            away.append((state, key, like(state[key])))
             del state[key]
 
     def after_state_dict(_, state_dict: dict) -> dict:
@@ -125,17 +133,17 @@ class OffloadedWeights:
         self.params = list({id(p): p for p in model.parameters()}.values())
         if any(p.requires_grad for p in self.params):
             raise ValueError("OffloadedWeights: only a frozen model's weights can be offloaded")
-        self.like = [(p.shape, p.dtype) for p in self.params]
+        self.likes = [like(p) for p in self.params]
         write_tensors(path, [p.data for p in self.params])
         self._release()
 
     def _release(self) -> None:
         for p in self.params:
-            p.data = torch.empty(0, dtype=p.dtype)
+            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
 
     @contextlib.contextmanager
     def loaded(self):
-        for p, t in zip(self.params, read_tensors(self.path, self.like)):
+        for p, t in zip(self.params, read_tensors(self.path, self.likes)):
             p.data = t
         try:
             yield
