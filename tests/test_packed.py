@@ -87,3 +87,17 @@ def test_activation_checkpointing_recomputes_and_changes_nothing(tokenizer, path
     assert_agree(logp_and_grads(fn, model, batch), want)
     assert len(calls) == 2 * plain_calls
     assert not forward._shares_prefix(model)
+
+
+def test_recomputed_blocks_with_dropout_draw_the_forwards_masks_again(tokenizer):
+    """A block with a LoRA dropout keeps its RNG state for the recompute (the masks match the
+    forward's, so the gradients are the ones without checkpointing); a plain block keeps none."""
+    model = with_adapters(tiny_llama(tokenizer, seed=3), Lora(r=4, alpha=8, dropout=0.5), seed=0).train()
+    assert packed.draws_random(model.base_model.model.model.layers[0])
+    assert not packed.draws_random(tiny_llama(tokenizer, seed=3).model.layers[0])
+    batch = group_batch(tokenizer, "adjacent")
+    torch.manual_seed(7)
+    want = logp_and_grads(packed_path, model, batch)
+    enable_recompute(model)
+    torch.manual_seed(7)
+    assert_agree(logp_and_grads(packed_path, model, batch), want)

@@ -86,6 +86,12 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], -1)
 
 
+def draws_random(module: torch.nn.Module) -> bool:
+    """Whether a training forward of ``module`` draws random numbers: a dropout with p > 0 in it
+    (a LoRA adapter's, say; the packed walk's own attention has none)."""
+    return any(isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules())
+
+
 def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float, with_entropy: bool,
                     chunk_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log pi(completion token) [N, L] (0 where masked), and entropy [N, L] if asked."""
@@ -101,7 +107,10 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
     fast = uses_onednn(hf)
     for block in hf.model.layers:
         if recompute:
-            x = checkpoint(_block, block, x, cos, sin, layout, fast, use_reentrant=False)
+            # a block that draws no random numbers keeps no RNG state for its recompute: each
+            # such copy cut from a freed activation's block fragmented the heap (log.md)
+            x = checkpoint(_block, block, x, cos, sin, layout, fast, use_reentrant=False,
+                           preserve_rng_state=draws_random(block))
         else:
             x = _block(block, x, cos, sin, layout, fast)
     hidden = lean_ops.rms_norm(hf.model.norm, x[layout.predictors])             # [C, d]: C completion tokens
