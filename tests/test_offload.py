@@ -9,13 +9,21 @@ import torch
 from r1lab.train.offload import OffloadedWeights, like, offload_optimizer_state, read_tensors, write_tensors
 
 
-def test_tensors_come_back_as_written(tmp_path):
-    tensors = [torch.randn(3, 5), torch.arange(7), torch.randn(2, 3).to(torch.bfloat16),
-               torch.tensor([True, False]), torch.empty(0, 4), torch.randn(1)]
+@pytest.mark.parametrize("direct", [True, False], ids=["O_DIRECT", "page cache"])
+def test_tensors_come_back_as_written(tmp_path, monkeypatch, direct):
+    """Past the page cache where the system allows it, and through it where not; tensors larger
+    than the buffer a call moves (``CHUNK``, made small here) go in pieces."""
+    from r1lab.train import offload
+    if not direct:
+        monkeypatch.delattr(offload.os, "O_DIRECT", raising=False)
+    monkeypatch.setattr(offload, "CHUNK", 2 * offload.ALIGN)
+    tensors = [torch.randn(3, 5), torch.arange(7), torch.randn(2, 3).to(torch.bfloat16), torch.randn(5000),
+               torch.tensor([True, False]), torch.empty(0, 4), torch.randn(1), torch.randn(2048)]
     write_tensors(tmp_path / "t.bin", tensors)
     back = read_tensors(tmp_path / "t.bin", [like(t) for t in tensors])
     assert all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(tensors, back))
-    assert (tmp_path / "t.bin").stat().st_size == 64 * 5                     # each on its own 64 bytes
+    # each from a multiple of 4,096 bytes: 1 page each, 5 for the 20,000 bytes, none for the empty one
+    assert (tmp_path / "t.bin").stat().st_size == 4096 * (3 + 5 + 1 + 0 + 1 + 2)
     assert len({b.untyped_storage().data_ptr() for b in back if b.numel()}) == 1   # one block
 
 
@@ -23,7 +31,7 @@ def test_a_cut_file_is_an_error_naming_it(tmp_path):
     write_tensors(tmp_path / "t.bin", [torch.randn(100)])
     with open(tmp_path / "t.bin", "r+b") as f:
         f.truncate(100)
-    with pytest.raises(OSError, match="t.bin: the file ends after 100 of its 448 bytes"):
+    with pytest.raises(OSError, match="t.bin: the file holds 100 bytes, not the 4096 written to it"):
         read_tensors(tmp_path / "t.bin", [(torch.Size([100]), torch.float32, torch.device("cpu"))])
 
 
@@ -92,10 +100,21 @@ def test_offloaded_weights_give_the_same_forward_and_leave_memory_between(tmp_pa
     expected = model(ids)
     ref = OffloadedWeights(model, tmp_path / "ref.bin")
     assert all(p.numel() == 0 for p in model.parameters())
-    assert (tmp_path / "ref.bin").stat().st_size == 192 + 64 + 64            # [11, 4] once, [4, 4], [4]
+    assert (tmp_path / "ref.bin").stat().st_size == 3 * 4096                  # [11, 4] once, [4, 4], [4]
     with ref.loaded():
         assert torch.equal(model(ids), expected)
         assert model[2].weight is model[0].weight
     assert all(p.numel() == 0 for p in model.parameters())
     with pytest.raises(ValueError, match="only a frozen model"):
         OffloadedWeights(torch.nn.Linear(2, 2), tmp_path / "x.bin")
+
+
+def test_fsdp2_refuses_the_offload_before_anything_runs(tmp_path):
+    from types import SimpleNamespace
+    from r1lab.errors import R1labError
+    from r1lab.settings import Optim
+    from r1lab.train.distributed import Dist
+    from r1lab.train.loop import TrainLoop
+    cfg = SimpleNamespace(name="rl", kind="grpo", optim=Optim(offload=True), checkpoint_every=10, checkpoint_every_s=None)
+    with pytest.raises(R1labError, match="stage 'rl': optim.offload does not run under FSDP2"):
+        TrainLoop(torch.nn.Linear(2, 2), cfg, tmp_path, 3, dist=Dist(rank=0, world=2, strategy="fsdp2"))

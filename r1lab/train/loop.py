@@ -79,6 +79,9 @@ class TrainLoop:
         ``companions``: name -> (model, Optim) of further models to train (module docstring);
         ``dist``: the ranks the stage runs on; ``forward``: the module whose forward a training
         step calls, when it is not the model's own (it holds the model; ``wrapped`` wraps it)."""
+        if dist.sharded and (cfg.optim.offload or any(o.offload for _, o in (companions or {}).values())):
+            raise R1labError(f"stage {cfg.name!r}: optim.offload does not run under FSDP2 (its state is sharded "
+                             "already); turn one of them off")
         self.model, self.optim, self.out, self.dist = model, cfg.optim, Path(out), dist
         self.skipped = self.in_a_row = 0            # optimizer steps skipped for a non-finite gradient
         self.name, self.total = cfg.name, total_steps
@@ -91,9 +94,6 @@ class TrainLoop:
             self.wrapped = forward or model
         else:
             self.wrapped = dist.wrap(forward or model, find_unused=is_moe(model))  # unrouted experts get no gradient
-        if dist.sharded and (cfg.optim.offload or any(o.offload for _, o in (companions or {}).values())):
-            raise R1labError(f"stage {cfg.name!r}: optim.offload does not run under FSDP2 (its state is sharded "
-                             "already); turn one of them off")
         self.opt, self.sched = _optimizer_and_schedule(model, cfg.optim, steps, self.scratch("optimizer"))
         self.companions = {}
         for name, (m, o) in (companions or {}).items():
