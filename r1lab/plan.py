@@ -337,17 +337,18 @@ def offloaded(stage, phases: dict) -> dict:
     the reference (``reference_offload``), back in memory for a forward of its own, and AdamW's
     moments (``optim.offload``), back for the optimizer step, a phase beside the weights and the
     gradients. A PPO critic's moments stay counted (the estimate errs high)."""
-    optim, reference = getattr(stage, "optim", None), getattr(stage, "reference_offload", False)
-    if not (reference or optim is not None and optim.offload):
+    moments_away = getattr(stage, "optim", None) is not None and stage.optim.offload
+    reference_away = getattr(stage, "reference_offload", False)
+    if not (moments_away or reference_away):
         return phases
     without = lambda key: {name: {k: v for k, v in parts.items() if k != key} for name, parts in phases.items()}
     kept = {k: v for k, v in phases["training"].items() if k in ("weights", "adapters")}
-    if reference:
+    if reference_away:
         reference = phases["training"]["reference"]
         phases = without("reference")
         phases["reference forward"] = {**kept, "reference": reference,
                                        **{k: v for k, v in phases["training"].items() if k == "AdamW moments"}}
-    if optim is not None and optim.offload:
+    if moments_away:
         moments = max(parts.get("AdamW moments", 0) for parts in phases.values())
         phases = without("AdamW moments")
         phases["optimizer step"] = {**kept, "gradients": phases["training"].get("gradients", 0), "AdamW moments": moments}
