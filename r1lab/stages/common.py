@@ -97,7 +97,6 @@ def reference_in_memory(ref, cfg, loop):
     if not cfg.reference_offload:
         return contextlib.nullcontext
     from r1lab.train.offload import OffloadedWeights
-    loop.scratch("reference").parent.mkdir(parents=True, exist_ok=True)
     return OffloadedWeights(ref, loop.scratch("reference")).loaded
 
 

@@ -63,7 +63,6 @@ class Companion(NamedTuple):
 def _optimizer_and_schedule(model, optim: Optim, steps: int, offload: Path):
     opt = build_optimizer(model, lr=optim.lr, weight_decay=optim.weight_decay)
     if optim.offload:
-        offload.parent.mkdir(parents=True, exist_ok=True)
         offload_optimizer_state(opt, offload)
     return opt, build_scheduler(opt, warmup_steps=optim.warmup_steps, total_steps=steps, min_ratio=optim.min_lr_ratio)
 

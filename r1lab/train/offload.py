@@ -80,10 +80,12 @@ def _moved(path: Path, flags: int, move) -> None:
 
 
 def write_tensors(path: Path, tensors: list[torch.Tensor]) -> None:
-    """Write the tensors' bytes to ``path``, each from a multiple of ``ALIGN`` and padded to
-    one, past the page cache (:func:`_moved`), ``CHUNK`` bytes a call at most. Tensors on a GPU
-    go through the host."""
+    """Write the tensors' bytes to ``path`` (its folder made if need be), each from a multiple
+    of ``ALIGN`` and padded to one, past the page cache (:func:`_moved`), ``CHUNK`` bytes a call
+    at most. Tensors on a GPU go through the host."""
     buffer = _aligned(max(ALIGN, min(CHUNK, _offsets([like(t) for t in tensors])[1])))   # [bytes]
+
+    path.parent.mkdir(parents=True, exist_ok=True)
 
     def move(fd: int) -> None:
         for t in tensors:
@@ -131,7 +133,9 @@ def offload_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> Non
     away: list[tuple[dict, str, Like]] = []                       # (a parameter's state, key, what it was)
 
     def bring_back(*_) -> None:
-        for (state, key, _), t in zip(away, read_tensors(path, [was for _, _, was in away]) if away else []):
+        if not away:
+            return
+        for (state, key, _), t in zip(away, read_tensors(path, [was for _, _, was in away])):
             state[key] = t
         away.clear()
 
