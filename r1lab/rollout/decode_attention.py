@@ -11,9 +11,7 @@ vector) and weigh its values in one pass over each, and each row reads its own c
 values once. Scores stay in the core's cache; it runs on PyTorch's own OpenMP threads: the
 library names libgomp, and the loader resolves it to the copy PyTorch has already loaded.
 
-It is compiled on first use with the system's C compiler (``$CC``, else ``cc``; ``-O3
--march=native -fopenmp``) into ``$XDG_CACHE_HOME/r1lab`` (``~/.cache/r1lab``), keyed by the
-source, the compiler and the processor, and loaded with ctypes. Where no compiler is found or
+It is compiled on first use (r1lab/compiled.py) and loaded with ctypes. Where no compiler is found or
 compiling fails, :func:`load` returns None and the decoder keeps :func:`~r1lab.rollout.native.attend`,
 the reference this loop is tested against (tests/test_decode_attention.py). Float32 only.
 
@@ -25,80 +23,24 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shlex
-import shutil
-import subprocess
-import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
+from r1lab import compiled
+
 SOURCE = Path(__file__).with_suffix(".c")
 TILE = 16                                   # prompt positions a tile of keys: decode_attention.c's TILE
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC", "-Wl,-z,defs"]
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "r1lab"
-
-
-def _processor() -> str:
-    """What ``-march=native`` compiles for: the CPU's feature flags where Linux lists them."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor() + platform.machine()
-
-
-def compiler() -> list[str] | None:
-    """The C compiler's command (``$CC``, which may carry arguments, else ``cc``), or None."""
-    cc = shlex.split(os.environ.get("CC", "cc"))
-    path = shutil.which(cc[0]) if cc else None
-    return None if path is None else [path, *cc[1:]]
-
-
-def _compile() -> Path:
-    """The shared library's path, compiled now unless an identical build is cached."""
-    cc = compiler()
-    if cc is None:
-        raise OSError("no C compiler (cc, or $CC) on PATH")
-    version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True, timeout=60).stdout
-    # OpenMP through libgomp, the runtime PyTorch loads (clang's own would start a second thread pool)
-    flags = [f if f != "-fopenmp" or "clang" not in version else "-fopenmp=libgomp" for f in FLAGS]
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *cc, version, *flags, _processor()]).encode())
-    target = _cache_dir() / f"decode_attention-{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-        os.close(fd)
-        try:
-            subprocess.run([*cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, check=True,
-                           timeout=300)
-            os.replace(tmp, target)                          # whole or not at all, for concurrent ranks
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-    return target
 
 
 @functools.cache
 def load():
     """The compiled attention as a function of the decoder's tensors, or None where it cannot be
     built (a warning says why) or ``R1LAB_DECODE_ATTENTION=torch`` asks for the PyTorch version."""
-    if os.environ.get("R1LAB_DECODE_ATTENTION") == "torch":
+    lib = compiled.library(SOURCE, "R1LAB_DECODE_ATTENTION", "decode attention")
+    if lib is None:
         return None
-    try:
-        fn = ctypes.CDLL(str(_compile())).attend_f32
-    except (OSError, RuntimeError, AttributeError, subprocess.SubprocessError) as e:
-        detail = getattr(e, "stderr", "") or e           # the compiler's own message where it failed
-        warnings.warn(f"decode attention: the compiled loop is not available ({detail}); using PyTorch's", stacklevel=2)
-        return None
+    fn = lib.attend_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 8 + [ctypes.c_int] * 10
     return functools.partial(_attend, fn)
