@@ -1,12 +1,13 @@
 """The oneDNN products of the training forward (r1lab/onednn.py) against plain torch, their
 slow reference: values and gradients to float32 rounding, alone and in the packed walk (at
-SmolLM2's vocabulary too); and the toy models keep MKL, so the default run's figures stay."""
+SmolLM2's vocabulary too, with the compiled attention the walk takes beside them); and the toy
+models keep MKL, so the default run's figures stay."""
 
 import pytest
 import torch
 
-from r1lab import onednn
-from r1lab.forward import packed
+from r1lab import compiled, onednn
+from r1lab.forward import packed, packed_attention
 from r1lab.forward import plain_completion_logprobs
 from r1lab.rollout import native
 
@@ -66,9 +67,13 @@ def test_the_packed_walk_through_onednn_equals_the_plain_forward(tokenizer, arch
     for name in ("_nt", "grad_input", "grad_weight"):              # forward, backward's two products
         real = getattr(onednn, name)
         monkeypatch.setattr(onednn, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
+    attends, real_load = [], packed_attention.load
+    if compiled.compiler() is not None:                             # and the attention through its compiled loop
+        monkeypatch.setattr(packed_attention, "load", lambda: lambda *a: attends.append(1) or real_load()(*a))
     got = logp_and_grads(lambda *a, **kw: packed.packed_logprobs(*a, chunk_size=4, **kw), model, batch)
     assert_agree(got, want)
     layers = model.config.num_hidden_layers
+    assert len(attends) == (layers if compiled.compiler() is not None else 0)
     for name in ("_nt", "grad_input", "grad_weight"):              # 7 projections a layer
         assert calls.count(name) >= layers * 7, name
 

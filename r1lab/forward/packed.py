@@ -12,7 +12,10 @@ packed list of tokens instead:
   causal attention (a real query never sees the padding after it), and completions attending
   to their prompt's keys (selected per row: the backward adds the G rows' gradients into the
   shared prompt) and causally to their own, on up to four grids [n_b, L_b] of rows of like
-  length (``_buckets``), so that a grid is mostly tokens, not padding;
+  length (``_buckets``), so that a grid is mostly tokens, not padding (``grid_attention``);
+  where the walk multiplies through oneDNN (below) and a C compiler is at hand, attention
+  too runs on the packed list, straight from each token's spans, as one compiled loop
+  (r1lab/forward/packed_attention.py), with the grids as its tested reference;
 - norms and MLPs keep less for backward than HF's modules do (r1lab/forward/lean_ops.py), and no
   grid keeps a copy of the tokens it was filled from: autograd keeps 0.51x of what it kept
   without these, 0.25x of the padded forward's (benchmarks/saved_activations.py);
@@ -41,6 +44,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from r1lab import onednn
+from r1lab.forward import packed_attention
 from r1lab.losses.logprobs import chunked_logprobs, linear_token_logprobs
 from r1lab.models.adapters import plain_model
 from r1lab.models.recompute import recomputes
@@ -182,6 +186,15 @@ class _Layout:
         before = torch.cat([last_prompt[row_prompt, None], at[:, :-1]], 1)      # [N, L']: who predicts (i, t)
         self.predictors = before[c_mask]                                        # [C]
         self.targets = at[c_mask]                                               # [C]
+        # runs of the packed list for the compiled attention: each prompt attends causally to
+        # itself; each completion row to its whole prompt, and causally to itself
+        p_start = last_prompt + 1 - lengths                                     # [U]
+        counts = o_mask.sum(1)                                                  # [M] tokens of each row, packed order
+        r_start = tp + torch.cumsum(counts, 0) - counts
+        r_prompt = row_prompt[order]
+        self.blocks = packed_attention.blocks(torch.cat([
+            torch.stack([p_start, p_start + lengths, torch.zeros_like(p_start), torch.zeros_like(p_start)], 1),
+            torch.stack([r_start, r_start + counts, p_start[r_prompt], p_start[r_prompt] + lengths[r_prompt]], 1)]))
 
 
 class _Bucket:
@@ -250,6 +263,17 @@ def _attention(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layo
     v = onednn.linear(attn.v_proj, h, fast).view(T, K, D)
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
+    attend = packed_attention.load() if fast and packed_attention.fits(q.dtype, q.device, D) else None
+    if attend is not None:
+        return attend(q, k, v, layout.blocks).view(T, H * D)
+    return grid_attention(q, k, v, layout)
+
+
+def grid_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: _Layout) -> torch.Tensor:
+    """Attention of the packed tokens (q [T, H, D], k, v [T, K, D]) laid out on the layout's padded
+    grids through ``F.scaled_dot_product_attention`` -> [T, H * D]: the reference of
+    r1lab/forward/packed_attention.py's loop, and the path wherever that loop does not run."""
+    H, K, D = q.shape[1], k.shape[1], q.shape[2]
     tp, U, P = layout.n_prompt_tokens, layout.U, layout.P
 
     def grid(x, rows, cols, cells, start, stop):                                # packed [t, h, D] -> [rows, h, cols, D]
