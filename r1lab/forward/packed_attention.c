@@ -13,9 +13,12 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));     /* the same
 
 static inline v16 load16(const float *p) { return *(const v16u *)p; }
 static inline void add16(float *p, v16 x) { *(v16u *)p = load16(p) + x; }
+/* Keep a loaded vector in its register: GCC would otherwise fold the load into each FMA that
+   reads it, one load per use, and the loops run at the loads' pace, not the FMAs'. */
+#define IN_REGISTER(x) __asm__("" : "+v"(x))
 
 enum {
-    RB = 4,                              /* rows of a block's queries held in registers at a time */
+    RB = 8,                              /* rows of a block's queries held in registers at a time */
     KB = 32,                             /* columns (keys) scored at a time: two vectors */
     PAD = KB                             /* floats past the last token in a transposed matrix */
 };
@@ -32,8 +35,10 @@ static inline __attribute__((always_inline)) void scores(
         for (int r = 0; r < M; r += RB) {
             v16 acc[RB][2] = {{0}};
             for (int d = 0; d < D; d++) {
-                const v16 y0 = load16(y + d * ld), y1 = load16(y + d * ld + 16);
-#pragma GCC unroll 4
+                v16 y0 = load16(y + d * ld), y1 = load16(y + d * ld + 16);
+                IN_REGISTER(y0);
+                IN_REGISTER(y1);
+#pragma GCC unroll 8
                 for (int a = 0; a < RB; a++) {
                     const float xa = x[(r + a) * D + d];
                     acc[a][0] += xa * y0;
@@ -58,11 +63,17 @@ static inline __attribute__((always_inline)) void weigh(
         v16 acc[4][8] = {{0}};
         for (int c = 0; c < n; c++) {
             const float *yc = y + c * stride;
+            v16 yv[8];
+#pragma GCC unroll 8
+            for (int e = 0; e < D / 16; e++) {
+                yv[e] = load16(yc + 16 * e);
+                IN_REGISTER(yv[e]);
+            }
 #pragma GCC unroll 4
             for (int a = 0; a < RV; a++) {
                 const float wa = w[(size_t)(r + a) * lds + c];
 #pragma GCC unroll 8
-                for (int e = 0; e < D / 16; e++) acc[a][e] += wa * load16(yc + 16 * e);
+                for (int e = 0; e < D / 16; e++) acc[a][e] += wa * yv[e];
             }
         }
         for (int a = 0; a < RV; a++)
@@ -81,7 +92,10 @@ static inline __attribute__((always_inline)) void weigh_t(
         for (int r = 0; r < M; r++) {
             v16 xr[8];
 #pragma GCC unroll 8
-            for (int e = 0; e < D / 16; e++) xr[e] = load16(x + (size_t)r * D + 16 * e);
+            for (int e = 0; e < D / 16; e++) {
+                xr[e] = load16(x + (size_t)r * D + 16 * e);
+                IN_REGISTER(xr[e]);
+            }
 #pragma GCC unroll 4
             for (int b = 0; b < CV; b++) {
                 const float wb = b < nc ? w[(size_t)r * lds + c0 + b] : 0.f;
@@ -130,7 +144,7 @@ static inline __attribute__((always_inline)) void block_scores(
 
 static inline __attribute__((always_inline)) void block_forward(const float *q, const float *kt, const float *v, const Block *b, float *out,
                           float *lse, Scratch *w, int H, int K, int G, int g, int D, size_t ld, float scale) {
-    const int rows = (int)(b->i1 - b->i0) * G, M = (rows + 3) / 4 * 4;
+    const int rows = (int)(b->i1 - b->i0) * G, M = (rows + RB - 1) / RB * RB;
     const int na = (int)(b->a1 - b->a0), nb = (int)(b->i1 - b->b0), n = na + nb, lds = n;
     gather(w->qs, q, b, M, H, g, G, D, scale);
     block_scores(w->qs, kt, b, M, G, g, D, ld, na, nb, w->s, lds);
@@ -158,7 +172,7 @@ static inline __attribute__((always_inline)) void block_forward(const float *q, 
 static inline __attribute__((always_inline)) void block_backward(const float *q, const float *k, const float *kt, const float *vt, const float *dout,
                            const float *lse, const float *delta, const Block *b, float *dq, float *dk, float *dv,
                            Scratch *w, int H, int K, int G, int g, int D, size_t ld, float scale) {
-    const int rows = (int)(b->i1 - b->i0) * G, M = (rows + 3) / 4 * 4;
+    const int rows = (int)(b->i1 - b->i0) * G, M = (rows + RB - 1) / RB * RB;
     const int na = (int)(b->a1 - b->a0), nb = (int)(b->i1 - b->b0), n = na + nb, lds = n;
     const size_t stride = (size_t)K * D;
     gather(w->qs, q, b, M, H, g, G, D, scale);
@@ -202,7 +216,7 @@ static int largest(const Block *blocks, int nblocks, int G, int *M, int *n) {
         if (m > *M) *M = m;
         if (c > *n) *n = c;
     }
-    *M = (*M + 3) / 4 * 4;
+    *M = (*M + RB - 1) / RB * RB;
     return 0;
 }
 
