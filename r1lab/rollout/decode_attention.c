@@ -38,6 +38,9 @@ typedef float v16 __attribute__((vector_size(64)));                 /* 16 floats
 typedef float v16u __attribute__((vector_size(64), aligned(4)));     /* the same, at any float's address */
 
 static inline v16 load16(const float *p) { return *(const v16u *)p; }
+/* Keep a loaded vector in its register: GCC would otherwise fold the load into each FMA that
+   reads it, one load per use, and the loops run at the loads' pace, not the FMAs'. */
+#define IN_REGISTER(x) __asm__("" : "+v"(x))
 
 /* Scores of M queries qs [M, D] (M a multiple of QB) against a prompt's keys in tiles kt
    [ceil(P / TILE), D, TILE] (TILE positions a tile, each key a column; positions past P zero)
@@ -55,7 +58,9 @@ static inline __attribute__((always_inline)) void prompt_scores(
         for (int j = 0; j < M && live; j += QB) {
             v16 acc[QB][KB / 16] = {0};
             for (int d = 0; d < D; d++) {
-                const v16 k0 = load16(t0 + d * TILE), k1 = nb > TILE ? load16(t1 + d * TILE) : (v16){0};
+                v16 k0 = load16(t0 + d * TILE), k1 = nb > TILE ? load16(t1 + d * TILE) : (v16){0};
+                IN_REGISTER(k0);
+                IN_REGISTER(k1);
 #pragma GCC unroll 4
                 for (int a = 0; a < QB; a++) {
                     const float x = qs[(j + a) * D + d];
@@ -95,11 +100,17 @@ static inline __attribute__((always_inline)) void prompt_values(
         for (int p = 0; p < P; p++) {
             if (isinf(bias[p])) continue;
             const float *v = pv + (size_t)p * D;
+            v16 vv[8];
+#pragma GCC unroll 8
+            for (int c = 0; c < D / 16; c++) {
+                vv[c] = load16(v + 16 * c);
+                IN_REGISTER(vv[c]);
+            }
 #pragma GCC unroll 4
             for (int a = 0; a < QV; a++) {
                 const float w = s[(size_t)(j + a) * T + p];
 #pragma GCC unroll 8
-                for (int c = 0; c < D / 16; c++) acc[a][c] += w * load16(v + 16 * c);
+                for (int c = 0; c < D / 16; c++) acc[a][c] += w * vv[c];
             }
         }
         for (int a = 0; a < QV; a++)
