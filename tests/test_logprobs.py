@@ -1,5 +1,6 @@
 """chunked_token_logprobs (and its entropy) against hand values, the naive log-softmax,
-token_logprobs and entropy_from_logits."""
+token_logprobs and entropy_from_logits; linear_token_logprobs's compiled tile passes
+(r1lab/losses/logit_tiles.c) against the PyTorch calls they replace."""
 
 import math
 
@@ -8,6 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from r1lab import compiled, onednn
+from r1lab.losses import logit_tiles, logprobs
 from r1lab.losses.common import entropy_from_logits, token_logprobs
 from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy, linear_token_logprobs
 
@@ -163,18 +166,24 @@ def test_chunk_size_and_temperature_must_be_positive():
         chunked_token_logprobs(logits, ids, 2, temperature=0.0)
 
 
+FAST = [False, pytest.param(True, marks=pytest.mark.skipif(not onednn.available(), reason="no oneDNN"))]
+
+
+@pytest.mark.parametrize("fast", FAST)
 @pytest.mark.parametrize("keep_logits", [False, True])
 @pytest.mark.parametrize("vocab_chunk", [None, 16, 7])
 @pytest.mark.parametrize("with_entropy", [False, True])
 @pytest.mark.parametrize("temperature", [0.6, 1.0])
-def test_linear_token_logprobs_equal_the_head_then_chunks(temperature, with_entropy, vocab_chunk, keep_logits):
+def test_linear_token_logprobs_equal_the_head_then_chunks(temperature, with_entropy, vocab_chunk, keep_logits, fast):
+    """Also ``fast``: the products through oneDNN and each tile's passes compiled (logit_tiles.c)."""
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(23, 16, generator=g, requires_grad=True)
     weight = torch.randn(50, 16, generator=g, requires_grad=True)
     ids = torch.randint(0, 50, (23,), generator=g)
     weights = torch.randn(23, generator=g)
     fused, entropy = linear_token_logprobs(hidden, weight, ids, 5, vocab_chunk=vocab_chunk, temperature=temperature,
-                                           with_entropy=with_entropy, keep_logits=keep_logits)  # tiles of 5 rows x 16 or 7 ids
+                                           with_entropy=with_entropy, keep_logits=keep_logits,
+                                           fast=fast)  # tiles of 5 rows x 16 or 7 ids
     (fused * weights).sum().backward()
     grads = hidden.grad.clone(), weight.grad.clone()
     hidden.grad = weight.grad = None
@@ -190,9 +199,10 @@ def test_linear_token_logprobs_equal_the_head_then_chunks(temperature, with_entr
         assert entropy is None
 
 
+@pytest.mark.parametrize("fast", FAST)
 @pytest.mark.parametrize("vocab_chunk", [None, 16])
 @pytest.mark.parametrize("temperature", [0.6, 1.0])
-def test_kept_logits_give_the_recomputed_ones_gradients_bit_for_bit(temperature, vocab_chunk):
+def test_kept_logits_give_the_recomputed_ones_gradients_bit_for_bit(temperature, vocab_chunk, fast):
     # keep_logits only spares the backward's matmul: the tiles it reads are the forward's own
     g = torch.Generator().manual_seed(1)
     hidden = torch.randn(23, 16, generator=g, requires_grad=True)
@@ -203,8 +213,58 @@ def test_kept_logits_give_the_recomputed_ones_gradients_bit_for_bit(temperature,
     for keep in (False, True):
         hidden.grad = weight.grad = None
         logp, entropy = linear_token_logprobs(hidden, weight, ids, 5, vocab_chunk=vocab_chunk,
-                                              temperature=temperature, with_entropy=True, keep_logits=keep)
+                                              temperature=temperature, with_entropy=True, keep_logits=keep, fast=fast)
         (logp * weights).sum().backward()
         runs.append((logp, entropy, hidden.grad, weight.grad))
     for recomputed, kept in zip(*runs):
         assert torch.equal(recomputed, kept)
+
+
+@pytest.mark.skipif(compiled.compiler() is None, reason="no C compiler to build the logit tiles")
+@pytest.mark.parametrize("temperature", [0.6, 1.0])
+def test_the_compiled_tile_passes_equal_pytorchs(temperature):
+    """A tile that is a column slice of wider logits (rows not adjacent), ids inside and outside
+    it: the statistics and the in-place gradient against the PyTorch calls they replace."""
+    compiled.build(logit_tiles.SOURCE)                                  # raises with the compiler's message
+    tiles = logit_tiles.load()
+    g = torch.Generator().manual_seed(2)
+    wide = torch.randn(37, 300, generator=g) * 4
+    first, ids = 100, torch.randint(0, 400, (37,), generator=g)
+    ids[:3] = torch.tensor([100, 299, 99])                               # the tile's ends, and just before it
+    z = wide[:, first:first + 199]
+    want_z = z / temperature
+    m, s, dot, target = (torch.full((37,), 7.0) for _ in range(4))
+    tiles.stats(z, ids, first, temperature, m, s, dot, target)
+    torch.testing.assert_close(z, want_z, rtol=0, atol=0)                # divided in place, as torch divides
+    e = (want_z - want_z.amax(-1, keepdim=True)).exp()
+    torch.testing.assert_close(m, want_z.amax(-1), rtol=0, atol=0)
+    torch.testing.assert_close(s, e.sum(-1), rtol=1e-6, atol=0)
+    torch.testing.assert_close(dot, torch.linalg.vecdot(e, want_z), rtol=1e-5, atol=1e-5)
+    inside = (ids >= first) & (ids < first + 199)
+    assert inside.any() and not inside.all()
+    torch.testing.assert_close(target[inside], want_z[inside, (ids - first)[inside]], rtol=0, atol=0)
+    assert (target[~inside] == 7.0).all()
+    lse, grad_out = torch.logsumexp(want_z, -1) + 0.5, torch.randn(37, generator=g)
+    want = logprobs._logit_grad(want_z.clone(), lse, ids, grad_out, temperature, first)
+    got = tiles.grad_(z, lse, ids, first, grad_out / temperature)
+    assert got.data_ptr() == z.data_ptr()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="float32"):
+        tiles.grad_(z.double(), lse, ids, first, grad_out)
+    with pytest.raises(ValueError, match="per-row"):
+        tiles.grad_(z, lse[1:], ids, first, grad_out)
+
+
+def test_without_a_compiler_the_tiles_stay_in_pytorch(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    logit_tiles.load.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="no C compiler"):
+            assert logit_tiles.load() is None
+        logit_tiles.load.cache_clear()
+        monkeypatch.setenv("R1LAB_LOGIT_TILES", "torch")
+        monkeypatch.delenv("CC")
+        assert logit_tiles.load() is None
+    finally:
+        logit_tiles.load.cache_clear()

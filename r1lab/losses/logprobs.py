@@ -24,6 +24,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from r1lab import onednn
+from r1lab.losses import logit_tiles
 
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
@@ -88,19 +89,26 @@ class _LinearTokenLogprobs(torch.autograd.Function):
         grad_h = torch.empty_like(hidden) if want_h else None                       # [C, d]
         new = torch.empty if len(ids) else torch.zeros                              # the first row block writes it
         grad_w = new(weight.shape, dtype=torch.float32, device=weight.device) if want_w else None
+        tiles = logit_tiles.load() if ctx.fast else None
         for start in range(0, len(ids), ctx.rows):
             r = slice(start, start + ctx.rows)
             h = hidden[r]
             h32 = h.float() if want_w else None                                     # once a row block, not a tile
             if want_w and ctx.fast:
                 h32 = onednn.as_onednn(h32)                                         # converted once a row block
+            if tiles is not None:                                                   # d log p / d z, over T
+                g = grad_out[r].float().contiguous()
+                g = g / ctx.temperature if ctx.temperature != 1.0 else g
             for first in range(0, weight.shape[0], ctx.cols):
                 v = slice(first, first + ctx.cols)
                 if kept is None:
                     z = _scaled(onednn.product(h, weight[v], ctx.fast), ctx.temperature)  # [r, c]
                 else:
                     z = kept.pop(0)
-                dz = _logit_grad(z, lse[r], ids[r], grad_out[r], ctx.temperature, first, overwrite=True)  # [r, c]
+                if tiles is not None and logit_tiles.fits(z):
+                    dz = tiles.grad_(z, lse[r], ids[r], first, g)                   # [r, c], in place
+                else:
+                    dz = _logit_grad(z, lse[r], ids[r], grad_out[r], ctx.temperature, first, overwrite=True)
                 if ctx.fast:                                                        # converted once for both products
                     dz = onednn.as_onednn(dz)
                 if want_h:
@@ -158,8 +166,20 @@ def _rows_forward(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor,
         return
     target = torch.empty_like(out)                                                  # [r]: z of each id
     maxes, sums, dots = [], [], []
+    tiles = logit_tiles.load() if fast else None
     for first in range(0, V, cols):
-        z = _scaled(onednn.product(hidden, weight[first:first + cols], fast), temperature)  # [r, c], fresh
+        z = onednn.product(hidden, weight[first:first + cols], fast)                # [r, c], fresh
+        if tiles is not None and logit_tiles.fits(z):                               # one compiled pass
+            maxes.append(torch.empty_like(out))
+            sums.append(torch.empty_like(out))
+            if entropy is not None:
+                dots.append(torch.empty_like(out))
+            tiles.stats(z, ids, first, temperature, maxes[-1], sums[-1], dots[-1] if entropy is not None else None,
+                        target)
+            if kept is not None:
+                kept.append(z)
+            continue
+        z = _scaled(z, temperature)
         local = ids - first
         inside = (local >= 0) & (local < z.shape[1])
         target = torch.where(inside, z.gather(1, local.clamp(0, z.shape[1] - 1)[:, None])[:, 0], target)
