@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from r1lab import onednn
-from r1lab.forward import packed_attention
+from r1lab.forward import elementwise, packed_attention
 from r1lab.losses.logprobs import chunked_logprobs, linear_token_logprobs
 from r1lab.models.adapters import plain_model
 from r1lab.models.recompute import recomputes
@@ -106,7 +106,7 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
     layout = _Layout(batch, mask, device)
     x = hf.model.embed_tokens(layout.ids)                                       # [T, d]
     cos, sin = hf.model.rotary_emb(x, layout.pos[None])                         # [1, T, D] each
-    cos, sin = cos[0, :, None], sin[0, :, None]                                 # [T, 1, D]
+    cos, sin = cos[0].contiguous(), sin[0].contiguous()                        # [T, D] each
     recompute = recomputes(hf) and torch.is_grad_enabled()
     fast = uses_onednn(hf)
     for block in hf.model.layers:
@@ -117,7 +117,7 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
                            preserve_rng_state=draws_random(block))
         else:
             x = _block(block, x, cos, sin, layout, fast)
-    hidden = lean_ops.rms_norm(hf.model.norm, x[layout.predictors])             # [C, d]: C completion tokens
+    hidden = lean_ops.rms_norm(hf.model.norm, x[layout.predictors], fast)             # [C, d]: C completion tokens
     targets = layout.ids[layout.targets]                                        # [C]
     head = hf.lm_head
     if type(head) is torch.nn.Linear and head.bias is None:                     # logits made a tile at a time
@@ -135,9 +135,9 @@ def packed_logprobs(model, batch: dict[str, torch.Tensor], *, temperature: float
 
 def _block(block, x, cos, sin, layout: "_Layout", fast: bool) -> torch.Tensor:
     """One decoder block on the packed tokens x [T, d]; ``fast``: projections through oneDNN."""
-    h = lean_ops.rms_norm(block.input_layernorm, x)
+    h = lean_ops.rms_norm(block.input_layernorm, x, fast)
     x = x + onednn.linear(block.self_attn.o_proj, _attention(block.self_attn, h, cos, sin, layout, fast), fast)
-    return x + lean_ops.mlp(block.mlp, lean_ops.rms_norm(block.post_attention_layernorm, x), fast)
+    return x + lean_ops.mlp(block.mlp, lean_ops.rms_norm(block.post_attention_layernorm, x, fast), fast)
 
 
 class _Layout:
@@ -261,8 +261,12 @@ def _attention(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layo
     q = onednn.linear(attn.q_proj, h, fast).view(T, H, D)
     k = onednn.linear(attn.k_proj, h, fast).view(T, K, D)
     v = onednn.linear(attn.v_proj, h, fast).view(T, K, D)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    ops = elementwise.load() if fast else None
+    if ops is not None and elementwise.fits(cos, sin):                         # one pass each, compiled
+        q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)
+    else:
+        q = q * cos[:, None] + _rotate_half(q) * sin[:, None]
+        k = k * cos[:, None] + _rotate_half(k) * sin[:, None]
     attend = packed_attention.load() if fast and packed_attention.fits(q.dtype, q.device, D) else None
     if attend is not None:
         return attend(q, k, v, layout.blocks).view(T, H * D)
