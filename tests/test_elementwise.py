@@ -1,5 +1,6 @@
 """The packed walk's compiled elementwise passes (r1lab/forward/elementwise.c) against the
-PyTorch calls they replace, values and gradients; what they refuse; the fallback."""
+PyTorch calls they replace, values and gradients, and what they refuse (the fallback:
+tests/test_compiled.py)."""
 
 import pytest
 import torch
@@ -92,19 +93,3 @@ def test_rope_and_its_gradient_equal_torchs(ops, duplicated):
         torch.testing.assert_close(a, b, **TOL)
     with pytest.raises(ValueError, match="rotary"):
         ops.rope(x, cos[1:], sin[1:])
-
-
-def test_without_a_compiler_the_walk_keeps_pytorchs_passes(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    elementwise.load.cache_clear()
-    try:
-        with pytest.warns(UserWarning, match="no C compiler"):
-            assert elementwise.load() is None
-        assert lean_ops._compiled(True, torch.zeros(2)) is None
-        elementwise.load.cache_clear()
-        monkeypatch.setenv("R1LAB_ELEMENTWISE", "torch")
-        monkeypatch.delenv("CC")
-        assert elementwise.load() is None
-    finally:
-        elementwise.load.cache_clear()

@@ -253,18 +253,3 @@ def test_the_compiled_tile_passes_equal_pytorchs(temperature):
         tiles.grad_(z.double(), lse, ids, first, grad_out)
     with pytest.raises(ValueError, match="per-row"):
         tiles.grad_(z, lse[1:], ids, first, grad_out)
-
-
-def test_without_a_compiler_the_tiles_stay_in_pytorch(monkeypatch, tmp_path):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    logit_tiles.load.cache_clear()
-    try:
-        with pytest.warns(UserWarning, match="no C compiler"):
-            assert logit_tiles.load() is None
-        logit_tiles.load.cache_clear()
-        monkeypatch.setenv("R1LAB_LOGIT_TILES", "torch")
-        monkeypatch.delenv("CC")
-        assert logit_tiles.load() is None
-    finally:
-        logit_tiles.load.cache_clear()

@@ -1,6 +1,6 @@
 """The compiled attention of the packed walk (r1lab/forward/packed_attention.c) against its
 reference, the grids through F.scaled_dot_product_attention: outputs and the gradients of q,
-k and v; its checks of what it is given; and the fallback where it cannot be built."""
+k and v; and its checks of what it is given (the fallback: tests/test_compiled.py)."""
 
 import pytest
 import torch
@@ -80,20 +80,3 @@ def test_what_does_not_fit_is_refused(attend):
     for q_, k_ in [(q.double(), k.double()), (torch.randn(10, 4, 8), torch.randn(10, 2, 8)), (torch.randn(10, 3, 16), k)]:
         with pytest.raises(ValueError, match="do not fit"):
             attend(q_, k_, k_, good)
-
-
-def test_without_a_compiler_the_walk_keeps_the_reference(monkeypatch, tmp_path):
-    """No compiler: one warning and no loop; ``R1LAB_PACKED_ATTENTION=torch`` the same without one."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
-    packed_attention.load.cache_clear()
-    try:
-        with pytest.warns(UserWarning, match="no C compiler"):
-            assert packed_attention.load() is None
-        packed_attention.load.cache_clear()
-        monkeypatch.setenv("R1LAB_PACKED_ATTENTION", "torch")
-        monkeypatch.delenv("CC")
-        assert packed_attention.load() is None
-        assert not list(tmp_path.rglob("*.so"))
-    finally:
-        packed_attention.load.cache_clear()
