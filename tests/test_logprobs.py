@@ -249,6 +249,7 @@ def test_the_compiled_tile_passes_equal_pytorchs(temperature):
     got = tiles.grad_(z, lse, ids, first, grad_out / temperature)
     assert got.data_ptr() == z.data_ptr()
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    assert not logit_tiles.fits(torch.randn(1, 8).expand(3, 8))          # rows on one another
     with pytest.raises(ValueError, match="float32"):
         tiles.grad_(z.double(), lse, ids, first, grad_out)
     with pytest.raises(ValueError, match="per-row"):

@@ -2,11 +2,16 @@
 reference, the grids through F.scaled_dot_product_attention: outputs and the gradients of q,
 k and v; and its checks of what it is given (the fallback: tests/test_compiled.py)."""
 
+import platform
+import subprocess
+
 import pytest
 import torch
 
 from r1lab import compiled
-from r1lab.forward import packed, packed_attention, prompt_completion_batch
+from r1lab.forward import elementwise, packed, packed_attention, prompt_completion_batch
+from r1lab.losses import logit_tiles
+from r1lab.rollout import decode_attention
 
 needs_kernel = pytest.mark.skipif(compiled.compiler() is None, reason="no C compiler to build the packed attention")
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -72,11 +77,27 @@ def test_what_does_not_fit_is_refused(attend):
     q, k = torch.randn(10, 4, 16), torch.randn(10, 2, 16)
     good = packed_attention.blocks(torch.tensor([[0, 10, 0, 0]]))
     assert attend(q, k, k, good).shape == (10, 4, 16)
+    strided = torch.zeros(4, 5, dtype=torch.long)
+    strided[::2] = packed_attention.blocks(torch.tensor([[0, 5, 0, 0], [5, 10, 0, 5]]))
     bad_blocks = [good[1:], good.int(), torch.tensor([[0, 10, 0, 11, 0]]), torch.tensor([[0, 10, 0, 0, 1]]),
-                  torch.tensor([[0, 4, 0, 0, 0], [5, 10, 0, 0, 5]])]
+                  torch.tensor([[0, 4, 0, 0, 0], [5, 10, 0, 0, 5]]),
+                  strided[::2],                                         # the loop reads rows of 5 int64s
+                  torch.tensor([[0, 5, 0, 0, 0], [5, 10, 0, 6, 5]])]   # the whole span runs into its own
     for blocks in bad_blocks:
         with pytest.raises(ValueError, match="blocks"):
             attend(q, k, k, blocks)
     for q_, k_ in [(q.double(), k.double()), (torch.randn(10, 4, 8), torch.randn(10, 2, 8)), (torch.randn(10, 3, 16), k)]:
         with pytest.raises(ValueError, match="do not fit"):
             attend(q_, k_, k_, good)
+
+
+@needs_kernel
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="an x86-64 build check")
+def test_every_loop_builds_without_avx512(tmp_path):
+    """The loops compile for an AVX2 processor too (where a 64-byte vector is no one register):
+    -march=x86-64-v3 in place of the build's -march=native."""
+    flags = [f if f != "-march=native" else "-march=x86-64-v3" for f in compiled.FLAGS]
+    for source in (packed_attention.SOURCE, elementwise.SOURCE, logit_tiles.SOURCE, decode_attention.SOURCE):
+        built = subprocess.run([*compiled.compiler(), *flags, "-o", str(tmp_path / "x.so"), str(source), "-lm"],
+                               capture_output=True, text=True)
+        assert built.returncode == 0, (source.name, built.stderr)

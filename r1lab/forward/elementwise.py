@@ -26,6 +26,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from r1lab import compiled
 
@@ -141,6 +142,7 @@ class _Rope(torch.autograd.Function):
         return _rope(lib, x.contiguous(), cos, sin, transpose=False)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         cos, sin = ctx.saved_tensors
         return None, _rope(ctx.lib, grad.contiguous(), cos, sin, transpose=True), None, None

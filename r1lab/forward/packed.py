@@ -147,7 +147,8 @@ class _Layout:
     bucket by bucket, row by row (``_buckets``: rows of like length share a grid, so padding
     stays small). ``prompt_cells``: each prompt token's flat index in the grid [U, P'];
     ``predictors`` / ``targets`` [C]: the packed index of the token predicting / being each
-    completion token, in the row-major order of the completion mask."""
+    completion token, in the row-major order of the completion mask; ``blocks``: the same
+    tokens as the compiled attention takes them (packed_attention.blocks)."""
 
     def __init__(self, batch: dict[str, torch.Tensor], mask: torch.Tensor, device):
         n, width = mask.shape
@@ -262,7 +263,7 @@ def _attention(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layo
     k = onednn.linear(attn.k_proj, h, fast).view(T, K, D)
     v = onednn.linear(attn.v_proj, h, fast).view(T, K, D)
     ops = elementwise.load() if fast else None
-    if ops is not None and elementwise.fits(cos, sin):                         # one pass each, compiled
+    if ops is not None and elementwise.fits(q, k, cos, sin):                   # one pass each, compiled
         q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)
     else:
         q = q * cos[:, None] + _rotate_half(q) * sin[:, None]

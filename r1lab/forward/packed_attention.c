@@ -15,7 +15,11 @@ static inline v16 load16(const float *p) { return *(const v16u *)p; }
 static inline void add16(float *p, v16 x) { *(v16u *)p = load16(p) + x; }
 /* Keep a loaded vector in its register: GCC would otherwise fold the load into each FMA that
    reads it, one load per use, and the loops run at the loads' pace, not the FMAs'. */
+#if defined(__AVX512F__)
 #define IN_REGISTER(x) __asm__("" : "+v"(x))
+#else                                    /* a 64-byte vector is no one register here ("v" cannot hold it) */
+#define IN_REGISTER(x) ((void)0)
+#endif
 
 enum {
     RB = 8,                              /* rows of a block's queries held in registers at a time */
@@ -220,13 +224,14 @@ static int largest(const Block *blocks, int nblocks, int G, int *M, int *n) {
     return 0;
 }
 
-static int scratch(Scratch *w, int M, int n, int D) {
-    w->qs = malloc(sizeof(float) * (size_t)M * D * 3);
-    w->dos = w->qs + (size_t)M * D;
-    w->o = w->dos + (size_t)M * D;
+/* backward: also the output gradients' rows and a second [M, n] matrix. */
+static int scratch(Scratch *w, int M, int n, int D, int backward) {
+    w->qs = malloc(sizeof(float) * (size_t)M * D * (backward ? 3 : 2));
+    w->o = w->qs + (size_t)M * D;
+    w->dos = backward ? w->o + (size_t)M * D : NULL;
     w->s = malloc(sizeof(float) * (size_t)M * n);
-    w->p = malloc(sizeof(float) * (size_t)M * n);
-    return w->qs == NULL || w->s == NULL || w->p == NULL;
+    w->p = backward ? malloc(sizeof(float) * (size_t)M * n) : NULL;
+    return w->qs == NULL || w->s == NULL || (backward && w->p == NULL);
 }
 
 static void unscratch(Scratch *w) {
@@ -248,7 +253,7 @@ int attention_forward_f32(const float *q, const float *kt, const float *v, const
 #pragma omp parallel num_threads(threads) reduction(|:failed)
     {
         Scratch w;
-        failed = scratch(&w, M, n, D);
+        failed = scratch(&w, M, n, D, 0);
 #pragma omp for schedule(dynamic, 1)
         for (int t = 0; t < nblocks * K; t++) {
             if (failed) continue;
@@ -263,7 +268,7 @@ int attention_forward_f32(const float *q, const float *kt, const float *v, const
 }
 
 /* The gradients of attention_forward_f32's out given dout [T, H, D]: q, k [T, K, D], kt and vt
-   [K, D, ld] (keys and values transposed), lse [T, H] its, delta [T, H] = sum_d dout * out.
+   [K, D, ld] (keys and values transposed), lse [T, H] the forward's, delta [T, H] = sum_d dout * out.
    -> dq [T, H, D] (every entry written), dk, dv [T, K, D] (every entry written). */
 int attention_backward_f32(const float *q, const float *k, const float *kt, const float *vt, const float *dout,
                            const float *lse, const float *delta, const int64_t *blocks, float *dq, float *dk,
@@ -280,7 +285,7 @@ int attention_backward_f32(const float *q, const float *k, const float *kt, cons
         const int me = omp_get_thread_num();
         Scratch w;
         float *mine = sums[me] = calloc(2 * size, sizeof(float));
-        failed = scratch(&w, M, n, D) || mine == NULL;
+        failed = scratch(&w, M, n, D, 1) || mine == NULL;
 #pragma omp for schedule(dynamic, 1)
         for (int t = 0; t < nblocks * K; t++) {
             if (failed) continue;

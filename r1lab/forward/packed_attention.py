@@ -30,6 +30,7 @@ import functools
 from pathlib import Path
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from r1lab import compiled
 
@@ -86,12 +87,15 @@ def _check(q, k, v, blocks):
             or not fits(q.dtype, q.device, D) or k.dtype != q.dtype or v.dtype != q.dtype):
         raise ValueError(f"packed attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} "
                          f"({q.dtype}) do not fit: float32 CPU tensors [T, H, D], [T, K, D], H a multiple of K")
-    if blocks.dtype != torch.int64 or blocks.dim() != 2 or blocks.shape[1] != 5:
-        raise ValueError("packed attention: blocks must be int64 [B, 5]")
+    if (blocks.dtype != torch.int64 or blocks.dim() != 2 or blocks.shape[1] != 5 or not blocks.is_contiguous()
+            or blocks.device.type != "cpu"):
+        raise ValueError("packed attention: blocks must be a contiguous int64 CPU tensor [B, 5]")
     i0, i1, a0, a1, b0 = blocks.unbind(1)
     covered = len(blocks) and int(i0[0]) == 0 and int(i1[-1]) == T and bool((i0[1:] == i1[:-1]).all())
-    if not covered or bool(((i0 >= i1) | (b0 > i0) | (b0 < 0) | (a0 > a1) | (a0 < 0) | (a1 > T)).any()):
-        raise ValueError("packed attention: the blocks must cover the tokens in order, each within them")
+    overlap = (a0 < a1) & (a1 > b0)                                         # the whole span must end before the own one
+    if not covered or bool(((i0 >= i1) | (b0 > i0) | (b0 < 0) | (a0 > a1) | (a0 < 0) | (a1 > T) | overlap).any()):
+        raise ValueError("packed attention: the blocks must cover the tokens in order, each within them, "
+                         "its whole span before its own")
 
 
 class _Attention(torch.autograd.Function):
@@ -109,12 +113,13 @@ class _Attention(torch.autograd.Function):
         scale = D ** -0.5
         if fns[0](q.data_ptr(), kt.data_ptr(), v.data_ptr(), blocks.data_ptr(), out.data_ptr(), lse.data_ptr(),
                   len(blocks), T, H, K, D, kt.shape[2], scale, torch.get_num_threads()):
-            raise MemoryError("packed attention: no memory for a block's scores")
+            raise MemoryError("packed attention: no memory for a block's scores")          # (blocks checked above)
         ctx.save_for_backward(q, k, v, out, lse, blocks)
         ctx.fns, ctx.scale = fns, scale
         return out
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad):
         q, k, v, out, lse, blocks = ctx.saved_tensors
         grad = grad.contiguous()

@@ -46,8 +46,10 @@ def load() -> SimpleNamespace | None:
 
 
 def fits(z: torch.Tensor) -> bool:
-    """Whether the compiled passes take the tile ``z``: float32 on the CPU, rows of unit stride."""
-    return z.dtype == torch.float32 and z.device.type == "cpu" and z.dim() == 2 and z.stride(1) == 1
+    """Whether the compiled passes take the tile ``z``: float32 on the CPU, rows of unit stride
+    that do not overlap."""
+    return (z.dtype == torch.float32 and z.device.type == "cpu" and z.dim() == 2 and z.stride(1) == 1
+            and z.stride(0) >= z.shape[1])
 
 
 def _vectors(*xs: torch.Tensor, rows: int, dtype) -> None:
@@ -63,6 +65,7 @@ def _stats(fn, z: torch.Tensor, ids: torch.Tensor, first: int, temperature: floa
     if not fits(z):
         raise ValueError("logit tiles: the tile must be float32 on the CPU, [R, C] with rows of unit stride")
     R, C = z.shape
+    ids = ids.contiguous()
     _vectors(m, s, dot, target, rows=R, dtype=torch.float32)
     _vectors(ids, rows=R, dtype=torch.int64)
     fn(z.data_ptr(), R, C, z.stride(0), ids.data_ptr(), first, temperature, m.data_ptr(), s.data_ptr(),
@@ -74,6 +77,7 @@ def _grad(fn, z: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor, first: int,
     if not fits(z):
         raise ValueError("logit tiles: the tile must be float32 on the CPU, [R, C] with rows of unit stride")
     R, C = z.shape
+    ids, lse = ids.contiguous(), lse.contiguous()
     _vectors(lse, g, rows=R, dtype=torch.float32)
     _vectors(ids, rows=R, dtype=torch.int64)
     fn(z.data_ptr(), R, C, z.stride(0), lse.data_ptr(), ids.data_ptr(), first, g.data_ptr(), torch.get_num_threads())

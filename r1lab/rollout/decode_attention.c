@@ -40,7 +40,11 @@ typedef float v16u __attribute__((vector_size(64), aligned(4)));     /* the same
 static inline v16 load16(const float *p) { return *(const v16u *)p; }
 /* Keep a loaded vector in its register: GCC would otherwise fold the load into each FMA that
    reads it, one load per use, and the loops run at the loads' pace, not the FMAs'. */
+#if defined(__AVX512F__)
 #define IN_REGISTER(x) __asm__("" : "+v"(x))
+#else                                    /* a 64-byte vector is no one register here ("v" cannot hold it) */
+#define IN_REGISTER(x) ((void)0)
+#endif
 
 /* Scores of M queries qs [M, D] (M a multiple of QB) against a prompt's keys in tiles kt
    [ceil(P / TILE), D, TILE] (TILE positions a tile, each key a column; positions past P zero)
