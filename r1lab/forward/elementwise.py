@@ -10,7 +10,7 @@ rows: its sum of squares, then the scaling). The PyTorch calls stay where the wa
 multiply through oneDNN, or where this cannot be built (``R1LAB_ELEMENTWISE=torch`` asks for
 them), and are the reference tests/test_elementwise.py checks these against.
 
-    ops = elementwise.load()                           # None: PyTorch's calls
+    ops = elementwise.load()                           # None: PyTorch's calls (taking(fast, *xs): and checks xs)
     out = ops.swiglu(gate, up)
     grad_gate, grad_up, product = ops.swiglu_grads(gate, up, grad)
     out, rstd = ops.rms_norm(x, weight, eps)
@@ -58,6 +58,13 @@ def load() -> SimpleNamespace | None:
 def fits(*xs: torch.Tensor) -> bool:
     """Whether the compiled passes take these tensors: float32, on the CPU, contiguous."""
     return all(x.dtype == torch.float32 and x.device.type == "cpu" and x.is_contiguous() for x in xs)
+
+
+def taking(fast: bool, *xs: torch.Tensor) -> SimpleNamespace | None:
+    """The compiled passes where ``fast`` (the walk on oneDNN), they load and they take ``xs``;
+    else None, and the caller keeps PyTorch's calls."""
+    ops = load() if fast else None
+    return ops if ops is not None and fits(*xs) else None
 
 
 def _need(*xs: torch.Tensor) -> None:

@@ -26,18 +26,12 @@ NORMS = (LlamaRMSNorm, Qwen2RMSNorm)
 MLPS = (LlamaMLP, Qwen2MLP)
 
 
-def _compiled(fast: bool, *xs: torch.Tensor):
-    """r1lab/forward/elementwise.py's passes where ``fast`` and they take these tensors, else None."""
-    ops = elementwise.load() if fast else None
-    return ops if ops is not None and elementwise.fits(*xs) else None
-
-
 def rms_norm(norm, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
     """The norm's forward; a plain HF RMSNorm through ``_RMSNorm``, its passes compiled where
     ``fast`` (r1lab/forward/elementwise.py)."""
     if type(norm) not in NORMS:
         return norm(x)
-    return _RMSNorm.apply(x, norm.weight, norm.variance_epsilon, _compiled(fast, x, norm.weight))
+    return _RMSNorm.apply(x, norm.weight, norm.variance_epsilon, elementwise.taking(fast, x, norm.weight))
 
 
 def mlp(block_mlp, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
@@ -46,7 +40,7 @@ def mlp(block_mlp, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
     if type(block_mlp) not in MLPS or block_mlp.config.hidden_act not in ("silu", "swish"):
         return block_mlp(x)
     gate, up = onednn.linear(block_mlp.gate_proj, x, fast), onednn.linear(block_mlp.up_proj, x, fast)
-    ops = _compiled(fast, gate, up)
+    ops = elementwise.taking(fast, gate, up)
     down = block_mlp.down_proj
     if type(down) is torch.nn.Linear:                       # not an adapter: its input need not be kept
         return _SwiGLUDown.apply(gate, up, down.weight, down.bias, fast, ops)

@@ -262,8 +262,8 @@ def _attention(attn, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layo
     q = onednn.linear(attn.q_proj, h, fast).view(T, H, D)
     k = onednn.linear(attn.k_proj, h, fast).view(T, K, D)
     v = onednn.linear(attn.v_proj, h, fast).view(T, K, D)
-    ops = elementwise.load() if fast else None
-    if ops is not None and elementwise.fits(q, k, cos, sin):                   # one pass each, compiled
+    ops = elementwise.taking(fast, q, k, cos, sin)
+    if ops is not None:                                                         # one pass each, compiled
         q, k = ops.rope(q, cos, sin), ops.rope(k, cos, sin)
     else:
         q = q * cos[:, None] + _rotate_half(q) * sin[:, None]

@@ -96,9 +96,8 @@ class _LinearTokenLogprobs(torch.autograd.Function):
             h32 = h.float() if want_w else None                                     # once a row block, not a tile
             if want_w and ctx.fast:
                 h32 = onednn.as_onednn(h32)                                         # converted once a row block
-            if tiles is not None:                                                   # d log p / d z, over T
-                g = grad_out[r].float().contiguous()
-                g = g / ctx.temperature if ctx.temperature != 1.0 else g
+            if tiles is not None:
+                g = _over_temperature(grad_out[r], ctx.temperature).contiguous()   # [r]
             for first in range(0, weight.shape[0], ctx.cols):
                 v = slice(first, first + ctx.cols)
                 if kept is None:
@@ -221,9 +220,7 @@ def _logit_grad(z: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor, grad_out:
     where z is the chunk's scaled logits and lse their logsumexp; with ``first``, z holds the
     vocabulary entries first, first + 1, ... only, and ids outside them add no onehot. With
     ``overwrite`` the result is made in z's own memory (the same numbers: -a * b is a * -b)."""
-    g = grad_out[..., None].float()                                                 # [..., 1]
-    if temperature != 1.0:
-        g = g / temperature                                   # the 1/T of d(logit / T) / d logit
+    g = _over_temperature(grad_out, temperature)[..., None]                         # [..., 1]
     if overwrite:
         grad = z.sub_(lse[..., None]).exp_().mul_(-g)                               # [..., V]
     else:
@@ -231,6 +228,12 @@ def _logit_grad(z: torch.Tensor, lse: torch.Tensor, ids: torch.Tensor, grad_out:
     local = ids[..., None] - first
     inside = (local >= 0) & (local < z.shape[-1])
     return grad.scatter_add_(-1, local.clamp(0, z.shape[-1] - 1), torch.where(inside, g, 0.0))
+
+
+def _over_temperature(grad_out: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The log-probs' gradient in float32, times the 1/T of d(logit / T) / d logit."""
+    g = grad_out.float()
+    return g if temperature == 1.0 else g / temperature
 
 
 def _scaled(chunk: torch.Tensor, temperature: float) -> torch.Tensor:
