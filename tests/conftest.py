@@ -9,10 +9,23 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from r1lab import compiled
 from r1lab.data.corpus import CorpusMix, documents
 from r1lab.models.tokenizer import train_tokenizer
 
 torch.set_num_threads(2)
+
+needs_compiler = pytest.mark.skipif(compiled.compiler() is None, reason="no C compiler to build r1lab's compiled loops")
+
+
+def built(module):
+    """A compiled loop's loader (decode_attention, packed_attention, elementwise, logit_tiles)
+    built and loaded: where there is a compiler, a build that fails fails the test, with the
+    compiler's message."""
+    compiled.build(module.SOURCE)
+    loaded = module.load()
+    assert loaded is not None
+    return loaded
 
 
 def assert_masked_invariant(results: list[tuple[float, torch.Tensor]], mask: torch.Tensor) -> None:

@@ -4,21 +4,16 @@ PyTorch reference, and its fallback where it cannot be built."""
 import pytest
 import torch
 
-from r1lab import compiled
 from r1lab.rollout import decode_attention, hf, native
 
+from conftest import built, needs_compiler as needs_kernel
 from test_native_rollout import assert_same_rollout, kw, prompts_of, tiny_qwen2
 
-needs_kernel = pytest.mark.skipif(compiled.compiler() is None, reason="no C compiler to build the decode attention")
 
 
 @pytest.fixture(scope="module")
 def kernel():
-    """The compiled loop; where there is a compiler, a build that fails fails the tests."""
-    compiled.build(decode_attention.SOURCE)                             # raises with the compiler's message
-    loaded = decode_attention.load()
-    assert loaded is not None
-    return loaded
+    return built(decode_attention)
 
 
 @needs_kernel

@@ -7,20 +7,17 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from r1lab import compiled
 from r1lab.forward import elementwise, lean_ops
 from r1lab.forward.packed import _rotate_half
 
-needs_kernel = pytest.mark.skipif(compiled.compiler() is None, reason="no C compiler to build the elementwise passes")
+from conftest import built, needs_compiler as needs_kernel
+
 TOL = dict(rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
 def ops():
-    compiled.build(elementwise.SOURCE)                                  # raises with the compiler's message
-    loaded = elementwise.load()
-    assert loaded is not None
-    return loaded
+    return built(elementwise)
 
 
 def grads_of(fn, *xs, grad):

@@ -9,10 +9,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1lab import compiled, onednn
+from r1lab import onednn
 from r1lab.losses import logit_tiles, logprobs
 from r1lab.losses.common import entropy_from_logits, token_logprobs
 from r1lab.losses.logprobs import chunked_token_logprobs, chunked_token_logprobs_and_entropy, linear_token_logprobs
+
+from conftest import built, needs_compiler
 
 
 def naive(logits, ids):
@@ -220,13 +222,12 @@ def test_kept_logits_give_the_recomputed_ones_gradients_bit_for_bit(temperature,
         assert torch.equal(recomputed, kept)
 
 
-@pytest.mark.skipif(compiled.compiler() is None, reason="no C compiler to build the logit tiles")
+@needs_compiler
 @pytest.mark.parametrize("temperature", [0.6, 1.0])
 def test_the_compiled_tile_passes_equal_pytorchs(temperature):
     """A tile that is a column slice of wider logits (rows not adjacent), ids inside and outside
     it: the statistics and the in-place gradient against the PyTorch calls they replace."""
-    compiled.build(logit_tiles.SOURCE)                                  # raises with the compiler's message
-    tiles = logit_tiles.load()
+    tiles = built(logit_tiles)
     g = torch.Generator().manual_seed(2)
     wide = torch.randn(37, 300, generator=g) * 4
     first, ids = 100, torch.randint(0, 400, (37,), generator=g)

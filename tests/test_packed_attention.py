@@ -13,17 +13,14 @@ from r1lab.forward import elementwise, packed, packed_attention, prompt_completi
 from r1lab.losses import logit_tiles
 from r1lab.rollout import decode_attention
 
-needs_kernel = pytest.mark.skipif(compiled.compiler() is None, reason="no C compiler to build the packed attention")
+from conftest import built, needs_compiler as needs_kernel
+
 TOL = dict(rtol=1e-5, atol=1e-5)
 
 
 @pytest.fixture(scope="module")
 def attend():
-    """The compiled loop; where there is a compiler, a build that fails fails the tests."""
-    compiled.build(packed_attention.SOURCE)                             # raises with the compiler's message
-    loaded = packed_attention.load()
-    assert loaded is not None
-    return loaded
+    return built(packed_attention)
 
 
 def layout(prompt_lengths, samples: int, width: int, seed: int = 0) -> packed._Layout:
@@ -98,6 +95,6 @@ def test_every_loop_builds_without_avx512(tmp_path):
     -march=x86-64-v3 in place of the build's -march=native."""
     flags = [f if f != "-march=native" else "-march=x86-64-v3" for f in compiled.FLAGS]
     for source in (packed_attention.SOURCE, elementwise.SOURCE, logit_tiles.SOURCE, decode_attention.SOURCE):
-        built = subprocess.run([*compiled.compiler(), *flags, "-o", str(tmp_path / "x.so"), str(source), "-lm"],
+        build = subprocess.run([*compiled.compiler(), *flags, "-o", str(tmp_path / "x.so"), str(source), "-lm"],
                                capture_output=True, text=True)
-        assert built.returncode == 0, (source.name, built.stderr)
+        assert build.returncode == 0, (source.name, build.stderr)
