@@ -4,7 +4,8 @@ asks for the same without a warning, and nothing is built."""
 
 import pytest
 
-from r1lab.forward import elementwise, packed_attention
+from r1lab import elementwise
+from r1lab.forward import packed_attention
 from r1lab.losses import logit_tiles
 from r1lab.rollout import decode_attention
 

@@ -1,4 +1,4 @@
-"""The packed walk's compiled elementwise passes (r1lab/forward/elementwise.c) against the
+"""The packed walk's compiled elementwise passes (r1lab/elementwise.c) against the
 PyTorch calls they replace, values and gradients, and what they refuse (the fallback:
 tests/test_compiled.py)."""
 
@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from r1lab.forward import elementwise, lean_ops
+from r1lab import elementwise
+from r1lab.forward import lean_ops
 from r1lab.forward.packed import _rotate_half
 
 from conftest import built, needs_compiler as needs_kernel

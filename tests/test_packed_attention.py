@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from r1lab import compiled
-from r1lab.forward import elementwise, packed, packed_attention, prompt_completion_batch
+from r1lab import elementwise
+from r1lab.forward import packed, packed_attention, prompt_completion_batch
 from r1lab.losses import logit_tiles
 from r1lab.rollout import decode_attention
 

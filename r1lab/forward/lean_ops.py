@@ -9,7 +9,7 @@ matmul's cost. The forward computes what HF's does, in the same order; each fall
 the module itself where it is not the plain HF one (another class, an activation other than
 SiLU, a PEFT adapter on the norm). tests/test_packed.py checks log-probs and gradients
 against the plain HF forward. Where the walk multiplies through oneDNN, the norms' and
-SwiGLU's elementwise passes are compiled loops (r1lab/forward/elementwise.py).
+SwiGLU's elementwise passes are compiled loops (r1lab/elementwise.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
 from transformers.models.qwen2.modeling_qwen2 import Qwen2MLP, Qwen2RMSNorm
 
-from r1lab import onednn
-from r1lab.forward import elementwise
+from r1lab import elementwise, onednn
 
 NORMS = (LlamaRMSNorm, Qwen2RMSNorm)
 MLPS = (LlamaMLP, Qwen2MLP)
@@ -28,7 +27,7 @@ MLPS = (LlamaMLP, Qwen2MLP)
 
 def rms_norm(norm, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
     """The norm's forward; a plain HF RMSNorm through ``_RMSNorm``, its passes compiled where
-    ``fast`` (r1lab/forward/elementwise.py)."""
+    ``fast`` (r1lab/elementwise.py)."""
     if type(norm) not in NORMS:
         return norm(x)
     return _RMSNorm.apply(x, norm.weight, norm.variance_epsilon, elementwise.taking(fast, x, norm.weight))

@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from r1lab import onednn
-from r1lab.forward import elementwise, packed_attention
+from r1lab import elementwise, onednn
+from r1lab.forward import packed_attention
 from r1lab.losses.logprobs import chunked_logprobs, linear_token_logprobs
 from r1lab.models.adapters import plain_model
 from r1lab.models.recompute import recomputes
