@@ -82,17 +82,18 @@ int rms_norm_backward_f32(const float *x, const float *w, const float *rstd, con
     return 0;
 }
 
-/* Rotary embedding of x [T, heads, D] with cos, sin [T, D]: out = x * cos + rotate_half(x) * sin,
+/* Rotary embedding of x [T, heads, D] (token t's heads from x + t * stride on) with cos, sin [T, D]
+   into out [T, heads, D]: out = x * cos + rotate_half(x) * sin,
    rotate_half(x) = (-x[D/2:], x[:D/2]); with transpose, its transpose (the gradient's map):
    out[e] = x[e] cos[e] + x[e + D/2] sin[e + D/2] (e < D/2), x[e] cos[e] - x[e - D/2] sin[e - D/2]. */
-void rope_f32(const float *x, const float *cos_, const float *sin_, float *out, int64_t T, int heads, int D,
-              int transpose, int threads) {
+void rope_f32(const float *x, int64_t stride, const float *cos_, const float *sin_, float *out, int64_t T,
+              int heads, int D, int transpose, int threads) {
     const int h = D / 2;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t t = 0; t < T; t++) {
         const float *c = cos_ + t * D, *s = sin_ + t * D;
         for (int k = 0; k < heads; k++) {
-            const float *xr = x + (t * heads + k) * D;
+            const float *xr = x + t * stride + k * D;
             float *o = out + (t * heads + k) * D;
             if (!transpose) {
 #pragma omp simd

@@ -1,5 +1,6 @@
 """The packed walk's elementwise work as compiled C loops on the CPU (elementwise.c beside this
-file): SwiGLU, RMSNorm and the rotary embedding, forward and backward.
+file): SwiGLU, RMSNorm and the rotary embedding, forward and backward. The native decoder
+(r1lab/rollout/native.py) takes the norm's and the rotary embedding's forward passes too.
 
 In PyTorch calls each of these is several passes over its tensors, each reading and writing
 memory and most making a temporary: silu(gate) * up is 2 in the forward and 5 in the backward
@@ -16,6 +17,7 @@ them), and are the reference tests/test_elementwise.py checks these against.
     out, rstd = ops.rms_norm(x, weight, eps)
     grad_x, grad_w = ops.rms_norm_grads(x, weight, rstd, grad, want_weight)
     q = ops.rope(q, cos, sin)                          # autograd through its own transpose
+    q = ops.rotate(qkv[:, :H * D].view(T, H, D), cos, sin)   # no autograd; a token's heads together, tokens apart
 """
 
 from __future__ import annotations
@@ -45,14 +47,15 @@ def load() -> SimpleNamespace | None:
     lib.swiglu_backward_f32.argtypes = [p, p, p, p, p, p, i64, i]
     lib.rms_norm_forward_f32.argtypes = [p, p, p, p, i64, i, f, i]
     lib.rms_norm_backward_f32.argtypes = [p, p, p, p, p, p, i64, i, i]
-    lib.rope_f32.argtypes = [p, p, p, p, i64, i, i, i, i]
+    lib.rope_f32.argtypes = [p, i64, p, p, p, i64, i, i, i, i]
     lib.swiglu_forward_f32.restype = lib.swiglu_backward_f32.restype = lib.rope_f32.restype = None
     lib.rms_norm_forward_f32.restype = None
     lib.rms_norm_backward_f32.restype = ctypes.c_int
     return SimpleNamespace(swiglu=functools.partial(_swiglu, lib), swiglu_grads=functools.partial(_swiglu_grads, lib),
                            rms_norm=functools.partial(_rms_norm, lib),
                            rms_norm_grads=functools.partial(_rms_norm_grads, lib),
-                           rope=functools.partial(_Rope.apply, lib))
+                           rope=functools.partial(_Rope.apply, lib),
+                           rotate=functools.partial(_rope, lib, transpose=False))
 
 
 def fits(*xs: torch.Tensor) -> bool:
@@ -129,12 +132,19 @@ def _rms_norm_grads(lib, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tens
 
 
 def _rope(lib, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin (or its transpose) for x [T, heads, D], cos and sin [T, D]
+    -> a new contiguous [T, heads, D]. A token's heads must lie together (D apart), but tokens
+    may lie further apart: q and k read straight out of a row of q, k and v, say."""
     T, heads, D = x.shape
-    _need(x, cos, sin)
+    _need(cos, sin)
+    if (x.dtype != torch.float32 or x.device.type != "cpu" or x.stride(2) != 1 or (heads > 1 and x.stride(1) != D)
+            or (T > 1 and x.stride(0) < heads * D)):
+        raise ValueError("elementwise: the rotary embedding takes float32 CPU x, each token's heads together")
     if cos.shape != (T, D) or sin.shape != (T, D) or D % 2:
         raise ValueError("elementwise: the rotary embedding takes x [T, heads, D] with cos, sin [T, D], D even")
-    out = torch.empty_like(x)
-    lib.rope_f32(x.data_ptr(), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), T, heads, D, int(transpose), _threads())
+    out = x.new_empty(T, heads, D)
+    lib.rope_f32(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), T, heads, D,
+                 int(transpose), _threads())
     return out
 
 

@@ -1,4 +1,4 @@
-"""The packed walk's compiled elementwise passes (r1lab/elementwise.c) against the
+"""The compiled elementwise passes of the packed walk and the decoder (r1lab/elementwise.c) against the
 PyTorch calls they replace, values and gradients, and what they refuse (the fallback:
 tests/test_compiled.py)."""
 
@@ -91,3 +91,25 @@ def test_rope_and_its_gradient_equal_torchs(ops, duplicated):
         torch.testing.assert_close(a, b, **TOL)
     with pytest.raises(ValueError, match="rotary"):
         ops.rope(x, cos[1:], sin[1:])
+
+
+@needs_kernel
+def test_rotate_reads_q_and_k_out_of_qkv_rows(ops):
+    """The decoder's rotation (no autograd) takes q's and k's heads straight out of rows of q, k
+    and v: each token's heads together, tokens a row apart; one head may have any stride."""
+    g = torch.Generator().manual_seed(3)
+    T, H, K, D = 11, 4, 2, 32
+    angles = torch.rand(T, D // 2, generator=g) * 6
+    cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+    qkv = torch.randn(T, (H + 2 * K) * D, generator=g)
+    for heads in (H + K, 1):
+        x = qkv[:, :heads * D].view(T, heads, D)
+        want = x * cos[:, None] + _rotate_half(x) * sin[:, None]
+        got = ops.rotate(x, cos, sin)
+        assert got.is_contiguous()
+        torch.testing.assert_close(got, want, **TOL)
+    one = qkv[:, :D][:, None]                                              # [T, 1, D], stride(1) D * (H + 2K)
+    torch.testing.assert_close(ops.rotate(one.as_strided(one.shape, (one.stride(0), 7, 1)), cos, sin),
+                               one * cos[:, None] + _rotate_half(one) * sin[:, None], **TOL)
+    with pytest.raises(ValueError, match="heads together"):
+        ops.rotate(qkv[:, :2 * D].view(T, D, 2).transpose(1, 2), cos, sin)

@@ -1,14 +1,17 @@
 """The native backend against its slow references: the HF-forward ``generate``, HF
 ``model.generate`` and a full forward recompute."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from r1lab import elementwise
 from r1lab.rollout import hf, native
 from r1lab.forward import completion_logprobs, prompt_completion_batch
 
-from conftest import tiny_llama
+from conftest import built, needs_compiler, tiny_llama
 
 
 def prompts_of(tokenizer):
@@ -227,6 +230,28 @@ def test_prepacked_weights_give_the_reference_rollout(tokenizer, name, monkeypat
         packed = native.generate(model, prompts, **args, **kw(tokenizer))
         assert_same_rollout(packed, hf.generate(model, prompts, **args, **kw(tokenizer)))
         assert_same_rollout(packed, native.generate(model, prompts, pack=False, **args, **kw(tokenizer)))
+
+
+@needs_compiler
+def test_the_prepacked_decoder_norms_and_rotates_through_the_compiled_passes(tokenizer, monkeypatch):
+    """With prepacked float32 weights the decoder's norms and rotary embedding are
+    r1lab/elementwise.c's passes; the rollout stays the reference's (model's own weights, PyTorch
+    calls) token for token; R1LAB_ELEMENTWISE=torch keeps PyTorch's calls."""
+    model, prompts, args = smollm2_shape(tokenizer), prompts_of(tokenizer), dict(n=3, max_new_tokens=12, seed=7)
+    ops, calls = built(elementwise), []
+    counting = lambda f: lambda *a, **k: calls.append(f) or f(*a, **k)
+    spy = SimpleNamespace(**{**vars(ops), "rms_norm": counting(ops.rms_norm), "rotate": counting(ops.rotate)})
+    monkeypatch.setattr(elementwise, "load", lambda: spy)
+    decoded = native.generate(model, prompts, **args, **kw(tokenizer))
+    assert set(calls) == {ops.rms_norm, ops.rotate}
+    assert_same_rollout(decoded, native.generate(model, prompts, pack=False, **args, **kw(tokenizer)))
+    monkeypatch.undo()
+    monkeypatch.setenv("R1LAB_ELEMENTWISE", "torch")
+    elementwise.load.cache_clear()
+    try:
+        assert native._Net(model, 8, 3, pack=True).ops is None
+    finally:
+        elementwise.load.cache_clear()
 
 
 def test_small_models_keep_their_own_weights(tokenizer):
