@@ -1,11 +1,12 @@
 """C loops of r1lab's own, compiled on first use and loaded with ctypes.
 
 PyTorch's CPU operators leave some work split into passes that each read and write memory (a
-decode step's attention, the training walk's attention over packed sequences, an LM-head tile's
-softmax, norms, SwiGLU and the rotary embedding); r1lab writes those as single C loops beside
-the Python that calls them (r1lab/rollout/decode_attention.c, r1lab/forward/packed_attention.c,
-r1lab/losses/logit_tiles.c, r1lab/elementwise.c), each with the PyTorch version it is
-tested against kept as its reference and fallback (tests/test_compiled.py: the fallback).
+decode step's attention and draw, the training walk's attention over packed sequences, an
+LM-head tile's softmax, norms, SwiGLU and the rotary embedding); r1lab writes those as single C
+loops beside the Python that calls them (r1lab/rollout/decode_attention.c,
+r1lab/rollout/sampling.c, r1lab/forward/packed_attention.c, r1lab/losses/logit_tiles.c,
+r1lab/elementwise.c), each with the PyTorch version it is tested against kept as its reference
+and fallback (tests/test_compiled.py: the fallback).
 
 A source is compiled with the system's C compiler (``$CC``, which may carry arguments, else
 ``cc``; ``-O3 -march=native -fopenmp``) into ``$XDG_CACHE_HOME/r1lab`` (``~/.cache/r1lab``),

@@ -7,12 +7,13 @@ import pytest
 from r1lab import elementwise
 from r1lab.forward import packed_attention
 from r1lab.losses import logit_tiles
-from r1lab.rollout import decode_attention
+from r1lab.rollout import decode_attention, sampling
 
 LOOPS = {"packed attention": (packed_attention, "R1LAB_PACKED_ATTENTION"),
          "logit tiles": (logit_tiles, "R1LAB_LOGIT_TILES"),
          "elementwise passes": (elementwise, "R1LAB_ELEMENTWISE"),
-         "decode attention": (decode_attention, "R1LAB_DECODE_ATTENTION")}
+         "decode attention": (decode_attention, "R1LAB_DECODE_ATTENTION"),
+         "sampling pass": (sampling, "R1LAB_SAMPLING")}
 
 
 @pytest.mark.parametrize("what", LOOPS)

@@ -8,11 +8,10 @@ import subprocess
 import pytest
 import torch
 
-from r1lab import compiled
-from r1lab import elementwise
+from r1lab import compiled, elementwise
 from r1lab.forward import packed, packed_attention, prompt_completion_batch
 from r1lab.losses import logit_tiles
-from r1lab.rollout import decode_attention
+from r1lab.rollout import decode_attention, sampling
 
 from conftest import built, needs_compiler as needs_kernel
 
@@ -95,7 +94,8 @@ def test_every_loop_builds_without_avx512(tmp_path):
     """The loops compile for an AVX2 processor too (where a 64-byte vector is no one register):
     -march=x86-64-v3 in place of the build's -march=native."""
     flags = [f if f != "-march=native" else "-march=x86-64-v3" for f in compiled.FLAGS]
-    for source in (packed_attention.SOURCE, elementwise.SOURCE, logit_tiles.SOURCE, decode_attention.SOURCE):
+    for source in (packed_attention.SOURCE, elementwise.SOURCE, logit_tiles.SOURCE, decode_attention.SOURCE,
+                   sampling.SOURCE):
         build = subprocess.run([*compiled.compiler(), *flags, "-o", str(tmp_path / "x.so"), str(source), "-lm"],
                                capture_output=True, text=True)
         assert build.returncode == 0, (source.name, build.stderr)

@@ -3,8 +3,11 @@
 import pytest
 import torch
 
+from r1lab.rollout import sampling
 from r1lab.rollout.sampling import (BLOCK, LARGE_VOCAB, ROWS, filter_logits, sample_candidates, sample_from,
                                     sample_next, top_candidates)
+
+from conftest import built, needs_compiler
 
 
 def test_top_p_and_top_k_filtering():
@@ -127,4 +130,47 @@ def test_large_vocabularies_take_the_candidates():
     tokens, logp = sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, uniform=u)  # no filter: one exp pass
     assert torch.equal(tokens, sample_from(logits.log_softmax(-1).exp(), u))
     assert torch.allclose(logp, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1), atol=1e-5)
-    assert torch.equal(logp, logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1))  # its lse bit for bit
+
+
+def test_without_a_filter_the_pytorch_calls_take_one_exponential_pass(monkeypatch):
+    monkeypatch.setenv("R1LAB_SAMPLING", "torch")
+    sampling.load.cache_clear()
+    try:
+        g = torch.Generator().manual_seed(1)
+        logits = torch.randn(4, LARGE_VOCAB, generator=g) * 3
+        u = torch.rand(4, generator=g, dtype=torch.float64)
+        tokens, logp = sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, uniform=u)
+        assert torch.equal(tokens, sample_from(logits.log_softmax(-1).exp(), u))
+        assert torch.equal(logp, logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1))  # its lse bit for bit
+    finally:
+        sampling.load.cache_clear()
+
+
+@needs_compiler
+@pytest.mark.parametrize("V", [BLOCK - 50, LARGE_VOCAB, 49_152 + 100])      # one level; two, the last block partial
+@pytest.mark.parametrize("spread", [0.1, 3.0, 12.0])
+def test_the_compiled_draw_is_the_reference_draw(V, spread):
+    """Tokens as sample_from draws them from exp(logits - max), log-probs as log_softmax gives
+    them: rows of unit stride inside wider ones, masked (-inf) entries at block edges, a row
+    with one token left, and uniforms at 0 and just under 1."""
+    draw = built(sampling)
+    g = torch.Generator().manual_seed(V)
+    wide = torch.randn(9, V + 11, generator=g) * spread
+    logits = wide[:, :V]
+    logits[0, BLOCK - 1:BLOCK + 1] = float("-inf")
+    logits[1, :] = float("-inf")
+    logits[1, V - 1] = 0.0
+    u = torch.rand(9, generator=g, dtype=torch.float64)
+    u[2], u[3] = 0.0, 1 - 1e-16
+    tokens, logp = draw(logits, u)
+    edge = 3                                                            # u just under 1: its token is
+    top = logits.amax(-1, keepdim=True)                                 # a rounding matter, but has mass
+    assert torch.equal(tokens[:edge], sample_from((logits - top).exp(), u)[:edge])
+    assert torch.equal(tokens[edge + 1:], sample_from((logits - top).exp(), u)[edge + 1:])
+    assert (logits[edge, tokens[edge]] - top[edge, 0]).exp() > 0
+    torch.testing.assert_close(logp, logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1), rtol=2e-6, atol=2e-6)
+    assert tokens[1] == V - 1
+    with pytest.raises(ValueError, match="float32"):
+        draw(logits.bfloat16(), u)
+    with pytest.raises(ValueError, match="uniform"):
+        draw(logits, u[1:])

@@ -18,18 +18,64 @@ its few tokens among the blocks of ``BLOCK`` entries with the largest maxima
 the [rows, V] temporaries (logits / T, exponentials) are small enough for glibc to reuse its heap
 for them instead of mapping fresh zeroed pages at every step (800 rows of 49,152 floats are 157
 MB a temporary: ~35 ms a step of page faults each), and stay in the caches.
+
+Without top-k or top-p (GRPO's rollouts sample at T = 1 from the whole vocabulary), a float32
+CPU batch of a large vocabulary is drawn by one compiled C pass (sampling.c beside this file):
+the row's maximum, then one pass of exponentials summed by block, and the chosen block's
+exponentials again, with no [rows, V] temporary; PyTorch's calls were ~5 passes over the logits,
+~4 ms of a 68 ms SmolLM2-135M decode step at 64 rows. The same two-level inversion in the same
+double sums, so the same token is drawn for a uniform up to the exponentials' rounding at an
+interval's edge. They stay as the reference (tests/test_sampling.py) and wherever the pass
+cannot be built or ``R1LAB_SAMPLING=torch``.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
+
+from r1lab import compiled
 
 BLOCK = 256    # vocabulary entries per block in the two-level inversion
 LARGE_VOCAB = 4096   # from this vocabulary size on, top-k/top-p go through sample_candidates
 FIRST_CANDIDATES = 32   # tokens sample_candidates looks at first for top-p alone ...
 CANDIDATES = 256     # ... and then, for the rows whose nucleus runs past them
 ROWS = 64            # rows sampled at a time (sample_next)
+SOURCE = Path(__file__).with_suffix(".c")
+
+
+@functools.cache
+def load():
+    """The compiled draw (:func:`_draw`'s signature less ``fn``), or None where it cannot be
+    built (a warning says why) or ``R1LAB_SAMPLING=torch``."""
+    lib = compiled.library(SOURCE, "R1LAB_SAMPLING", "sampling pass")
+    if lib is None:
+        return None
+    fn = lib.sample_rows_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_int, ctypes.c_int] + [ctypes.c_void_p] * 3 + [ctypes.c_int]
+    return functools.partial(_draw, fn)
+
+
+def _draw(fn, scaled: torch.Tensor, uniform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens [B] drawn as ``sample_from(scaled.softmax(-1), uniform)`` draws them, and their
+    log-probs ``scaled.log_softmax(-1)`` [B]; scaled [B, V] float32 CPU rows of unit stride."""
+    B, V = scaled.shape
+    if scaled.dtype != torch.float32 or scaled.device.type != "cpu" or scaled.stride(1) != 1 or (
+            B > 1 and scaled.stride(0) < V):
+        raise ValueError("sampling: float32 CPU logits whose rows have unit stride only")
+    if uniform.shape != (B,):
+        raise ValueError("sampling: one uniform a row")
+    u = uniform.to(torch.float64).contiguous()
+    tokens, logprobs = torch.empty(B, dtype=torch.long), torch.empty(B, dtype=torch.float32)
+    if fn(scaled.data_ptr(), scaled.stride(0), B, V, BLOCK, u.data_ptr(), tokens.data_ptr(), logprobs.data_ptr(),
+          torch.get_num_threads()):
+        raise MemoryError("sampling: no memory for a row's block masses")
+    return tokens, logprobs
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -165,7 +211,11 @@ def sample_next(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: 
         if top_k > 0 or top_p < 1.0:
             lse = scaled.logsumexp(-1)                                      # [B]
             tokens = sample_candidates(scaled, top_k, top_p, uniform, lse)
-        else:   # one exponential pass: exp(logits - max) is sampled from and summed to the lse
+        else:
+            draw = load() if scaled.device.type == "cpu" else None          # the compiled pass
+            if draw is not None:
+                return draw(scaled, uniform)
+            # one exponential pass: exp(logits - max) is sampled from and summed to the lse
             top = scaled.amax(-1, keepdim=True)                             # [B, 1]
             top.masked_fill_(top.abs() == float("inf"), 0)                  # as torch.logsumexp does
             unnormalised = (scaled - top).exp_()                            # [B, V]
