@@ -20,8 +20,8 @@ for them instead of mapping fresh zeroed pages at every step (800 rows of 49,152
 MB a temporary: ~35 ms a step of page faults each), and stay in the caches.
 
 Without top-k or top-p (GRPO's rollouts sample at T = 1 from the whole vocabulary), a float32
-CPU batch of a large vocabulary is drawn by one compiled C pass (sampling.c beside this file):
-the row's maximum, then one pass of exponentials summed by block, and the chosen block's
+CPU batch of a large vocabulary is drawn by one compiled C loop (sampling.c beside this file):
+a pass for the row's maximum, one of exponentials summed by block, and the chosen block's
 exponentials again, with no [rows, V] temporary; PyTorch's calls were ~5 passes over the logits,
 ~4 ms of a 68 ms SmolLM2-135M decode step at 64 rows. The same two-level inversion in the same
 double sums, so the same token is drawn for a uniform up to the exponentials' rounding at an
