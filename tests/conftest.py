@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 
@@ -19,13 +20,26 @@ needs_compiler = pytest.mark.skipif(compiled.compiler() is None, reason="no C co
 
 
 def built(module):
-    """A compiled loop's loader (decode_attention, packed_attention, elementwise, logit_tiles)
-    built and loaded: where there is a compiler, a build that fails fails the test, with the
-    compiler's message."""
+    """A compiled loop's loader (decode_attention, sampling, packed_attention, elementwise,
+    logit_tiles) built and loaded: where there is a compiler, a build that fails fails the test,
+    with the compiler's message."""
     compiled.build(module.SOURCE)
     loaded = module.load()
     assert loaded is not None
     return loaded
+
+
+@contextlib.contextmanager
+def pytorch_calls(module, switch: str, monkeypatch):
+    """Within it, ``module.load()`` finds ``switch`` set to ``torch`` (None: PyTorch's calls);
+    its cached answer is cleared on the way in and out."""
+    monkeypatch.setenv(switch, "torch")
+    module.load.cache_clear()
+    try:
+        yield
+    finally:
+        monkeypatch.delenv(switch)
+        module.load.cache_clear()
 
 
 def assert_masked_invariant(results: list[tuple[float, torch.Tensor]], mask: torch.Tensor) -> None:

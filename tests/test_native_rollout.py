@@ -11,7 +11,7 @@ from r1lab import elementwise
 from r1lab.rollout import hf, native
 from r1lab.forward import completion_logprobs, prompt_completion_batch
 
-from conftest import built, needs_compiler, tiny_llama
+from conftest import built, needs_compiler, pytorch_calls, tiny_llama
 
 
 def prompts_of(tokenizer):
@@ -246,12 +246,8 @@ def test_the_prepacked_decoder_norms_and_rotates_through_the_compiled_passes(tok
     assert set(calls) == {ops.rms_norm, ops.rotate}
     assert_same_rollout(decoded, native.generate(model, prompts, pack=False, **args, **kw(tokenizer)))
     monkeypatch.undo()
-    monkeypatch.setenv("R1LAB_ELEMENTWISE", "torch")
-    elementwise.load.cache_clear()
-    try:
+    with pytorch_calls(elementwise, "R1LAB_ELEMENTWISE", monkeypatch):
         assert native._Net(model, 8, 3, pack=True).ops is None
-    finally:
-        elementwise.load.cache_clear()
 
 
 def test_small_models_keep_their_own_weights(tokenizer):

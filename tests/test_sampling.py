@@ -7,7 +7,7 @@ from r1lab.rollout import sampling
 from r1lab.rollout.sampling import (BLOCK, LARGE_VOCAB, ROWS, filter_logits, sample_candidates, sample_from,
                                     sample_next, top_candidates)
 
-from conftest import built, needs_compiler
+from conftest import built, needs_compiler, pytorch_calls
 
 
 def test_top_p_and_top_k_filtering():
@@ -133,17 +133,13 @@ def test_large_vocabularies_take_the_candidates():
 
 
 def test_without_a_filter_the_pytorch_calls_take_one_exponential_pass(monkeypatch):
-    monkeypatch.setenv("R1LAB_SAMPLING", "torch")
-    sampling.load.cache_clear()
-    try:
-        g = torch.Generator().manual_seed(1)
-        logits = torch.randn(4, LARGE_VOCAB, generator=g) * 3
-        u = torch.rand(4, generator=g, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, LARGE_VOCAB, generator=g) * 3
+    u = torch.rand(4, generator=g, dtype=torch.float64)
+    with pytorch_calls(sampling, "R1LAB_SAMPLING", monkeypatch):
         tokens, logp = sample_next(logits, temperature=1.0, top_k=0, top_p=1.0, uniform=u)
-        assert torch.equal(tokens, sample_from(logits.log_softmax(-1).exp(), u))
-        assert torch.equal(logp, logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1))  # its lse bit for bit
-    finally:
-        sampling.load.cache_clear()
+    assert torch.equal(tokens, sample_from(logits.log_softmax(-1).exp(), u))
+    assert torch.equal(logp, logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1))  # its lse bit for bit
 
 
 @needs_compiler

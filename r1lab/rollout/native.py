@@ -209,12 +209,12 @@ class _Net:
         self.keys_first = pack                                              # see attend()
         self.layers = _layers(model, packer)
         self.embed = model.model.embed_tokens.weight                        # [V, d]
-        # the compiled attention where the weights are prepacked and the caches (the embedding's
-        # dtype) are float32: large float32 models on a CPU
-        self.kernel = decode_attention.load() if pack and self.embed.dtype == torch.float32 else None
-        # and on the same models the norms and the rotary embedding as compiled passes
-        # (r1lab/elementwise.py), PyTorch's calls where they cannot be built
-        self.ops = elementwise.load() if pack and self.embed.dtype == torch.float32 else None
+        # the compiled attention, norms and rotary embedding (r1lab/elementwise.py) where the
+        # weights are prepacked and the caches (the embedding's dtype) are float32: large float32
+        # models on a CPU; PyTorch's calls where they cannot be built
+        compiled = pack and self.embed.dtype == torch.float32
+        self.kernel = decode_attention.load() if compiled else None
+        self.ops = elementwise.load() if compiled else None
         self.norm = model.model.norm.weight                                 # [d]
         self.lm_head = packer(model.lm_head.weight)                         # [V, d]
         self.eps = float(cfg.rms_norm_eps)
